@@ -1,0 +1,84 @@
+"""In-memory datasets: one contiguous tensor per field, batches gathered vectorized."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from datalflash.structure import field_names, rebuild, validate_structure
+
+
+class FlashDataset(Dataset):
+    """A dataset held in RAM as one tensor per field (first dimension = samples).
+
+    ``FlashDataset(images, labels)`` gives ``(image, label)`` samples like ``TensorDataset``;
+    ``FlashDataset({"image": images, "label": labels})`` gives dict samples. Batches come from
+    :meth:`gather` (one ``index_select`` per field) and ``__getitems__``, so even torch's own
+    DataLoader fetches a batch in one vectorized call.
+    """
+
+    def __init__(self, *tensors: torch.Tensor | Mapping[str, torch.Tensor]):
+        if len(tensors) == 1 and isinstance(tensors[0], Mapping):
+            fields = {str(k): v for k, v in tensors[0].items()}
+            structure = {"kind": "dict", "items": {k: {"kind": "field", "name": k} for k in fields}}
+        else:
+            fields = {str(i): t for i, t in enumerate(tensors)}
+            structure = {"kind": "tuple", "items": [{"kind": "field", "name": k} for k in fields]}
+        self._init(fields, structure)
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, torch.Tensor], structure: dict) -> "FlashDataset":
+        """Build from ``{field name: tensor}`` and a structure spec (see :mod:`datalflash.structure`)."""
+        self = cls.__new__(cls)
+        self._init(dict(fields), structure)
+        return self
+
+    def _init(self, fields: dict[str, torch.Tensor], structure: dict) -> None:
+        if not fields:
+            raise ValueError("FlashDataset needs at least one tensor")
+        for name, tensor in fields.items():
+            if not isinstance(tensor, torch.Tensor):
+                raise TypeError(f"field {name!r} is a {type(tensor).__name__}, not a torch.Tensor")
+            if tensor.dim() == 0:
+                raise ValueError(f"field {name!r} is a 0-d tensor; the first dimension indexes samples")
+        lengths = {name: t.shape[0] for name, t in fields.items()}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"fields have different numbers of samples: {lengths}")
+        validate_structure(structure, fields)
+        self.fields = {name: t.contiguous() for name, t in fields.items()}
+        self.structure = structure
+        self._names = field_names(structure)
+        self._length = next(iter(lengths.values()))
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index: int) -> Any:
+        if not -self._length <= index < self._length:
+            raise IndexError(f"index {index} out of range for FlashDataset of {self._length} samples")
+        return rebuild(self.structure, {name: t[index] for name, t in self.fields.items()}, tuple)
+
+    def gather(self, indices: Sequence[int] | torch.Tensor) -> Any:
+        """The batch of ``indices``, shaped as ``default_collate`` would give it (lists for tuples)."""
+        index = torch.as_tensor(indices, dtype=torch.long)
+        if index.numel() and (int(index.min()) < -self._length or int(index.max()) >= self._length):
+            raise IndexError(f"batch indices out of range for FlashDataset of {self._length} samples")
+        index = index.remainder(self._length) if index.numel() and int(index.min()) < 0 else index
+        batch = {name: t.index_select(0, index) for name, t in self.fields.items()}
+        return rebuild(self.structure, batch, list)
+
+    def __getitems__(self, indices: Sequence[int]) -> list:
+        """Samples of ``indices`` from one vectorized gather per field (torch's batched-fetch hook)."""
+        index = torch.as_tensor(indices, dtype=torch.long)
+        gathered = {name: t.index_select(0, index).unbind(0) for name, t in self.fields.items()}
+        return [
+            rebuild(self.structure, {name: rows[i] for name, rows in gathered.items()}, tuple)
+            for i in range(len(index))
+        ]
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(f"{k}: {tuple(v.shape[1:])} {v.dtype}" for k, v in self.fields.items())
+        return f"FlashDataset({self._length} samples; {shapes})"

@@ -1,0 +1,27 @@
+"""Exception classes. Every error DataLFlash raises on purpose is a :class:`DataLFlashError`."""
+
+from __future__ import annotations
+
+
+class DataLFlashError(Exception):
+    """Base class of all DataLFlash errors."""
+
+
+class ConversionError(DataLFlashError, ValueError):
+    """A dataset cannot be converted: bad samples, bad arguments. Names the sample index and field."""
+
+
+class StoreFormatError(DataLFlashError, ValueError):
+    """A store's manifest is missing, not JSON, of an unknown version, hostile or inconsistent."""
+
+
+class StoreExistsError(DataLFlashError, FileExistsError):
+    """The output directory already exists and ``overwrite`` was not given (or it is not a store)."""
+
+
+class StoreReadError(DataLFlashError, OSError):
+    """Reading a chunk failed; the message names the store, split, field and chunk."""
+
+
+class BackendError(DataLFlashError, ValueError):
+    """An unknown backend id, a bad backend config, or an option the backend does not support."""

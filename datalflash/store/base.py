@@ -1,0 +1,245 @@
+"""The :class:`ChunkStore` interface: one class per backend, a store = manifest + per-split data.
+
+A store is opened read-only by path, or created empty and filled chunk by chunk. Handles to files
+are opened lazily in each process, and a store pickles by path, so DataLoader workers under
+``fork``, ``spawn`` and ``forkserver`` each open their own.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from datalflash.errors import BackendError, StoreReadError
+from datalflash.store.manifest import FieldSpec, Manifest, SplitInfo, write_manifest
+
+
+def chunk_runs(chunks: Sequence[int]) -> list[tuple[int, int]]:
+    """Group chunk ids into runs of consecutive ids, keeping their order: ``[3,4,5,9]`` -> ``[(3,6),(9,10)]``."""
+    runs: list[tuple[int, int]] = []
+    for c in chunks:
+        if runs and runs[-1][1] == c:
+            runs[-1] = (runs[-1][0], c + 1)
+        else:
+            runs.append((c, c + 1))
+    return runs
+
+
+class ChunkStore(ABC):
+    """A chunked store of samples: fields (name -> dtype, per-sample shape), splits, chunks.
+
+    Subclasses set :attr:`backend_id`, implement :meth:`normalize_config`, :meth:`_create_split`,
+    :meth:`_write_rows`, :meth:`_read_rows`, :meth:`_open_split` and may override :meth:`_close`.
+    """
+
+    backend_id: ClassVar[str]
+
+    def __init__(self, path: str | os.PathLike, manifest: Manifest, *, writable: bool = False):
+        self.path = Path(path)
+        self.manifest = manifest
+        self.writable = writable
+        self._handles: dict[str, Any] = {}
+        self._pid = os.getpid()
+
+    # ----------------------------------------------------------------- configuration
+    @classmethod
+    @abstractmethod
+    def normalize_config(cls, compression: Any = "default", **options: Any) -> dict:
+        """The backend's JSON config for a user's ``compression`` choice; raises BackendError."""
+
+    @classmethod
+    def validate_config(cls, config: Mapping) -> dict:
+        """Check a config read from a manifest (same rules as :meth:`normalize_config`)."""
+        config = dict(config)
+        return cls.normalize_config(**config) if config else cls.normalize_config()
+
+    def get_config(self) -> dict:
+        """``{"id": backend_id, **config}``, as numcodecs codecs report themselves."""
+        return {"id": self.backend_id, **self.manifest.backend_config}
+
+    # ----------------------------------------------------------------- description
+    @property
+    def fields(self) -> dict[str, FieldSpec]:
+        return self.manifest.fields
+
+    @property
+    def splits(self) -> dict[str, SplitInfo]:
+        return self.manifest.splits
+
+    @property
+    def chunk_size(self) -> int:
+        return self.manifest.chunk_size
+
+    @property
+    def structure(self) -> dict:
+        return self.manifest.structure
+
+    def num_samples(self, split: str) -> int:
+        return self._split(split).num_samples
+
+    def num_chunks(self, split: str) -> int:
+        return self._split(split).num_chunks
+
+    def chunk_bounds(self, split: str, chunk: int) -> tuple[int, int]:
+        """``(start, stop)`` rows of ``chunk`` within ``split``."""
+        self._split(split)
+        return self.manifest.chunk_bounds(split, chunk)
+
+    def _split(self, split: str) -> SplitInfo:
+        try:
+            return self.manifest.splits[split]
+        except KeyError:
+            raise KeyError(
+                f"{self.path}: no split {split!r}; splits are {sorted(self.manifest.splits)}"
+            ) from None
+
+    def __repr__(self) -> str:
+        splits = ", ".join(f"{k}={v.num_samples}" for k, v in self.splits.items())
+        return f"{type(self).__name__}({str(self.path)!r}, fields={list(self.fields)}, {splits})"
+
+    # ----------------------------------------------------------------- reading
+    def allocate(self, rows: int) -> dict[str, np.ndarray]:
+        """Empty storage buffers for ``rows`` samples of every field."""
+        return {
+            name: np.empty((rows, *f.shape), dtype=f.storage_dtype) for name, f in self.fields.items()
+        }
+
+    def read_chunks(
+        self,
+        split: str,
+        chunks: Sequence[int],
+        out: Mapping[str, np.ndarray] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Read whole chunks, concatenated in the given order, one array per field.
+
+        ``out`` (from :meth:`allocate`) receives the rows if given: each array needs at least as
+        many rows as the chunks hold. Returns views of exactly the rows read.
+        """
+        bounds = [self.chunk_bounds(split, c) for c in chunks]
+        total = sum(stop - start for start, stop in bounds)
+        if out is None:
+            out = self.allocate(total)
+        result = {}
+        for name, spec in self.fields.items():
+            buf = out[name]
+            if (
+                buf.shape[0] < total
+                or buf.shape[1:] != spec.shape
+                or buf.dtype != spec.storage_dtype
+                or not buf.flags.c_contiguous
+            ):
+                raise ValueError(
+                    f"out[{name!r}] is {buf.shape} {buf.dtype}, needs a C-contiguous "
+                    f"({total}, *{spec.shape}) {spec.storage_dtype} array"
+                )
+            result[name] = buf[:total]
+        offset = 0
+        for first, stop_chunk in chunk_runs(chunks):
+            start = self.chunk_bounds(split, first)[0]
+            stop = self.chunk_bounds(split, stop_chunk - 1)[1]
+            for name in self.fields:
+                dest = result[name][offset : offset + stop - start]
+                try:
+                    self._read_rows(split, name, start, stop, dest)
+                except StoreReadError:
+                    raise
+                except Exception as e:
+                    raise StoreReadError(
+                        f"{self.path}: cannot read split {split!r} field {name!r} chunks "
+                        f"{first}..{stop_chunk - 1}: {type(e).__name__}: {e}"
+                    ) from e
+            offset += stop - start
+        return result
+
+    def _handle(self, split: str) -> Any:
+        """The open handle of ``split`` in this process (reopened after a fork)."""
+        if self._pid != os.getpid():
+            self._handles = {}
+            self._pid = os.getpid()
+        handle = self._handles.get(split)
+        if handle is None:
+            self._split(split)
+            handle = self._handles[split] = self._open_split(split)
+        return handle
+
+    @abstractmethod
+    def _open_split(self, split: str) -> Any:
+        """Open the data of ``split`` (read-only unless :attr:`writable`)."""
+
+    @abstractmethod
+    def _read_rows(self, split: str, field: str, start: int, stop: int, out: np.ndarray) -> None:
+        """Read rows ``start:stop`` of ``field`` into the C-contiguous ``out``."""
+
+    # ----------------------------------------------------------------- writing
+    @classmethod
+    def create(cls, path: str | os.PathLike, manifest: Manifest) -> "ChunkStore":
+        """Lay out an empty store at ``path`` (a new directory) for ``manifest``; fill with
+        :meth:`write_chunk`, then call :meth:`finish`."""
+        cls.validate_config(manifest.backend_config)
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=False)
+        store = cls(path, manifest, writable=True)
+        for split in manifest.splits:
+            store._create_split(split)
+        return store
+
+    def write_chunk(self, split: str, chunk: int, arrays: Mapping[str, np.ndarray]) -> None:
+        """Write one whole chunk: ``arrays[field]`` holds its rows in storage dtype."""
+        if not self.writable:
+            raise BackendError(f"{self.path}: store is open read-only")
+        start, stop = self.chunk_bounds(split, chunk)
+        for name, spec in self.fields.items():
+            data = np.ascontiguousarray(arrays[name])
+            if data.shape != (stop - start, *spec.shape) or data.dtype != spec.storage_dtype:
+                raise ValueError(
+                    f"chunk {chunk} of split {split!r} field {name!r}: got {data.shape} {data.dtype}, "
+                    f"expected ({stop - start}, *{spec.shape}) {spec.storage_dtype}"
+                )
+            self._write_rows(split, name, start, data)
+
+    def finish(self) -> None:
+        """Flush data, close handles and write the manifest (last, so it marks completeness)."""
+        self.close()
+        write_manifest(self.path, self.manifest)
+
+    @abstractmethod
+    def _create_split(self, split: str) -> None:
+        """Create the empty arrays/files of ``split``."""
+
+    @abstractmethod
+    def _write_rows(self, split: str, field: str, start: int, data: np.ndarray) -> None:
+        """Write ``data`` at rows ``start:start+len(data)`` of ``field``."""
+
+    # ----------------------------------------------------------------- lifecycle
+    def close(self) -> None:
+        """Close the handles this process opened."""
+        if self._pid == os.getpid():
+            for handle in self._handles.values():
+                self._close(handle)
+        self._handles = {}
+
+    def _close(self, handle: Any) -> None:
+        close = getattr(handle, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> "ChunkStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict:
+        if self.writable:
+            raise TypeError(f"{self.path}: a store open for writing cannot be pickled")
+        return {"path": str(self.path), "manifest": self.manifest.to_json()}
+
+    def __setstate__(self, state: dict) -> None:
+        from datalflash.store.manifest import parse_manifest
+
+        self.__init__(state["path"], parse_manifest(state["manifest"]))

@@ -1,0 +1,71 @@
+"""HDF5 backend: ``<store>/<split>.h5`` holds one dataset per field, chunked along axis 0.
+
+Files are opened for reading with HDF5 file locking off, so stores on shared or read-only
+filesystems open from many processes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import h5py
+import numpy as np
+
+from datalflash.errors import BackendError
+from datalflash.store.base import ChunkStore
+
+COMPRESSIONS = ("none", "gzip", "lzf")
+
+
+class HDF5ChunkStore(ChunkStore):
+    """h5py datasets, readable with plain ``h5py.File(store / f"{split}.h5")[field]``."""
+
+    backend_id = "hdf5"
+
+    @classmethod
+    def normalize_config(cls, compression: Any = "default", level: int | None = None) -> dict:
+        if compression in ("default", None):
+            compression = "none"
+        if compression not in COMPRESSIONS:
+            raise BackendError(f"hdf5 compression {compression!r} not in {COMPRESSIONS}")
+        if compression == "gzip":
+            level = 4 if level is None else level
+            if not (isinstance(level, int) and 0 <= level <= 9):
+                raise BackendError(f"hdf5 gzip level {level!r} is not an integer in 0..9")
+        elif level is not None:
+            raise BackendError(f"hdf5 compression {compression!r} takes no level")
+        return {"compression": compression, "level": level}
+
+    def split_path(self, split: str) -> str:
+        return str(self.path / f"{split}.h5")
+
+    def _create_split(self, split: str) -> None:
+        config = self.manifest.backend_config
+        n = self.num_samples(split)
+        f = h5py.File(self.split_path(split), "w-")
+        self._handles[split] = f
+        for name, spec in self.fields.items():
+            shape = (n, *spec.shape)
+            chunked = n > 0 and 0 not in spec.shape
+            f.create_dataset(
+                name,
+                shape=shape,
+                dtype=spec.storage_dtype,
+                chunks=(min(self.chunk_size, n), *spec.shape) if chunked else None,
+                compression=None if config["compression"] == "none" or not chunked else config["compression"],
+                compression_opts=config["level"] if chunked else None,
+            )
+            f[name].attrs["datalflash_dtype"] = spec.dtype
+
+    def _open_split(self, split: str) -> h5py.File:
+        if self.writable:
+            return h5py.File(self.split_path(split), "r+")
+        return h5py.File(self.split_path(split), "r", locking=False)
+
+    def _write_rows(self, split: str, field: str, start: int, data: np.ndarray) -> None:
+        if len(data):
+            self._handle(split)[field].write_direct(data, dest_sel=np.s_[start : start + len(data)])
+
+    def _read_rows(self, split: str, field: str, start: int, stop: int, out: np.ndarray) -> None:
+        if stop > start:
+            self._handle(split)[field].read_direct(out, source_sel=np.s_[start:stop])

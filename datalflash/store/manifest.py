@@ -1,0 +1,218 @@
+"""The JSON manifest of a store (format v1): read, validate, write. Nothing is ever unpickled.
+
+See ``formats/SPEC.md`` for the specification and ``formats/manifest.schema.json`` for the schema.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from datalflash.errors import StoreFormatError
+from datalflash.store.dtypes import SUPPORTED_DTYPES, storage_dtype
+from datalflash.structure import is_valid_field_name, validate_structure
+
+FORMAT_NAME = "datalflash-store"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+MAX_MANIFEST_BYTES = 16 * 2**20
+MAX_NDIM = 32
+MAX_DIM = 2**31
+MAX_SAMPLES = 2**40
+MAX_FIELDS = 4096
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One field: its torch dtype name and per-sample shape."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def storage_dtype(self) -> np.dtype:
+        """The numpy dtype of the stored bytes."""
+        return storage_dtype(self.dtype)
+
+    @property
+    def sample_nbytes(self) -> int:
+        """Bytes of one sample of this field."""
+        return math.prod(self.shape) * self.storage_dtype.itemsize
+
+    def to_json(self) -> dict:
+        return {"dtype": self.dtype, "storage_dtype": self.storage_dtype.str, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True)
+class SplitInfo:
+    """One split: how many samples, and in how many chunks."""
+
+    num_samples: int
+    num_chunks: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A store's manifest: what it holds and how it is laid out."""
+
+    backend_id: str
+    backend_config: dict
+    chunk_size: int
+    fields: dict[str, FieldSpec]
+    structure: dict
+    splits: dict[str, SplitInfo]
+    created: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "backend": {"id": self.backend_id, "config": self.backend_config},
+            "chunk_size": self.chunk_size,
+            "fields": {name: spec.to_json() for name, spec in self.fields.items()},
+            "structure": self.structure,
+            "splits": {
+                name: {"num_samples": s.num_samples, "num_chunks": s.num_chunks}
+                for name, s in self.splits.items()
+            },
+            "created": self.created,
+        }
+
+    def chunk_bounds(self, split: str, chunk: int) -> tuple[int, int]:
+        """``(start, stop)`` sample rows of ``chunk`` in ``split``."""
+        info = self.splits[split]
+        if not 0 <= chunk < info.num_chunks:
+            raise IndexError(f"chunk {chunk} out of range for split {split!r} ({info.num_chunks} chunks)")
+        start = chunk * self.chunk_size
+        return start, min(start + self.chunk_size, info.num_samples)
+
+
+def write_manifest(directory: str | os.PathLike, manifest: Manifest) -> None:
+    """Write ``manifest.json`` into ``directory`` (durably: written, fsynced, renamed)."""
+    path = Path(directory) / MANIFEST_NAME
+    tmp = path.with_suffix(".json.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(manifest.to_json(), f, indent=2, sort_keys=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_manifest(directory: str | os.PathLike) -> Manifest:
+    """Read and validate the manifest of the store at ``directory``."""
+    path = Path(directory) / MANIFEST_NAME
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_MANIFEST_BYTES + 1)
+    except FileNotFoundError:
+        raise StoreFormatError(f"{directory}: not a datalflash store (no {MANIFEST_NAME})") from None
+    except OSError as e:
+        raise StoreFormatError(f"{path}: cannot read manifest: {e}") from e
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise StoreFormatError(f"{path}: manifest larger than {MAX_MANIFEST_BYTES} bytes")
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise StoreFormatError(f"{path}: manifest is not valid JSON: {e}") from None
+    try:
+        return parse_manifest(doc)
+    except StoreFormatError as e:
+        raise StoreFormatError(f"{path}: {e}") from None
+
+
+def _require(cond: bool, message: str) -> None:
+    if not cond:
+        raise StoreFormatError(message)
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def parse_manifest(doc: Any) -> Manifest:
+    """Validate a decoded manifest document and build a :class:`Manifest`."""
+    _require(isinstance(doc, dict), "manifest is not a JSON object")
+    _require(doc.get("format") == FORMAT_NAME, f"'format' is not {FORMAT_NAME!r}")
+    version = doc.get("format_version")
+    _require(_is_int(version), "'format_version' is not an integer")
+    if version > FORMAT_VERSION:
+        raise StoreFormatError(
+            f"format_version {version} is newer than this datalflash reads ({FORMAT_VERSION}); "
+            "upgrade datalflash to read this store"
+        )
+    _require(version >= 1, f"format_version {version} is not valid")
+
+    backend = doc.get("backend")
+    _require(isinstance(backend, dict), "'backend' is not an object")
+    _require(isinstance(backend.get("id"), str), "'backend.id' is not a string")
+    _require(isinstance(backend.get("config", {}), dict), "'backend.config' is not an object")
+
+    chunk_size = doc.get("chunk_size")
+    _require(_is_int(chunk_size) and 1 <= chunk_size <= MAX_SAMPLES, "'chunk_size' is not a positive integer")
+
+    fields = _parse_fields(doc.get("fields"))
+    structure = doc.get("structure")
+    validate_structure(structure, fields)
+    splits = _parse_splits(doc.get("splits"), chunk_size)
+    created = doc.get("created", {})
+    _require(isinstance(created, dict), "'created' is not an object")
+    return Manifest(
+        backend_id=backend["id"],
+        backend_config=dict(backend.get("config", {})),
+        chunk_size=chunk_size,
+        fields=fields,
+        structure=structure,
+        splits=splits,
+        created=created,
+    )
+
+
+def _parse_fields(raw: Any) -> dict[str, FieldSpec]:
+    _require(isinstance(raw, dict) and 0 < len(raw) <= MAX_FIELDS, "'fields' is not a non-empty object")
+    fields = {}
+    for name, spec in raw.items():
+        _require(is_valid_field_name(name), f"field name {name!r} is not allowed")
+        _require(isinstance(spec, dict), f"field {name!r} is not an object")
+        dtype = spec.get("dtype")
+        _require(dtype in SUPPORTED_DTYPES, f"field {name!r}: dtype {dtype!r} is not supported")
+        stored = spec.get("storage_dtype")
+        if stored is not None:
+            _require(
+                stored == storage_dtype(dtype).str,
+                f"field {name!r}: storage_dtype {stored!r} does not match dtype {dtype!r}",
+            )
+        shape = spec.get("shape")
+        _require(
+            isinstance(shape, list)
+            and len(shape) <= MAX_NDIM
+            and all(_is_int(d) and 0 <= d < MAX_DIM for d in shape),
+            f"field {name!r}: shape {shape!r} is not a list of non-negative integers",
+        )
+        _require(math.prod(shape) < MAX_DIM, f"field {name!r}: shape {shape} is too large")
+        fields[name] = FieldSpec(name, dtype, tuple(shape))
+    return fields
+
+
+def _parse_splits(raw: Any, chunk_size: int) -> dict[str, SplitInfo]:
+    _require(isinstance(raw, dict) and len(raw) > 0, "'splits' is not a non-empty object")
+    splits = {}
+    for name, spec in raw.items():
+        _require(is_valid_field_name(name), f"split name {name!r} is not allowed")
+        _require(isinstance(spec, Mapping), f"split {name!r} is not an object")
+        n, c = spec.get("num_samples"), spec.get("num_chunks")
+        _require(_is_int(n) and 0 <= n <= MAX_SAMPLES, f"split {name!r}: bad num_samples {n!r}")
+        _require(
+            _is_int(c) and c == -(-n // chunk_size),
+            f"split {name!r}: num_chunks {c!r} does not match {n} samples in chunks of {chunk_size}",
+        )
+        splits[name] = SplitInfo(n, c)
+    return splits

@@ -1,0 +1,80 @@
+"""Zarr v3 backend (the default): ``<store>/<split>.zarr`` is a Zarr group, one array per field,
+chunked ``chunk_size`` samples along axis 0, Blosc-compressed (lz4 by default)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+from zarr.core.buffer.cpu import NDBuffer
+from zarr.storage import LocalStore
+
+from datalflash.errors import BackendError
+from datalflash.store.base import ChunkStore
+
+COMPRESSIONS = ("lz4", "zstd", "none")
+SHUFFLES = ("shuffle", "bitshuffle", "noshuffle")
+
+
+class ZarrChunkStore(ChunkStore):
+    """Zarr v3 arrays, readable with plain ``zarr.open_group(store / f"{split}.zarr")``."""
+
+    backend_id = "zarr"
+
+    @classmethod
+    def normalize_config(
+        cls, compression: Any = "default", clevel: int = 5, shuffle: str = "shuffle"
+    ) -> dict:
+        if compression in ("default", None):
+            compression = "lz4" if compression == "default" else "none"
+        if compression not in COMPRESSIONS:
+            raise BackendError(f"zarr compression {compression!r} not in {COMPRESSIONS}")
+        if not (isinstance(clevel, int) and 0 <= clevel <= 9):
+            raise BackendError(f"zarr clevel {clevel!r} is not an integer in 0..9")
+        if shuffle not in SHUFFLES:
+            raise BackendError(f"zarr shuffle {shuffle!r} not in {SHUFFLES}")
+        return {"compression": compression, "clevel": clevel, "shuffle": shuffle}
+
+    def split_path(self, split: str) -> str:
+        return str(self.path / f"{split}.zarr")
+
+    def _compressors(self) -> tuple:
+        config = self.manifest.backend_config
+        if config["compression"] == "none":
+            return ()
+        return (BloscCodec(cname=config["compression"], clevel=config["clevel"], shuffle=config["shuffle"]),)
+
+    def _create_split(self, split: str) -> None:
+        group = zarr.open_group(self.split_path(split), mode="w-", zarr_format=3)
+        n = self.num_samples(split)
+        arrays = {}
+        for name, spec in self.fields.items():
+            arrays[name] = group.create_array(
+                name,
+                shape=(n, *spec.shape),
+                chunks=(self.chunk_size, *(max(d, 1) for d in spec.shape)),
+                dtype=spec.storage_dtype,
+                compressors=self._compressors(),
+                fill_value=0,
+                attributes={"datalflash_dtype": spec.dtype},
+                config={"write_empty_chunks": True},
+            )
+        self._handles[split] = arrays
+
+    def _open_split(self, split: str) -> dict[str, zarr.Array]:
+        store = LocalStore(self.split_path(split), read_only=not self.writable)
+        group = zarr.open_group(store, mode="r+" if self.writable else "r", zarr_format=3)
+        return {name: group[name] for name in self.fields}
+
+    def _close(self, handle: Any) -> None:
+        pass  # zarr arrays hold no open files
+
+    def _write_rows(self, split: str, field: str, start: int, data: np.ndarray) -> None:
+        self._handle(split)[field][start : start + len(data)] = data
+
+    def _read_rows(self, split: str, field: str, start: int, stop: int, out: np.ndarray) -> None:
+        self._handle(split)[field].get_basic_selection(
+            np.s_[start:stop], out=NDBuffer.from_numpy_array(out)
+        )

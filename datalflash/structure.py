@@ -1,0 +1,139 @@
+"""Sample structure: how a sample (tuple, dict, tensor, array, scalar) maps onto named fields.
+
+The structure is plain JSON kept in the manifest, so batches can be rebuilt with the shape torch's
+``default_collate`` gives: a tuple sample gives a list/tuple of batched tensors, a dict gives a dict.
+
+Spec grammar (JSON)::
+
+    {"kind": "field", "name": "0"}                # a leaf: one field
+    {"kind": "tuple", "items": [spec, ...]}       # tuple or list sample
+    {"kind": "dict",  "items": {"key": spec, ...}}
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from datalflash.errors import StoreFormatError
+
+FIELD_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
+MAX_DEPTH = 8
+
+
+def is_valid_field_name(name: str) -> bool:
+    """Field names are file-name safe: letters, digits, ``_ . -``, not starting with ``.``/``-``."""
+    return isinstance(name, str) and FIELD_NAME.match(name) is not None and ".." not in name
+
+
+def infer_structure(sample: Any) -> dict:
+    """The structure spec of ``sample``; leaves are everything that is not a tuple, list or dict."""
+    return _infer(sample, prefix="", depth=0)
+
+
+def _infer(sample: Any, prefix: str, depth: int) -> dict:
+    if depth > MAX_DEPTH:
+        raise ValueError(f"sample is nested deeper than {MAX_DEPTH} levels")
+    join = (lambda key: f"{prefix}.{key}") if prefix else str
+    if isinstance(sample, Mapping):
+        items = {}
+        for key in sample:
+            if not isinstance(key, str) or not is_valid_field_name(key) or "." in key:
+                raise ValueError(
+                    f"dict key {key!r} cannot name a field: use letters, digits, '_' and '-'"
+                )
+            items[key] = _infer(sample[key], join(key), depth + 1)
+        return {"kind": "dict", "items": items}
+    if isinstance(sample, (tuple, list)):
+        return {
+            "kind": "tuple",
+            "items": [_infer(item, join(i), depth + 1) for i, item in enumerate(sample)],
+        }
+    return {"kind": "field", "name": prefix or "data"}
+
+
+def field_names(spec: dict) -> list[str]:
+    """Leaf field names of a structure spec, in flattening order."""
+    names: list[str] = []
+    _walk(spec, names.append)
+    return names
+
+
+def _walk(spec: dict, visit: Callable[[str], None]) -> None:
+    kind = spec["kind"]
+    if kind == "field":
+        visit(spec["name"])
+    elif kind == "tuple":
+        for item in spec["items"]:
+            _walk(item, visit)
+    else:
+        for item in spec["items"].values():
+            _walk(item, visit)
+
+
+def flatten(sample: Any, spec: dict) -> list[Any]:
+    """Leaves of ``sample`` in the order of :func:`field_names`; raises ValueError on a mismatch."""
+    leaves: list[Any] = []
+    _flatten(sample, spec, leaves, path="sample")
+    return leaves
+
+
+def _flatten(sample: Any, spec: dict, out: list, path: str) -> None:
+    kind = spec["kind"]
+    if kind == "field":
+        if isinstance(sample, (tuple, list, Mapping)):
+            raise ValueError(f"{path} is a {type(sample).__name__} where the first sample had a value")
+        out.append(sample)
+    elif kind == "tuple":
+        if not isinstance(sample, (tuple, list)) or len(sample) != len(spec["items"]):
+            raise ValueError(
+                f"{path} should be a tuple of {len(spec['items'])} items like the first sample, "
+                f"got {type(sample).__name__}"
+                + (f" of {len(sample)}" if isinstance(sample, (tuple, list)) else "")
+            )
+        for i, (item, sub) in enumerate(zip(sample, spec["items"])):
+            _flatten(item, sub, out, f"{path}[{i}]")
+    else:
+        if not isinstance(sample, Mapping) or set(sample) != set(spec["items"]):
+            keys = sorted(sample) if isinstance(sample, Mapping) else type(sample).__name__
+            raise ValueError(f"{path} should be a dict with keys {sorted(spec['items'])}, got {keys}")
+        for key, sub in spec["items"].items():
+            _flatten(sample[key], sub, out, f"{path}[{key!r}]")
+
+
+def rebuild(spec: dict, leaves: Mapping[str, Any], sequence: Callable = tuple) -> Any:
+    """Rebuild the structure, using ``sequence`` (``tuple`` or ``list``) for tuple nodes."""
+    kind = spec["kind"]
+    if kind == "field":
+        return leaves[spec["name"]]
+    if kind == "tuple":
+        return sequence(rebuild(item, leaves, sequence) for item in spec["items"])
+    return {key: rebuild(item, leaves, sequence) for key, item in spec["items"].items()}
+
+
+def validate_structure(spec: Any, fields: Mapping[str, Any], depth: int = 0) -> None:
+    """Check a structure spec read from a manifest; every leaf must name a declared field once."""
+    seen: list[str] = []
+    _validate(spec, depth, seen)
+    if sorted(seen) != sorted(fields) or len(set(seen)) != len(seen):
+        raise StoreFormatError(
+            f"manifest structure names fields {sorted(seen)} but fields are {sorted(fields)}"
+        )
+
+
+def _validate(spec: Any, depth: int, seen: list[str]) -> None:
+    if depth > MAX_DEPTH or not isinstance(spec, dict):
+        raise StoreFormatError("manifest structure is not a valid structure spec")
+    kind = spec.get("kind")
+    items = spec.get("items")
+    if kind == "field" and isinstance(spec.get("name"), str):
+        seen.append(spec["name"])
+    elif kind == "tuple" and isinstance(items, list):
+        for item in items:
+            _validate(item, depth + 1, seen)
+    elif kind == "dict" and isinstance(items, dict):
+        for item in items.values():
+            _validate(item, depth + 1, seen)
+    else:
+        raise StoreFormatError(f"manifest structure node {str(spec)[:80]!r} is not valid")

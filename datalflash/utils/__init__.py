@@ -1,0 +1,5 @@
+"""Conversion utilities: ``from datalflash.utils import DatasetConverter``."""
+
+from datalflash.utils.converter import DatasetConverter, split_sizes
+
+__all__ = ["DatasetConverter", "split_sizes"]

@@ -1,0 +1,244 @@
+"""Convert any map-style PyTorch dataset into a chunked store on disk, or into RAM.
+
+Conversion streams: samples are read in blocks (in parallel with ``num_workers``), gathered into
+one chunk buffer per field and written chunk by chunk, so memory stays at a few chunks whatever
+the dataset's size. The store is written beside ``output_dir`` and renamed into place when
+complete; a failed conversion leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from datalflash import __version__
+from datalflash.errors import BackendError, ConversionError, StoreExistsError
+from datalflash.store.manifest import MANIFEST_NAME, FieldSpec, Manifest, SplitInfo
+from datalflash.store.registry import get_backend
+from datalflash.structure import is_valid_field_name
+from datalflash.utils.samples import infer_schema, read_blocks
+
+DEFAULT_SPLITS = {"train": 0.8, "val": 0.1, "test": 0.1}
+BLOCK_BYTES = 4 * 2**20
+MAX_BLOCK = 1024
+
+
+def split_sizes(num_samples: int, split_ratios: Mapping[str, float]) -> dict[str, int]:
+    """Samples per split: boundaries at ``round(cumulative ratio * n)``, so sizes sum to ``n``."""
+    if not isinstance(split_ratios, Mapping) or not split_ratios:
+        raise ConversionError(f"split_ratios must be a non-empty dict of name -> ratio, got {split_ratios!r}")
+    for name, ratio in split_ratios.items():
+        if not is_valid_field_name(name):
+            raise ConversionError(f"split name {name!r} is not allowed (letters, digits, '_', '-', '.')")
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio) or ratio < 0:
+            raise ConversionError(f"split ratio of {name!r} must be a finite number >= 0, got {ratio!r}")
+    total = sum(split_ratios.values())
+    if abs(total - 1.0) > 1e-6:
+        raise ConversionError(f"split ratios must sum to 1, got {total:g} from {dict(split_ratios)}")
+    sizes, cumulative, previous = {}, 0.0, 0
+    for name, ratio in split_ratios.items():
+        cumulative += ratio
+        boundary = min(num_samples, round(cumulative * num_samples))
+        sizes[name] = boundary - previous
+        previous = boundary
+    sizes[name] += num_samples - previous  # float rounding never loses a sample
+    return sizes
+
+
+def _dataset_length(dataset: Any) -> int:
+    try:
+        n = len(dataset)
+    except TypeError:
+        raise ConversionError(
+            f"{type(dataset).__name__} has no __len__; conversion needs a map-style dataset"
+        ) from None
+    if n == 0:
+        raise ConversionError(f"{type(dataset).__name__} is empty: nothing to convert")
+    return n
+
+
+def _first_sample(dataset: Any, index: int) -> Any:
+    try:
+        return dataset[index]
+    except Exception as e:
+        raise ConversionError(f"reading sample {index} failed: {type(e).__name__}: {e}") from e
+
+
+def _check_output(output_dir: Path, overwrite: bool) -> None:
+    if not output_dir.exists():
+        return
+    if not overwrite:
+        raise StoreExistsError(f"{output_dir} already exists; pass overwrite=True to replace it")
+    if not output_dir.is_dir() or not (
+        (output_dir / MANIFEST_NAME).is_file() or not any(output_dir.iterdir())
+    ):
+        raise StoreExistsError(
+            f"{output_dir} exists and is not a datalflash store; refusing to overwrite it"
+        )
+
+
+def _publish(staging: Path, output_dir: Path) -> None:
+    """Rename the finished store into place, replacing an old store only once the new one is whole."""
+    old = None
+    if output_dir.exists():
+        old = output_dir.with_name(f".{output_dir.name}.old-{uuid.uuid4().hex[:8]}")
+        os.rename(output_dir, old)
+    os.rename(staging, output_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+class DatasetConverter:
+    """Turn a PyTorch dataset into a chunked store (:meth:`create_chunked_dataset`) or into an
+    in-memory :class:`~datalflash.core.FlashDataset` (:meth:`from_pytorch_dataset`)."""
+
+    @staticmethod
+    def create_chunked_dataset(
+        pytorch_dataset: Dataset,
+        output_dir: str | os.PathLike,
+        chunk_size: int = 10000,
+        split_ratios: Mapping[str, float] | None = None,
+        shuffle: bool = True,
+        *,
+        seed: int = 0,
+        backend: str = "zarr",
+        compression: Any = "default",
+        num_workers: int = 0,
+        overwrite: bool = False,
+        progress: bool = True,
+    ) -> Path:
+        """Write ``pytorch_dataset`` as a chunked store at ``output_dir``; returns its path.
+
+        Samples are permuted with ``seed`` when ``shuffle`` and cut into splits by
+        ``split_ratios`` (default 80/10/10 train/val/test); each split is stored in chunks of
+        ``chunk_size`` samples with ``backend`` (``"zarr"``, ``"hdf5"``, ``"memmap"`` or a
+        registered third-party id) and its ``compression`` option.
+        """
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ConversionError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise ConversionError(f"num_workers must be an integer >= 0, got {num_workers!r}")
+        n = _dataset_length(pytorch_dataset)
+        sizes = split_sizes(n, DEFAULT_SPLITS if split_ratios is None else split_ratios)
+        try:
+            backend_cls = get_backend(backend)
+            config = backend_cls.normalize_config(compression)
+        except BackendError as e:
+            raise ConversionError(str(e)) from None
+        output_dir = Path(output_dir)
+        _check_output(output_dir, overwrite)
+
+        order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+        structure, fields = infer_schema(_first_sample(pytorch_dataset, int(order[0])), int(order[0]))
+        manifest = Manifest(
+            backend_id=backend,
+            backend_config=config,
+            chunk_size=chunk_size,
+            fields=fields,
+            structure=structure,
+            splits={name: SplitInfo(k, -(-k // chunk_size)) for name, k in sizes.items()},
+            created={
+                "by": f"datalflash {__version__}",
+                "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "source": type(pytorch_dataset).__name__,
+                "num_source_samples": n,
+                "shuffle": bool(shuffle),
+                "seed": int(seed),
+                "split_ratios": dict(DEFAULT_SPLITS if split_ratios is None else split_ratios),
+            },
+        )
+        output_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = output_dir.with_name(f".{output_dir.name}.partial-{uuid.uuid4().hex[:8]}")
+        try:
+            store = backend_cls.create(staging, manifest)
+            try:
+                _fill(store, pytorch_dataset, order, num_workers, progress)
+            finally:
+                store.close()
+            store.finish()
+            _publish(staging, output_dir)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return output_dir
+
+    @staticmethod
+    def from_pytorch_dataset(pytorch_dataset: Dataset, memory_optimized: bool = True, *, num_workers: int = 0):
+        """Load every sample of ``pytorch_dataset`` into a :class:`~datalflash.core.FlashDataset`
+        holding one contiguous tensor per field.
+
+        With ``memory_optimized`` (the default) samples are written straight into preallocated
+        tensors (peak memory = the data's size); without it, blocks are concatenated at the end
+        (peak about twice that).
+        """
+        from datalflash.core.dataset import FlashDataset
+        from datalflash.store.dtypes import from_storage
+
+        n = _dataset_length(pytorch_dataset)
+        structure, fields = infer_schema(_first_sample(pytorch_dataset, 0), 0)
+        blocks = _blocks(range(n), fields, n)
+        stream = read_blocks(pytorch_dataset, blocks, structure, fields, num_workers)
+        if memory_optimized:
+            storage = {name: np.empty((n, *f.shape), dtype=f.storage_dtype) for name, f in fields.items()}
+            for block, arrays in zip(blocks, stream):
+                for name in fields:
+                    storage[name][block[0] : block[-1] + 1] = arrays[name]
+        else:
+            parts = list(stream)
+            storage = {name: np.concatenate([p[name] for p in parts]) for name in fields}
+        tensors = {name: from_storage(storage[name], f.dtype) for name, f in fields.items()}
+        return FlashDataset.from_fields(tensors, structure)
+
+
+def _blocks(indices: Any, fields: Mapping[str, FieldSpec], chunk_size: int) -> list[list[int]]:
+    """Cut ``indices`` into read blocks of <= ~4 MB that never straddle a chunk."""
+    sample_bytes = max(1, sum(f.sample_nbytes for f in fields.values()))
+    block = max(1, min(MAX_BLOCK, chunk_size, BLOCK_BYTES // sample_bytes))
+    indices = [int(i) for i in indices]
+    blocks = []
+    for chunk_start in range(0, len(indices), chunk_size):
+        chunk = indices[chunk_start : chunk_start + chunk_size]
+        blocks.extend(chunk[i : i + block] for i in range(0, len(chunk), block))
+    return blocks
+
+
+def _fill(store, dataset: Dataset, order: np.ndarray, num_workers: int, progress: bool) -> None:
+    """Read every sample in ``order`` and write each split chunk by chunk."""
+    fields = store.fields
+    chunk_size = store.chunk_size
+    plan = []  # (split, chunk, rows), in the order the blocks come
+    blocks: list[list[int]] = []
+    offset = 0
+    for split, info in store.splits.items():
+        split_order = order[offset : offset + info.num_samples]
+        offset += info.num_samples
+        split_blocks = _blocks(split_order, fields, chunk_size)
+        blocks.extend(split_blocks)
+        plan.append((split, info.num_chunks, split_blocks))
+    buffer = store.allocate(min(chunk_size, max(info.num_samples for info in store.splits.values())))
+    stream = read_blocks(dataset, blocks, store.structure, fields, num_workers)
+    with tqdm(total=len(order), unit="sample", desc="converting", disable=not progress) as bar:
+        for split, num_chunks, split_blocks in plan:
+            queue = iter(split_blocks)
+            for chunk in range(num_chunks):
+                start, stop = store.chunk_bounds(split, chunk)
+                filled = 0
+                while filled < stop - start:
+                    rows = len(next(queue))
+                    arrays = next(stream)
+                    for name in fields:
+                        buffer[name][filled : filled + rows] = arrays[name]
+                    filled += rows
+                    bar.update(rows)
+                store.write_chunk(split, chunk, {name: buf[: stop - start] for name, buf in buffer.items()})
