@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from datalflash.errors import BackendError, StoreReadError
+from datalflash.errors import BackendError, DataLFlashError, StoreReadError
 from datalflash.store.manifest import FieldSpec, Manifest, SplitInfo, write_manifest
 
 
@@ -146,7 +146,7 @@ class ChunkStore(ABC):
                 dest = result[name][offset : offset + stop - start]
                 try:
                     self._read_rows(split, name, start, stop, dest)
-                except StoreReadError:
+                except DataLFlashError:
                     raise
                 except Exception as e:
                     raise StoreReadError(

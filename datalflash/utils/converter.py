@@ -13,6 +13,7 @@ import os
 import shutil
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,11 +28,9 @@ from datalflash.errors import BackendError, ConversionError, StoreExistsError
 from datalflash.store.manifest import MANIFEST_NAME, FieldSpec, Manifest, SplitInfo
 from datalflash.store.registry import get_backend
 from datalflash.structure import is_valid_field_name
-from datalflash.utils.samples import infer_schema, read_blocks
+from datalflash.utils.samples import BlockReader, block_size, infer_schema
 
 DEFAULT_SPLITS = {"train": 0.8, "val": 0.1, "test": 0.1}
-BLOCK_BYTES = 4 * 2**20
-MAX_BLOCK = 1024
 
 
 def split_sizes(num_samples: int, split_ratios: Mapping[str, float]) -> dict[str, int]:
@@ -187,24 +186,25 @@ class DatasetConverter:
 
         n = _dataset_length(pytorch_dataset)
         structure, fields = infer_schema(_first_sample(pytorch_dataset, 0), 0)
-        blocks = _blocks(range(n), fields, n)
-        stream = read_blocks(pytorch_dataset, blocks, structure, fields, num_workers)
+        blocks = _blocks(range(n), block_size(pytorch_dataset, fields, n), n)
+        reader = BlockReader(pytorch_dataset, blocks, structure, fields, num_workers)
+        allocate = lambda rows: {name: np.empty((rows, *f.shape), dtype=f.storage_dtype) for name, f in fields.items()}
         if memory_optimized:
-            storage = {name: np.empty((n, *f.shape), dtype=f.storage_dtype) for name, f in fields.items()}
-            for block, arrays in zip(blocks, stream):
-                for name in fields:
-                    storage[name][block[0] : block[-1] + 1] = arrays[name]
+            storage, filled = allocate(n), 0
+            while filled < n:
+                filled += reader.read_into(storage, filled)
         else:
-            parts = list(stream)
+            parts = []
+            for block in blocks:
+                parts.append(allocate(len(block)))
+                reader.read_into(parts[-1])
             storage = {name: np.concatenate([p[name] for p in parts]) for name in fields}
         tensors = {name: from_storage(storage[name], f.dtype) for name, f in fields.items()}
         return FlashDataset.from_fields(tensors, structure)
 
 
-def _blocks(indices: Any, fields: Mapping[str, FieldSpec], chunk_size: int) -> list[list[int]]:
-    """Cut ``indices`` into read blocks of <= ~4 MB that never straddle a chunk."""
-    sample_bytes = max(1, sum(f.sample_nbytes for f in fields.values()))
-    block = max(1, min(MAX_BLOCK, chunk_size, BLOCK_BYTES // sample_bytes))
+def _blocks(indices: Any, block: int, chunk_size: int) -> list[list[int]]:
+    """Cut ``indices`` into read blocks of at most ``block`` samples that never straddle a chunk."""
     indices = [int(i) for i in indices]
     blocks = []
     for chunk_start in range(0, len(indices), chunk_size):
@@ -214,31 +214,38 @@ def _blocks(indices: Any, fields: Mapping[str, FieldSpec], chunk_size: int) -> l
 
 
 def _fill(store, dataset: Dataset, order: np.ndarray, num_workers: int, progress: bool) -> None:
-    """Read every sample in ``order`` and write each split chunk by chunk."""
-    fields = store.fields
+    """Read every sample in ``order`` and write each split chunk by chunk.
+
+    A writer thread compresses and writes chunk ``k`` while chunk ``k + 1`` is read; two chunk
+    buffers alternate, so a buffer is refilled only after its previous write finished.
+    """
     chunk_size = store.chunk_size
-    plan = []  # (split, chunk, rows), in the order the blocks come
+    block = block_size(dataset, store.fields, chunk_size)
+    chunks = []  # (split, chunk, number of blocks), in the order the blocks are read
     blocks: list[list[int]] = []
     offset = 0
     for split, info in store.splits.items():
         split_order = order[offset : offset + info.num_samples]
         offset += info.num_samples
-        split_blocks = _blocks(split_order, fields, chunk_size)
-        blocks.extend(split_blocks)
-        plan.append((split, info.num_chunks, split_blocks))
-    buffer = store.allocate(min(chunk_size, max(info.num_samples for info in store.splits.values())))
-    stream = read_blocks(dataset, blocks, store.structure, fields, num_workers)
-    with tqdm(total=len(order), unit="sample", desc="converting", disable=not progress) as bar:
-        for split, num_chunks, split_blocks in plan:
-            queue = iter(split_blocks)
-            for chunk in range(num_chunks):
-                start, stop = store.chunk_bounds(split, chunk)
-                filled = 0
-                while filled < stop - start:
-                    rows = len(next(queue))
-                    arrays = next(stream)
-                    for name in fields:
-                        buffer[name][filled : filled + rows] = arrays[name]
-                    filled += rows
-                    bar.update(rows)
-                store.write_chunk(split, chunk, {name: buf[: stop - start] for name, buf in buffer.items()})
+        for chunk in range(info.num_chunks):
+            chunk_blocks = _blocks(split_order[chunk * chunk_size : (chunk + 1) * chunk_size], block, chunk_size)
+            chunks.append((split, chunk, len(chunk_blocks)))
+            blocks.extend(chunk_blocks)
+    reader = BlockReader(dataset, blocks, store.structure, store.fields, num_workers)
+    largest = max(info.num_samples for info in store.splits.values())
+    buffers = [store.allocate(min(chunk_size, largest)) for _ in range(min(2, len(chunks)))]
+    pending = None
+    with (
+        ThreadPoolExecutor(1, thread_name_prefix="datalflash-writer") as writer,
+        tqdm(total=len(order), unit="sample", desc="converting", disable=not progress) as bar,
+    ):
+        for k, (split, chunk, num_blocks) in enumerate(chunks):
+            buffer, filled = buffers[k % 2], 0
+            for _ in range(num_blocks):
+                filled += reader.read_into(buffer, filled)
+            if pending is not None:
+                pending.result()
+            pending = writer.submit(store.write_chunk, split, chunk, {n: b[:filled] for n, b in buffer.items()})
+            bar.update(filled)
+        if pending is not None:
+            pending.result()

@@ -16,7 +16,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from datalflash.errors import ConversionError
-from datalflash.store.dtypes import as_storage, numpy_dtype_name, storage_dtype, torch_dtype_name
+from datalflash.store.dtypes import (
+    as_storage,
+    from_storage,
+    numpy_dtype_name,
+    storage_dtype,
+    torch_dtype_name,
+)
 from datalflash.store.manifest import FieldSpec
 from datalflash.structure import field_names, flatten, infer_structure
 
@@ -113,25 +119,65 @@ class BlockCollator:
         return arrays
 
 
-def read_blocks(
-    dataset: Dataset,
-    blocks: Sequence[Sequence[int]],
-    structure: dict,
-    fields: dict[str, FieldSpec],
-    num_workers: int = 0,
-) -> Iterator[dict[str, np.ndarray]]:
-    """Yield ``{field: array}`` for each block of indices, in order; ``num_workers`` processes read."""
-    if isinstance(dataset, TensorDataset) and _tensor_dataset_matches(dataset, structure, fields):
-        yield from _gather_tensor_blocks(dataset, blocks, fields)
-        return
-    loader = DataLoader(
-        IndexedDataset(dataset),
-        batch_sampler=blocks,
-        num_workers=num_workers,
-        collate_fn=BlockCollator(structure, fields),
-        prefetch_factor=2 if num_workers > 0 else None,
-    )
-    yield from loader
+BLOCK_BYTES = 4 * 2**20
+MAX_BLOCK = 1024
+
+
+def block_size(dataset: Dataset, fields: dict[str, FieldSpec], chunk_size: int) -> int:
+    """Samples per read block: a whole chunk for a TensorDataset (one vectorized gather), else
+    blocks of <= ~4 MB and <= 1024 samples, small enough to spread over workers."""
+    if isinstance(dataset, TensorDataset):
+        return chunk_size
+    sample_bytes = max(1, sum(f.sample_nbytes for f in fields.values()))
+    return max(1, min(MAX_BLOCK, chunk_size, BLOCK_BYTES // sample_bytes))
+
+
+class BlockReader:
+    """Reads blocks of samples, in order, into the caller's storage buffers.
+
+    A TensorDataset is read with one vectorized ``index_select(out=...)`` per field and block;
+    any other dataset through torch's DataLoader (``num_workers`` processes), whose workers run
+    :class:`BlockCollator`.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        blocks: Sequence[Sequence[int]],
+        structure: dict,
+        fields: dict[str, FieldSpec],
+        num_workers: int = 0,
+    ):
+        self.fields = fields
+        self._blocks = iter(blocks)
+        self._tensors = None
+        self._stream: Iterator[dict[str, np.ndarray]] | None = None
+        if isinstance(dataset, TensorDataset) and _tensor_dataset_matches(dataset, structure, fields):
+            self._tensors = [t.cpu() for t in dataset.tensors]
+        else:
+            self._stream = iter(
+                DataLoader(
+                    IndexedDataset(dataset),
+                    batch_sampler=blocks,
+                    num_workers=num_workers,
+                    collate_fn=BlockCollator(structure, fields),
+                    prefetch_factor=2 if num_workers > 0 else None,
+                )
+            )
+
+    def read_into(self, out: dict[str, np.ndarray], offset: int = 0) -> int:
+        """Read the next block into rows ``offset:`` of ``out``; returns the number of rows."""
+        block = next(self._blocks)
+        rows = len(block)
+        if self._tensors is not None:
+            index = torch.as_tensor(np.asarray(block, dtype=np.int64))
+            for (name, spec), tensor in zip(self.fields.items(), self._tensors):
+                dest = from_storage(out[name][offset : offset + rows], spec.dtype)
+                torch.index_select(tensor, 0, index, out=dest)
+        else:
+            for name, values in next(self._stream).items():
+                out[name][offset : offset + rows] = values
+        return rows
 
 
 def _tensor_dataset_matches(dataset: TensorDataset, structure: dict, fields: dict[str, FieldSpec]) -> bool:
@@ -145,15 +191,3 @@ def _tensor_dataset_matches(dataset: TensorDataset, structure: dict, fields: dic
             for t, s in zip(dataset.tensors, specs)
         )
     )
-
-
-def _gather_tensor_blocks(
-    dataset: TensorDataset, blocks: Sequence[Sequence[int]], fields: dict[str, FieldSpec]
-) -> Iterator[dict[str, np.ndarray]]:
-    """A TensorDataset is read with one vectorized gather per field and block."""
-    for block in blocks:
-        index = torch.as_tensor(np.asarray(block, dtype=np.int64))
-        yield {
-            name: as_storage(tensor.index_select(0, index), spec.dtype)
-            for (name, spec), tensor in zip(fields.items(), dataset.tensors)
-        }

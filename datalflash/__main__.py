@@ -1,0 +1,5 @@
+import sys
+
+from datalflash.cli import main
+
+sys.exit(main())

@@ -1,0 +1,32 @@
+"""The ``datalflash`` command (also ``python -m datalflash``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from datalflash.demo import run
+
+    accuracy = run(workdir=args.workdir, epochs=args.epochs)
+    return 0 if accuracy >= 0.9 else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="datalflash", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser("demo", help="convert real digits into a Zarr store and train on it")
+    demo.add_argument("--workdir", help="keep the store here instead of a temporary directory")
+    demo.add_argument("--epochs", type=int, default=15)
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

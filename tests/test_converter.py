@@ -1,0 +1,218 @@
+"""DatasetConverter: splits, atomic publish, parallel reading, streaming memory, and every error."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import Dataset, IterableDataset, TensorDataset
+
+from datalflash.errors import ConversionError, DataLFlashError, StoreExistsError
+from datalflash.store import open_store
+from datalflash.utils import DatasetConverter, split_sizes
+
+convert = DatasetConverter.create_chunked_dataset
+
+
+class Items(Dataset):
+    def __init__(self, items):
+        self.items = items
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def tensors(n=20):
+    return TensorDataset(torch.arange(n * 2, dtype=torch.float32).reshape(n, 2), torch.arange(n))
+
+
+def test_default_splits_and_manifest(tmp_path):
+    path = convert(tensors(100), tmp_path / "s", chunk_size=16, progress=False)
+    store = open_store(path)
+    assert {k: v.num_samples for k, v in store.splits.items()} == {"train": 80, "val": 10, "test": 10}
+    assert store.num_chunks("train") == 5 and store.backend_id == "zarr"
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["format"] == "datalflash-store" and manifest["format_version"] == 1
+    assert manifest["created"]["seed"] == 0 and manifest["created"]["num_source_samples"] == 100
+    labels = np.concatenate([store.read_chunks(s, range(store.num_chunks(s)))["1"] for s in store.splits])
+    assert sorted(labels.tolist()) == list(range(100))  # every sample exactly once across splits
+    assert labels.tolist() == np.random.default_rng(0).permutation(100).tolist()
+
+
+def test_seed_and_no_shuffle(tmp_path):
+    a = open_store(convert(tensors(), tmp_path / "a", chunk_size=4, seed=7, progress=False))
+    b = open_store(convert(tensors(), tmp_path / "b", chunk_size=4, seed=7, progress=False))
+    c = open_store(convert(tensors(), tmp_path / "c", chunk_size=4, shuffle=False, progress=False))
+    read = lambda s: s.read_chunks("train", range(s.num_chunks("train")))["1"].tolist()
+    assert read(a) == read(b) != read(c)
+    assert read(c) == list(range(16))
+
+
+@pytest.mark.parametrize(
+    "n, ratios, expected",
+    [
+        (10, {"a": 0.5, "b": 0.5}, {"a": 5, "b": 5}),
+        (7, {"train": 0.8, "val": 0.1, "test": 0.1}, {"train": 6, "val": 0, "test": 1}),
+        (3, {"x": 1.0, "y": 0.0}, {"x": 3, "y": 0}),
+        (1001, {"a": 1 / 3, "b": 1 / 3, "c": 1 / 3}, {"a": 334, "b": 333, "c": 334}),
+    ],
+)
+def test_split_sizes(n, ratios, expected):
+    assert split_sizes(n, ratios) == expected
+
+
+def test_empty_split_is_readable(tmp_path):
+    store = open_store(convert(tensors(3), tmp_path / "s", chunk_size=2, split_ratios={"x": 1.0, "y": 0.0}, progress=False))
+    assert store.num_samples("y") == 0 and store.num_chunks("y") == 0
+    assert store.read_chunks("y", [])["0"].shape == (0, 2)
+
+
+def test_num_workers_gives_identical_store(tmp_path):
+    samples = Items([(np.full((3,), i, np.int32), i * 0.5) for i in range(50)])
+    a = open_store(convert(samples, tmp_path / "a", chunk_size=7, progress=False))
+    b = open_store(convert(samples, tmp_path / "b", chunk_size=7, num_workers=2, progress=False))
+    for split in a.splits:
+        ra, rb = (s.read_chunks(split, range(s.num_chunks(split))) for s in (a, b))
+        for name in ra:
+            np.testing.assert_array_equal(ra[name], rb[name])
+
+
+def test_progress_bar_shows_unless_disabled(tmp_path, capsys):
+    convert(tensors(), tmp_path / "a", chunk_size=4)
+    assert "converting" in capsys.readouterr().err
+    convert(tensors(), tmp_path / "b", chunk_size=4, progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_existing_output_refused_then_overwritten(tmp_path):
+    path = convert(tensors(10), tmp_path / "s", chunk_size=4, progress=False)
+    with pytest.raises(StoreExistsError, match="overwrite=True"):
+        convert(tensors(12), path, chunk_size=4, progress=False)
+    assert open_store(path).num_samples("train") == 8  # untouched
+    convert(tensors(12), path, chunk_size=4, overwrite=True, progress=False)
+    assert sum(open_store(path).num_samples(s) for s in ("train", "val", "test")) == 12
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]  # no staging or old copy left
+
+
+def test_overwrite_refuses_a_directory_that_is_not_a_store(tmp_path):
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "thesis.tex").write_text("do not delete")
+    with pytest.raises(StoreExistsError, match="not a datalflash store"):
+        convert(tensors(), tmp_path / "precious", overwrite=True, progress=False)
+    assert (tmp_path / "precious" / "thesis.tex").read_text() == "do not delete"
+
+
+def test_failed_conversion_leaves_nothing(tmp_path):
+    class Breaks(Dataset):
+        def __len__(self):
+            return 30
+
+        def __getitem__(self, i):
+            if i == 17:
+                raise RuntimeError("disk on fire")
+            return torch.zeros(2)
+
+    with pytest.raises(ConversionError, match="sample 17.*disk on fire"):
+        convert(Breaks(), tmp_path / "s", chunk_size=4, shuffle=False, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+BAD_INPUTS = [
+    # (samples, kwargs, message pattern)
+    ([torch.zeros(3), torch.zeros(4)], {}, r"sample 1 field 'data': got float32 \(4,\).*float32 \(3,\)"),
+    ([torch.zeros(3), torch.zeros(3, dtype=torch.float64)], {}, r"sample 1 field 'data': got float64"),
+    ([(torch.zeros(2), 1), (torch.zeros(2), 1.5)], {}, r"sample 1 field '1': got float64 \(\).*int64"),
+    ([{"a": 1}, {"b": 1}], {}, r"sample 1.*keys \['a'\]"),
+    ([(1, 2), (1,)], {}, r"sample 1.*tuple of 2"),
+    (["text", "more"], {}, r"sample 0 field 'data': unsupported type str"),
+    ([(np.array(["a"]), 1)] * 2, {}, r"sample 0 field '0': unsupported type ndarray of dtype <U1"),
+    ([np.zeros(2, dtype=object)] * 2, {}, r"unsupported type ndarray of dtype object"),
+    ([{"bad key": 1}], {}, r"sample 0: dict key 'bad key'"),
+    ([], {}, r"empty"),
+    ([1, 2], {"split_ratios": {"a": 0.5, "b": 0.6}}, r"sum to 1"),
+    ([1, 2], {"split_ratios": {"a": 1.5, "b": -0.5}}, r">= 0"),
+    ([1, 2], {"split_ratios": {}}, r"non-empty"),
+    ([1, 2], {"split_ratios": {"../x": 1.0}}, r"split name '../x'"),
+    ([1, 2], {"chunk_size": 0}, r"chunk_size must be an integer >= 1"),
+    ([1, 2], {"chunk_size": 2.5}, r"chunk_size"),
+    ([1, 2], {"backend": "nosuch"}, r"unknown backend 'nosuch'"),
+    ([1, 2], {"compression": "brotli"}, r"compression 'brotli'"),
+    ([1, 2], {"backend": "memmap", "compression": "lz4"}, r"uncompressed"),
+    ([1, 2], {"num_workers": -1}, r"num_workers"),
+]
+
+
+@pytest.mark.parametrize("samples, kwargs, pattern", BAD_INPUTS)
+def test_bad_input_is_a_clear_error(tmp_path, samples, kwargs, pattern):
+    kwargs = {"split_ratios": {"all": 1.0}, "shuffle": False, "progress": False, "chunk_size": 2, **kwargs}
+    with pytest.raises(ConversionError, match=pattern) as info:
+        convert(Items(samples), tmp_path / "s", **kwargs)
+    assert isinstance(info.value, (ValueError, DataLFlashError))
+    assert not (tmp_path / "s").exists()
+
+
+def test_bad_sample_in_a_worker_names_the_index(tmp_path):
+    items = [torch.zeros(2)] * 40
+    items[33] = torch.zeros(5)
+    with pytest.raises(ConversionError, match="sample 33 field 'data'"):
+        convert(Items(items), tmp_path / "s", chunk_size=8, num_workers=2, shuffle=False, progress=False)
+
+
+def test_iterable_dataset_refused(tmp_path):
+    class Stream(IterableDataset):
+        def __iter__(self):
+            yield torch.zeros(1)
+
+    with pytest.raises(ConversionError, match="no __len__"):
+        convert(Stream(), tmp_path / "s", progress=False)
+
+
+def test_from_pytorch_dataset_in_memory():
+    data = Items([{"x": torch.full((2, 2), i, dtype=torch.bfloat16), "y": i} for i in range(9)])
+    for optimized in (True, False):
+        flash = DatasetConverter.from_pytorch_dataset(data, memory_optimized=optimized)
+        assert len(flash) == 9
+        assert flash.fields["x"].dtype == torch.bfloat16 and flash.fields["x"].is_contiguous()
+        assert flash.fields["y"].dtype == torch.int64
+        assert torch.equal(flash.fields["y"], torch.arange(9))
+        assert torch.equal(flash[4]["x"], data[4]["x"])
+
+
+STREAMING_SCRIPT = textwrap.dedent(
+    """
+    import resource, sys, numpy as np, torch
+    from torch.utils.data import Dataset
+    from datalflash.utils import DatasetConverter
+
+    class Big(Dataset):  # {gib} GiB of samples, generated on demand
+        def __len__(self):
+            return {n}
+        def __getitem__(self, i):
+            return torch.full((256, 1024), i % 251, dtype=torch.uint8), i
+
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    DatasetConverter.create_chunked_dataset(Big(), sys.argv[1], chunk_size=256, progress=False)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print((peak - base) // 1024)
+    """
+)
+
+
+def test_conversion_streams_with_bounded_memory(tmp_path):
+    gib = 2
+    n = gib * 2**30 // (256 * 1024)
+    script = STREAMING_SCRIPT.format(gib=gib, n=n)
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "s")], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    growth_mib = int(result.stdout.strip())
+    assert growth_mib < 400, f"RSS grew {growth_mib} MiB converting {gib} GiB"
+    store = open_store(tmp_path / "s")
+    assert sum(info.num_samples for info in store.splits.values()) == n

@@ -1,0 +1,128 @@
+"""Format v1: the committed fixture stores, the JSON Schema, and manifest validation."""
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+import torch
+
+from datalflash.errors import BackendError, StoreFormatError
+from datalflash.store import open_store
+from datalflash.store.dtypes import from_storage
+from datalflash.store.manifest import parse_manifest
+
+FORMATS = Path(__file__).resolve().parents[1] / "formats"
+FIXTURES = FORMATS / "fixtures" / "v1"
+SCHEMA = json.loads((FORMATS / "manifest.schema.json").read_text())
+EXPECTED = json.loads((FIXTURES / "expected.json").read_text())
+
+
+@pytest.mark.parametrize("backend", ["zarr", "hdf5", "memmap"])
+def test_fixture_store_reads_back(backend):
+    store = open_store(FIXTURES / backend)
+    assert store.backend_id == backend
+    assert store.structure["kind"] == "dict"
+    for split, fields in EXPECTED.items():
+        got = store.read_chunks(split, range(store.num_chunks(split)))
+        for name, values in fields.items():
+            tensor = from_storage(got[name], store.fields[name].dtype)
+            assert tensor.dtype == getattr(torch, store.fields[name].dtype)
+            as_float = tensor.float() if tensor.is_floating_point() else tensor
+            np.testing.assert_array_equal(as_float.numpy(), np.array(values), err_msg=f"{backend} {split} {name}")
+
+
+@pytest.mark.parametrize("backend", ["zarr", "hdf5", "memmap"])
+def test_fixture_manifests_match_schema(backend):
+    jsonschema.validate(json.loads((FIXTURES / backend / "manifest.json").read_text()), SCHEMA)
+
+
+def fixture_doc():
+    return json.loads((FIXTURES / "memmap" / "manifest.json").read_text())
+
+
+def mutate(path, value):
+    doc = fixture_doc()
+    target = doc
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    return doc
+
+
+BAD_MANIFESTS = [
+    (mutate(["format"], "zarr"), "'format'"),
+    (mutate(["format_version"], 2), "newer than this datalflash reads.*upgrade"),
+    (mutate(["format_version"], "1"), "not an integer"),
+    (mutate(["format_version"], 0), "not valid"),
+    (mutate(["chunk_size"], 0), "chunk_size"),
+    (mutate(["fields", "image", "dtype"], "object"), "dtype 'object' is not supported"),
+    (mutate(["fields", "image", "storage_dtype"], "|O"), "does not match"),
+    (mutate(["fields", "image", "shape"], [-1]), "shape"),
+    (mutate(["fields", "image", "shape"], [2**20, 2**20]), "too large"),
+    (mutate(["splits", "train", "num_chunks"], 3), "num_chunks 3 does not match"),
+    (mutate(["splits", "train", "num_samples"], True), "num_samples"),
+    (mutate(["structure", "items", "image", "name"], "label"), "structure names fields"),
+    (mutate(["structure", "kind"], "set"), "not valid"),
+    (mutate(["backend"], "memmap"), "'backend'"),
+    ([1, 2], "not a JSON object"),
+]
+
+
+@pytest.mark.parametrize("doc, pattern", BAD_MANIFESTS)
+def test_bad_manifest_refused(doc, pattern):
+    with pytest.raises(StoreFormatError, match=pattern):
+        parse_manifest(doc)
+
+
+@pytest.mark.parametrize("name", ["../evil", "/etc", "a/b", ".hidden", "", "x" * 200])
+def test_field_names_cannot_leave_the_store(name):
+    doc = fixture_doc()
+    doc["fields"][name] = doc["fields"].pop("image")
+    doc["structure"]["items"]["image"]["name"] = name
+    with pytest.raises(StoreFormatError, match="not allowed"):
+        parse_manifest(doc)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(doc, SCHEMA)
+
+
+def test_schema_and_reader_agree_on_good_manifest():
+    doc = fixture_doc()
+    jsonschema.validate(doc, SCHEMA)
+    manifest = parse_manifest(copy.deepcopy(doc))
+    assert manifest.to_json()["fields"] == doc["fields"]
+
+
+def test_unknown_keys_are_ignored_within_a_version():
+    doc = fixture_doc()
+    doc["future_feature"] = {"x": 1}
+    assert parse_manifest(doc).chunk_size == doc["chunk_size"]
+
+
+def test_open_store_errors(tmp_path):
+    with pytest.raises(StoreFormatError, match="not a datalflash store"):
+        open_store(tmp_path)
+    shutil.copytree(FIXTURES / "memmap", tmp_path / "s")
+    (tmp_path / "s" / "manifest.json").write_text("{not json")
+    with pytest.raises(StoreFormatError, match="not valid JSON"):
+        open_store(tmp_path / "s")
+    doc = fixture_doc()
+    doc["backend"]["id"] = "nosuch"
+    (tmp_path / "s" / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(BackendError, match="unknown backend 'nosuch'"):
+        open_store(tmp_path / "s")
+    doc["backend"] = {"id": "zarr", "config": {"compression": "pickle"}}
+    (tmp_path / "s" / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(BackendError, match="compression 'pickle'"):
+        open_store(tmp_path / "s")
+
+
+def test_memmap_header_disagreeing_with_manifest(tmp_path):
+    shutil.copytree(FIXTURES / "memmap", tmp_path / "s")
+    np.save(tmp_path / "s" / "train" / "label.npy", np.zeros(6, dtype=np.int32))
+    store = open_store(tmp_path / "s")
+    with pytest.raises(StoreFormatError, match="label.npy: holds .*int32.*manifest says"):
+        store.read_chunks("train", [0])
