@@ -3,6 +3,7 @@ chunked ``chunk_size`` samples along axis 0, Blosc-compressed (lz4 by default)."
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,7 @@ from zarr.storage import LocalStore
 
 from datalflash.errors import BackendError
 from datalflash.store.base import ChunkStore
+from datalflash.store.zarr_chunks import DirectChunkIO, direct_io
 
 COMPRESSIONS = ("lz4", "zstd", "none")
 SHUFFLES = ("shuffle", "bitshuffle", "noshuffle")
@@ -49,9 +51,9 @@ class ZarrChunkStore(ChunkStore):
     def _create_split(self, split: str) -> None:
         group = zarr.open_group(self.split_path(split), mode="w-", zarr_format=3)
         n = self.num_samples(split)
-        arrays = {}
+        handles = {}
         for name, spec in self.fields.items():
-            arrays[name] = group.create_array(
+            array = group.create_array(
                 name,
                 shape=(n, *spec.shape),
                 chunks=(self.chunk_size, *(max(d, 1) for d in spec.shape)),
@@ -61,20 +63,34 @@ class ZarrChunkStore(ChunkStore):
                 attributes={"datalflash_dtype": spec.dtype},
                 config={"write_empty_chunks": True},
             )
-        self._handles[split] = arrays
+            handles[name] = (array, direct_io(array, Path(self.split_path(split)) / name, spec.shape))
+        self._handles[split] = handles
 
-    def _open_split(self, split: str) -> dict[str, zarr.Array]:
+    def _open_split(self, split: str) -> dict[str, tuple[zarr.Array, DirectChunkIO | None]]:
+        """``{field: (zarr array, direct chunk I/O or None)}``."""
         store = LocalStore(self.split_path(split), read_only=not self.writable)
         group = zarr.open_group(store, mode="r+" if self.writable else "r", zarr_format=3)
-        return {name: group[name] for name in self.fields}
+        handles = {}
+        for name, spec in self.fields.items():
+            array = group[name]
+            handles[name] = (array, direct_io(array, Path(self.split_path(split)) / name, spec.shape))
+        return handles
 
     def _close(self, handle: Any) -> None:
-        pass  # zarr arrays hold no open files
+        pass  # zarr arrays and DirectChunkIO hold no open files
 
     def _write_rows(self, split: str, field: str, start: int, data: np.ndarray) -> None:
-        self._handle(split)[field][start : start + len(data)] = data
+        array, direct = self._handle(split)[field]
+        if direct is None:
+            array[start : start + len(data)] = data
+        else:
+            direct.write(start // self.chunk_size, data)
 
     def _read_rows(self, split: str, field: str, start: int, stop: int, out: np.ndarray) -> None:
-        self._handle(split)[field].get_basic_selection(
-            np.s_[start:stop], out=NDBuffer.from_numpy_array(out)
-        )
+        array, direct = self._handle(split)[field]
+        if direct is None:
+            array.get_basic_selection(np.s_[start:stop], out=NDBuffer.from_numpy_array(out))
+            return
+        for row in range(start, stop, self.chunk_size):
+            rows = min(self.chunk_size, stop - row)
+            direct.read(row // self.chunk_size, out[row - start : row - start + rows])
