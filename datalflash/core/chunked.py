@@ -1,0 +1,66 @@
+"""A split of a chunk store as a torch ``Dataset``."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from datalflash.store.base import ChunkStore
+from datalflash.store.dtypes import from_storage
+from datalflash.store.registry import open_store
+from datalflash.structure import rebuild
+
+
+class ChunkedDataset(Dataset):
+    """Split ``split`` of a store. :class:`~datalflash.core.FlashDataLoader` reads it in whole
+    chunks, ahead of use; item access (``ds[i]``, ``__getitems__``) also works, for torch's
+    DataLoader and for inspection, reading whole chunks and keeping the last one."""
+
+    def __init__(self, store: ChunkStore | str | os.PathLike, split: str = "train"):
+        self.store = store if isinstance(store, ChunkStore) else open_store(store)
+        self.split = split
+        self._length = self.store.num_samples(split)
+        self._cached: tuple[int, dict[str, torch.Tensor]] | None = None
+
+    @property
+    def fields(self):
+        """``{name: FieldSpec}`` of the store."""
+        return self.store.fields
+
+    @property
+    def structure(self) -> dict:
+        return self.store.structure
+
+    def __len__(self) -> int:
+        return self._length
+
+    def chunk_tensors(self, chunk: int, out: dict[str, np.ndarray] | None = None) -> dict[str, torch.Tensor]:
+        """Chunk ``chunk`` as ``{field: tensor}`` in the fields' torch dtypes."""
+        arrays = self.store.read_chunks(self.split, [chunk], out)
+        return {name: from_storage(a, self.fields[name].dtype) for name, a in arrays.items()}
+
+    def _row(self, index: int) -> tuple[dict[str, torch.Tensor], int]:
+        if not -self._length <= index < self._length:
+            raise IndexError(f"index {index} out of range for split {self.split!r} of {self._length} samples")
+        index %= self._length
+        chunk = index // self.store.chunk_size
+        if self._cached is None or self._cached[0] != chunk:
+            self._cached = (chunk, self.chunk_tensors(chunk))
+        return self._cached[1], index - chunk * self.store.chunk_size
+
+    def __getitem__(self, index: int) -> Any:
+        tensors, row = self._row(int(index))
+        return rebuild(self.structure, {name: t[row].clone() for name, t in tensors.items()}, tuple)
+
+    def __getstate__(self) -> dict:
+        return {"store": self.store, "split": self.split}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["store"], state["split"])
+
+    def __repr__(self) -> str:
+        return f"ChunkedDataset({str(self.store.path)!r}, split={self.split!r}, {self._length} samples)"

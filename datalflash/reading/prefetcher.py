@@ -1,0 +1,105 @@
+"""A bounded, ordered prefetcher of chunk windows.
+
+Windows (groups of whole chunks, see :mod:`datalflash.ordering`) are read by a small pool of
+threads into reused buffers, at most ``ahead`` windows beyond the one in use, so memory stays at
+``(ahead + 1)`` window buffers. Codecs and ``preadv`` release the GIL, so threads read in
+parallel. A failed read re-raises in the consumer as soon as it waits for that window; closing
+cancels what is queued and joins the threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+
+import numpy as np
+
+from datalflash.store.base import ChunkStore
+
+
+class WindowPrefetcher:
+    """Reads ``windows`` (lists of chunk ids of ``split``) in order, ``ahead`` windows ahead.
+
+    ``get(w)`` blocks until window ``w`` is in memory and returns ``{field: array}`` views of its
+    rows (chunks concatenated in window order). Windows must be taken in order; taking window
+    ``w`` recycles the buffer of window ``w - 1``.
+    """
+
+    def __init__(
+        self,
+        store: ChunkStore,
+        split: str,
+        windows: Sequence[Sequence[int]],
+        *,
+        ahead: int = 1,
+        threads: int = 2,
+        timeout: float = 0,
+    ):
+        self.store, self.split = store, split
+        self.windows = [list(map(int, w)) for w in windows]
+        self.timeout = timeout
+        self._ahead = max(1, ahead)
+        rows = [[store.chunk_bounds(split, c) for c in w] for w in self.windows]
+        self._rows = [sum(b - a for a, b in r) for r in rows]
+        self._buffers: list[dict[str, np.ndarray]] = []
+        self._pending: dict[int, tuple[dict[str, np.ndarray], list[tuple[int, Future]]]] = {}
+        self._next = 0  # next window to submit
+        self._current: int | None = None
+        self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="datalflash-read")
+        self._closed = False
+
+    def _buffer(self) -> dict[str, np.ndarray]:
+        if self._buffers:
+            return self._buffers.pop()
+        return self.store.allocate(max(self._rows, default=0))
+
+    def _submit_until(self, last: int) -> None:
+        while self._next <= min(last, len(self.windows) - 1):
+            w = self._next
+            buffer = self._buffer()
+            tasks, offset = [], 0
+            for chunk in self.windows[w]:
+                start, stop = self.store.chunk_bounds(self.split, chunk)
+                out = {name: b[offset : offset + stop - start] for name, b in buffer.items()}
+                tasks.append((chunk, self._pool.submit(self.store.read_chunks, self.split, [chunk], out)))
+                offset += stop - start
+            self._pending[w] = (buffer, tasks)
+            self._next += 1
+
+    def get(self, w: int) -> dict[str, np.ndarray]:
+        """Window ``w``'s rows, waiting for its reads; re-raises a failed read."""
+        if self._closed:
+            raise RuntimeError("prefetcher is closed")
+        if self._current is not None and self._current != w:
+            self._buffers.append(self._pending.pop(self._current)[0])
+        self._current = w
+        self._submit_until(w + self._ahead)
+        buffer, tasks = self._pending[w]
+        for chunk, future in tasks:
+            try:
+                future.result(timeout=self.timeout or None)
+            except FutureTimeout:
+                raise TimeoutError(
+                    f"{self.store.path}: reading split {self.split!r} chunk {chunk} took longer than "
+                    f"timeout={self.timeout}s"
+                ) from None
+        return {name: b[: self._rows[w]] for name, b in buffer.items()}
+
+    def close(self) -> None:
+        """Cancel queued reads and join the reading threads."""
+        if self._closed:
+            return
+        self._closed = True
+        for _, tasks in self._pending.values():
+            for _, future in tasks:
+                future.cancel()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pending.clear()
+        self._buffers.clear()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
