@@ -61,13 +61,16 @@ def planned_chunk_batches(
             while start < stop:
                 end = min(stop, int(offsets[w + 1]))
                 if w not in resident:
-                    resident.clear()
                     arrays = prefetcher.get(w - first)
                     resident[w] = {n: from_storage(a, fields[n].dtype) for n, a in arrays.items()}
                 rows = torch.from_numpy(plan.orders[w][start - offsets[w] : end - offsets[w]])
                 segments.append((resident[w], rows))
                 start, w = end, w + 1
-            yield gather(segments, pin_memory=pin_memory)
+            batch = gather(segments, pin_memory=pin_memory)
+            for done in [d for d in resident if offsets[d + 1] <= stop]:  # fully served windows
+                del resident[done]
+                prefetcher.release(done - first)
+            yield batch
     finally:
         prefetcher.close()
 

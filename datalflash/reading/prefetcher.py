@@ -22,8 +22,9 @@ class WindowPrefetcher:
     """Reads ``windows`` (lists of chunk ids of ``split``) in order, ``ahead`` windows ahead.
 
     ``get(w)`` blocks until window ``w`` is in memory and returns ``{field: array}`` views of its
-    rows (chunks concatenated in window order). Windows must be taken in order; taking window
-    ``w`` recycles the buffer of window ``w - 1``.
+    rows (chunks concatenated in window order); ``release(w)`` hands its buffer back for the
+    windows ahead. Windows are taken in order. ``ahead + 1`` buffers exist, one more only while
+    a single batch spans more windows than that.
     """
 
     def __init__(
@@ -45,19 +46,24 @@ class WindowPrefetcher:
         self._buffers: list[dict[str, np.ndarray]] = []
         self._pending: dict[int, tuple[dict[str, np.ndarray], list[tuple[int, Future]]]] = {}
         self._next = 0  # next window to submit
-        self._current: int | None = None
+        self._allocated = 0
         self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="datalflash-read")
         self._closed = False
 
-    def _buffer(self) -> dict[str, np.ndarray]:
+    def _buffer(self, force: bool) -> dict[str, np.ndarray] | None:
         if self._buffers:
             return self._buffers.pop()
+        if self._allocated > self._ahead and not force:
+            return None
+        self._allocated += 1
         return self.store.allocate(max(self._rows, default=0))
 
-    def _submit_until(self, last: int) -> None:
+    def _submit_until(self, last: int, force_first: bool = False) -> None:
         while self._next <= min(last, len(self.windows) - 1):
             w = self._next
-            buffer = self._buffer()
+            buffer = self._buffer(force=force_first and w == last - self._ahead)
+            if buffer is None:
+                return
             tasks, offset = [], 0
             for chunk in self.windows[w]:
                 start, stop = self.store.chunk_bounds(self.split, chunk)
@@ -71,10 +77,7 @@ class WindowPrefetcher:
         """Window ``w``'s rows, waiting for its reads; re-raises a failed read."""
         if self._closed:
             raise RuntimeError("prefetcher is closed")
-        if self._current is not None and self._current != w:
-            self._buffers.append(self._pending.pop(self._current)[0])
-        self._current = w
-        self._submit_until(w + self._ahead)
+        self._submit_until(w + self._ahead, force_first=True)
         buffer, tasks = self._pending[w]
         for chunk, future in tasks:
             try:
@@ -85,6 +88,13 @@ class WindowPrefetcher:
                     f"timeout={self.timeout}s"
                 ) from None
         return {name: b[: self._rows[w]] for name, b in buffer.items()}
+
+    def release(self, w: int) -> None:
+        """Window ``w`` is no longer needed: its buffer reads the windows ahead."""
+        entry = self._pending.pop(w, None)
+        if entry is not None:
+            self._buffers.append(entry[0])
+            self._submit_until(self._next + self._ahead)
 
     def close(self) -> None:
         """Cancel queued reads and join the reading threads."""

@@ -8,6 +8,7 @@ are opened lazily in each process, and a store pickles by path, so DataLoader wo
 from __future__ import annotations
 
 import os
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -45,6 +46,7 @@ class ChunkStore(ABC):
         self.writable = writable
         self._handles: dict[str, Any] = {}
         self._pid = os.getpid()
+        self._lock = threading.Lock()
 
     # ----------------------------------------------------------------- configuration
     @classmethod
@@ -158,13 +160,17 @@ class ChunkStore(ABC):
 
     def _handle(self, split: str) -> Any:
         """The open handle of ``split`` in this process (reopened after a fork)."""
-        if self._pid != os.getpid():
+        if self._pid != os.getpid():  # a forked child: the parent's handles are not ours
             self._handles = {}
+            self._lock = threading.Lock()
             self._pid = os.getpid()
         handle = self._handles.get(split)
         if handle is None:
-            self._split(split)
-            handle = self._handles[split] = self._open_split(split)
+            with self._lock:  # reading threads may race to open the same split
+                handle = self._handles.get(split)
+                if handle is None:
+                    self._split(split)
+                    handle = self._handles[split] = self._open_split(split)
         return handle
 
     @abstractmethod

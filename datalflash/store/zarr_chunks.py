@@ -11,6 +11,7 @@ other layout return None from :func:`direct_io` and are read through zarr.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import numcodecs
@@ -55,7 +56,7 @@ class DirectChunkIO:
         self.chunk_shape = chunk_shape
         self.key_encoding = key_encoding
         self.blosc = blosc
-        self._scratch = bytearray()
+        self._local = threading.local()  # a scratch buffer per reading thread
 
     def chunk_path(self, chunk: int) -> Path:
         key = self.key_encoding.encode_chunk_key((chunk,) + (0,) * (len(self.chunk_shape) - 1))
@@ -70,9 +71,10 @@ class DirectChunkIO:
                     self._read_exactly(f, memoryview(out.reshape(-1).view(np.uint8)), path)
                     return
                 size = os.fstat(f.fileno()).st_size
-                if len(self._scratch) < size:
-                    self._scratch = bytearray(size)
-                frame = memoryview(self._scratch)[:size]
+                scratch = getattr(self._local, "scratch", b"")
+                if len(scratch) < size:
+                    scratch = self._local.scratch = bytearray(size)
+                frame = memoryview(scratch)[:size]
                 self._read_exactly(f, frame, path)
         except FileNotFoundError:
             raise StoreReadError(f"{path}: chunk file is missing") from None

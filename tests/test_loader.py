@@ -1,0 +1,280 @@
+"""FlashDataLoader against torch's DataLoader as the oracle, on every kind of source."""
+
+import gc
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, SubsetRandomSampler, TensorDataset
+
+from datalflash.core import ChunkedDataset, FlashDataLoader, FlashDataset, get_dataloaders
+from datalflash.errors import StoreReadError
+from datalflash.utils import DatasetConverter
+
+
+class Samples(Dataset):
+    def __init__(self, items):
+        self.items = items
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def mixed_samples(n=45):
+    g = torch.Generator().manual_seed(0)
+    return [
+        {
+            "image": torch.randint(0, 256, (3, 4, 4), dtype=torch.uint8, generator=g),
+            "label": i,
+            "score": i / 7,
+            "flag": bool(i % 3),
+            "pair": (np.int16(i), torch.randn(2, generator=g).bfloat16()),
+        }
+        for i in range(n)
+    ]
+
+
+def assert_same(a, b, where=""):
+    assert type(a) is type(b), f"{where}: {type(a)} vs {type(b)}"
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and a.shape == b.shape, f"{where}: {a.dtype}{a.shape} vs {b.dtype}{b.shape}"
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert_same(a[k], b[k], f"{where}[{k!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def store_split(tmp_path, samples, chunk_size=8, backend="zarr"):
+    DatasetConverter.create_chunked_dataset(
+        Samples(samples), tmp_path / backend, chunk_size=chunk_size, split_ratios={"train": 1.0},
+        shuffle=False, backend=backend, progress=False,
+    )
+    return ChunkedDataset(tmp_path / backend, "train")
+
+
+@pytest.fixture(params=["memory", "zarr", "hdf5", "memmap"])
+def source(request, tmp_path):
+    """(FlashDataLoader's dataset, the same samples as a plain Dataset for torch's DataLoader)."""
+    samples = mixed_samples()
+    if request.param == "memory":
+        x = torch.stack([s["image"] for s in samples])
+        y = torch.tensor([s["label"] for s in samples])
+        return FlashDataset(x, y), TensorDataset(x, y)
+    return store_split(tmp_path, samples, backend=request.param), Samples(samples)
+
+
+@pytest.mark.parametrize("batch_size, drop_last", [(1, False), (7, False), (7, True), (64, False)])
+def test_unshuffled_batches_equal_torch(source, batch_size, drop_last):
+    ours, oracle = source
+    flash = FlashDataLoader(ours, batch_size=batch_size, drop_last=drop_last)
+    torch_loader = DataLoader(oracle, batch_size=batch_size, drop_last=drop_last)
+    assert len(flash) == len(torch_loader)
+    got, expected = list(flash), list(torch_loader)
+    assert len(got) == len(expected)
+    for k, (a, b) in enumerate(zip(got, expected)):
+        assert_same(a, b, f"batch {k}")
+
+
+@pytest.mark.parametrize("kind", ["sampler", "batch_sampler"])
+def test_sampler_and_batch_sampler_honoured(source, kind):
+    ours, oracle = source
+    indices = torch.randperm(len(oracle), generator=torch.Generator().manual_seed(3))[:30].tolist()
+    if kind == "sampler":
+        make = lambda ds: dict(batch_size=4, sampler=indices)
+    else:
+        blocks = [indices[i : i + 5] for i in range(0, 30, 5)] + [[0, 0, 44]]
+        make = lambda ds: dict(batch_sampler=blocks)
+    got = list(FlashDataLoader(ours, **make(ours)))
+    expected = list(DataLoader(oracle, **make(oracle)))
+    assert len(got) == len(expected) == len(FlashDataLoader(ours, **make(ours)))
+    for a, b in zip(got, expected):
+        assert_same(a, b)
+
+
+def test_shuffled_epoch_is_a_permutation_each_time(source):
+    ours, _ = source
+    loader = FlashDataLoader(ours, batch_size=8, shuffle=True, seed=5, read_ahead_bytes=2**20, window_chunks=2)
+    labels = lambda batch: batch[1] if isinstance(batch, list) else batch["label"]
+    epochs = [torch.cat([labels(b) for b in loader]).tolist() for _ in range(3)]
+    for order in epochs:
+        assert sorted(order) == list(range(len(ours)))
+    assert epochs[0] != epochs[1] != epochs[2]
+    loader.set_epoch(1)
+    assert torch.cat([labels(b) for b in loader]).tolist() == epochs[1]
+    again = FlashDataLoader(ours, batch_size=8, shuffle=True, seed=5, read_ahead_bytes=2**20, window_chunks=2)
+    assert torch.cat([labels(b) for b in again]).tolist() == epochs[0]
+
+
+def test_window_mixes_chunks(tmp_path):
+    data = store_split(tmp_path, [(torch.tensor([i]), i) for i in range(64)], chunk_size=8)
+    loader = FlashDataLoader(data, batch_size=16, shuffle=True, seed=0, window_chunks=4, read_ahead_bytes=2**20)
+    chunks_per_batch = [len(set((b[1] // 8).tolist())) for b in loader]
+    assert max(chunks_per_batch) > 2  # a batch draws from several chunks of its window
+    narrow = FlashDataLoader(data, batch_size=8, shuffle=True, seed=0, window_chunks=1, read_ahead_bytes=2**20)
+    assert all(len(set((b[1] // 8).tolist())) == 1 for b in narrow)  # window 1: within-chunk only
+
+
+def test_window_larger_than_budget_refused(tmp_path):
+    data = store_split(tmp_path, [(torch.zeros(100), i) for i in range(64)], chunk_size=8)
+    with pytest.raises(ValueError, match="above read_ahead_bytes"):
+        FlashDataLoader(data, batch_size=4, window_chunks=8, read_ahead_bytes=10_000)
+
+
+def test_same_seed_same_order_in_a_new_process(tmp_path):
+    store_split(tmp_path, [(torch.tensor([i]), i) for i in range(50)], chunk_size=8)
+    script = textwrap.dedent(
+        f"""
+        import torch
+        from datalflash.core import get_dataloaders
+        loader = get_dataloaders({str(tmp_path / 'zarr')!r}, 16, seed=11)["train"]
+        print(torch.cat([b[1] for b in loader]).tolist())
+        """
+    )
+    runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120) for _ in range(2)]
+    assert runs[0].returncode == 0, runs[0].stderr
+    assert runs[0].stdout == runs[1].stdout
+    assert sorted(eval(runs[0].stdout)) == list(range(50))
+
+
+def test_seed_none_follows_torch_rng():
+    data = FlashDataset(torch.arange(100))
+    epoch = lambda: torch.cat([b for (b,) in FlashDataLoader(data, batch_size=10, shuffle=True)])
+    torch.manual_seed(0)
+    a = epoch()
+    torch.manual_seed(0)
+    b, c = epoch(), epoch()
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_other_datasets_behave_exactly_like_torch():
+    class Stream(IterableDataset):
+        def __iter__(self):
+            return iter([{"x": torch.tensor([i, i]), "y": i} for i in range(10)])
+
+    plain = Samples([(np.float32(i), [i, i + 1]) for i in range(13)])
+    cases = [
+        (Stream(), dict(batch_size=3)),
+        (plain, dict(batch_size=4, drop_last=True)),
+        (plain, dict(batch_size=None)),
+        (plain, dict(batch_size=5, collate_fn=lambda b: len(b))),
+        (FlashDataset(torch.arange(9)), dict(batch_size=2, collate_fn=lambda b: torch.stack([s[0] for s in b]).sum())),
+    ]
+    for dataset, kwargs in cases:
+        got, expected = list(FlashDataLoader(dataset, **kwargs)), list(DataLoader(dataset, **kwargs))
+        assert_same(got, expected)
+    sampler = RandomSampler(plain, generator=torch.Generator().manual_seed(1))
+    assert len(FlashDataLoader(plain, batch_size=4, sampler=sampler)) == len(DataLoader(plain, batch_size=4, sampler=sampler))
+
+
+def test_argument_errors_match_torch(source):
+    ours, oracle = source
+    for kwargs in [dict(sampler=[0], shuffle=True), dict(batch_sampler=[[0]], batch_size=2), dict(batch_size=0)]:
+        with pytest.raises(ValueError) as theirs:
+            DataLoader(oracle, **kwargs)
+        with pytest.raises(ValueError, match=str(theirs.value)[:40]):
+            FlashDataLoader(ours, **kwargs)
+
+
+def test_pin_memory_and_device_without_cuda(source):
+    ours, oracle = source
+    if torch.cuda.is_available():
+        pytest.skip("checks the CPU-only behaviour")
+    with pytest.warns(UserWarning, match="no CUDA"):
+        loader = FlashDataLoader(ours, batch_size=16, pin_memory=True)
+    for a, b in zip(loader, DataLoader(oracle, batch_size=16)):
+        assert_same(a, b)
+    assert_same(list(FlashDataLoader(ours, batch_size=16, device="cpu")), list(DataLoader(oracle, batch_size=16)))
+    with pytest.raises(RuntimeError, match="CUDA is not available"):
+        FlashDataLoader(ours, batch_size=16, device="cuda")
+    assert not torch.cuda.is_initialized()
+
+
+def test_get_dataloaders(tmp_path):
+    x = torch.randint(0, 256, (100, 3, 8, 8), dtype=torch.uint8)
+    DatasetConverter.create_chunked_dataset(TensorDataset(x, torch.arange(100)), tmp_path / "s", chunk_size=16, progress=False)
+    seen = []
+    loaders = get_dataloaders(tmp_path / "s", 10, augmentations={"train": lambda f: seen.append(f.shape) or f.float() / 255})
+    assert set(loaders) == {"train", "val", "test"}
+    train = list(loaders["train"])
+    assert train[0][0].dtype == torch.float32 and len(seen) == len(train) == 8
+    val = [b[1] for b in loaders["val"]]
+    assert val[0].dtype == torch.int64 and loaders["val"].shuffle is False and loaders["train"].shuffle is True
+    ordered = torch.cat(val).tolist()
+    assert ordered == torch.cat([b[1] for b in loaders["val"]]).tolist()  # not shuffled: same each epoch
+    labels = torch.cat([b[1] for b in train])
+    assert torch.allclose(torch.cat([b[0] for b in train]), x[labels].float() / 255)
+    with pytest.raises(ValueError, match="unknown splits"):
+        get_dataloaders(tmp_path / "s", 10, augmentations={"nope": abs})
+    assert get_dataloaders(tmp_path / "s", 10, shuffle={"val": True})["val"].shuffle is True
+
+
+def reading_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("datalflash-read")]
+
+
+def test_read_error_surfaces_fast_naming_the_chunk(tmp_path):
+    data = store_split(tmp_path, [(torch.zeros(1000), i) for i in range(80)], chunk_size=8, backend="memmap")
+    path = tmp_path / "memmap" / "train" / "0.npy"
+    with open(path, "r+b") as f:  # cut the file inside chunk 6
+        f.truncate(128 + 8 * 4000 * 6 + 100)
+    loader = FlashDataLoader(data, batch_size=8, shuffle=False, window_chunks=1)
+    start, seen = time.perf_counter(), 0
+    with pytest.raises(StoreReadError, match=r"rows 48\.\.55 of split 'train' field '0'.*truncated") as info:
+        for _ in loader:
+            seen += 1
+    assert seen == 6 and time.perf_counter() - start < 1.0
+    assert "0.npy" in str(info.value)
+    del info, loader
+    gc.collect()
+    assert reading_threads() == []
+
+
+def test_threads_stop_on_break_delete_and_keyboard_interrupt(tmp_path):
+    data = store_split(tmp_path, [(torch.zeros(64), i) for i in range(400)], chunk_size=16)
+    loader = FlashDataLoader(data, batch_size=8, shuffle=True, seed=0, window_chunks=2, read_ahead_bytes=2**20)
+    for i, _ in enumerate(loader):
+        if i == 3:
+            assert reading_threads()
+            break
+    gc.collect()
+    assert reading_threads() == []
+    with pytest.raises(KeyboardInterrupt):
+        for i, _ in enumerate(loader):
+            if i == 2:
+                raise KeyboardInterrupt
+    gc.collect()
+    assert reading_threads() == []
+    iterator = iter(loader)
+    next(iterator)
+    del loader, iterator
+    gc.collect()
+    assert reading_threads() == []
+
+
+def test_read_ahead_is_bounded(tmp_path):
+    """Chunks are read at most one window ahead of the window of the next sample (two buffers)."""
+    data = store_split(tmp_path, [(torch.zeros(16), i) for i in range(160)], chunk_size=8, backend="memmap")
+    reads = []
+    original = data.store.read_chunks
+    data.store.read_chunks = lambda split, chunks, out=None: reads.append(chunks[0]) or original(split, chunks, out)
+    loader = FlashDataLoader(data, batch_size=4, window_chunks=2, read_ahead_bytes=2**20)
+    for i, batch in enumerate(loader):
+        time.sleep(0.002)
+        next_window = (i + 1) * 4 // 16
+        assert len(reads) <= (next_window + 2) * 2, (i, len(reads))
+    assert sorted(reads) == list(range(20))  # each chunk read exactly once
