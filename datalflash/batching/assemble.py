@@ -20,13 +20,19 @@ def gather(
     per field; every source has the same fields, dtypes and per-sample shapes."""
     if not segments:
         raise ValueError("a batch needs at least one segment")
-    rows = sum(len(index) for _, index in segments)
+    if len(segments) == 1:  # the common case: one call per field, straight into the batch
+        source, index = segments[0]
+        if not pin_memory:
+            return {name: torch.index_select(t, 0, index) for name, t in source.items()}
+        return {
+            name: torch.index_select(t, 0, index, out=torch.empty((len(index), *t.shape[1:]), dtype=t.dtype, pin_memory=True))
+            for name, t in source.items()
+        }
+    sizes = [len(index) for _, index in segments]
     batch = {}
     for name, first in segments[0][0].items():
-        out = torch.empty((rows, *first.shape[1:]), dtype=first.dtype, pin_memory=pin_memory)
-        offset = 0
-        for source, index in segments:
-            torch.index_select(source[name], 0, index, out=out[offset : offset + len(index)])
-            offset += len(index)
+        out = torch.empty((sum(sizes), *first.shape[1:]), dtype=first.dtype, pin_memory=pin_memory)
+        for (source, index), part in zip(segments, out.split(sizes)):
+            torch.index_select(source[name], 0, index, out=part)
         batch[name] = out
     return batch

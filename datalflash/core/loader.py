@@ -152,7 +152,8 @@ class FlashDataLoader:
         data, pin = self.dataset, self._pin
         index_batches = self._index_batches(epoch)
         if isinstance(data, FlashDataset):
-            return memory_batches(data, index_batches, pin)
+            own_plan = self.sampler is None and self.batch_sampler is None
+            return memory_batches(data, index_batches, pin, checked=own_plan)
         if index_batches is not None:
             return sampled_chunk_batches(data, index_batches, cache_bytes=self.read_ahead_bytes, pin_memory=pin)
         store = data.store

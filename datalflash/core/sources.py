@@ -27,10 +27,14 @@ from datalflash.store.dtypes import from_storage
 Batch = dict[str, torch.Tensor]
 
 
-def memory_batches(dataset: FlashDataset, batches: Iterable[Sequence[int]], pin_memory: bool) -> Iterator[Batch]:
-    """Gather each batch of indices from the in-memory tensors."""
+def memory_batches(
+    dataset: FlashDataset, batches: Iterable[Sequence[int] | torch.Tensor], pin_memory: bool, checked: bool = False
+) -> Iterator[Batch]:
+    """Gather each batch of indices from the in-memory tensors (``checked``: indices are known
+    to be valid ``int64`` tensors, as the loader's own plans are)."""
     for indices in batches:
-        yield gather([(dataset.fields, _as_index(indices, len(dataset)))], pin_memory=pin_memory)
+        index = indices if checked else _as_index(indices, len(dataset))
+        yield gather([(dataset.fields, index)], pin_memory=pin_memory)
 
 
 def planned_chunk_batches(

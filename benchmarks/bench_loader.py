@@ -1,0 +1,169 @@
+"""Loader throughput, side by side in one run (samples/s and ratio to the in-RAM limit).
+
+CIFAR-10-shaped data (50,000 x 3x32x32 uint8 + int64 label), batch 256, shuffled:
+
+* limit: a bare ``torch.index_select(out=)`` loop over a random permutation;
+* torch's DataLoader over a per-item TensorDataset (0 workers);
+* FlashDataLoader over a FlashDataset (RAM) and over a store split per backend (warm cache);
+* cold cache: memmap store after ``posix_fadvise(DONTNEED)``, against the disk's sequential read
+  bandwidth measured on the same files;
+* memory: peak RSS streaming a store much larger than the read-ahead budget.
+
+Usage: ``python benchmarks/bench_loader.py [--repeat 3] [--samples 50000]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from common import cifar_like, save_results
+from datalflash.core import ChunkedDataset, FlashDataLoader, FlashDataset
+from datalflash.utils import DatasetConverter
+
+BATCH = 256
+
+
+def limit_epoch(x: torch.Tensor, y: torch.Tensor) -> None:
+    perm = torch.randperm(len(x))
+    bx = torch.empty((BATCH, *x.shape[1:]), dtype=x.dtype)
+    by = torch.empty(BATCH, dtype=y.dtype)
+    for i in range(0, len(x) - BATCH + 1, BATCH):
+        idx = perm[i : i + BATCH]
+        torch.index_select(x, 0, idx, out=bx)
+        torch.index_select(y, 0, idx, out=by)
+
+
+def loader_epoch(loader) -> None:
+    for _ in loader:
+        pass
+
+
+def evict(path: Path) -> None:
+    """Drop the page cache of every file under ``path``."""
+    for f in path.rglob("*"):
+        if f.is_file():
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def sequential_read(path: Path) -> float:
+    """Seconds to read every file under ``path`` sequentially in 8 MiB reads, cold."""
+    evict(path)
+    buf = bytearray(8 * 2**20)
+    start = time.perf_counter()
+    for f in sorted(path.rglob("*.npy")):
+        with open(f, "rb", buffering=0) as fh:
+            while fh.readinto(buf):
+                pass
+    return time.perf_counter() - start
+
+
+RSS_SCRIPT = """
+import sys, torch
+
+def peak_rss():  # VmHWM, in bytes: unlike ru_maxrss it is not inherited across fork + exec
+    line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM"))
+    return int(line.split()[1]) * 1024
+
+from datalflash.core import get_dataloaders
+base = peak_rss()
+loader = get_dataloaders(sys.argv[1], 256, read_ahead_bytes=int(sys.argv[2]))["train"]
+for _ in loader:
+    pass
+print(peak_rss() - base)
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples", type=int, default=50_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    n = args.samples
+    x, y = cifar_like(n)
+    nbytes = x.numel() + y.numel() * 8
+    with tempfile.TemporaryDirectory(dir=Path.home()) as tmp:
+        tmp = Path(tmp)
+        stores = {}
+        for backend in ("zarr", "memmap", "hdf5"):
+            path = DatasetConverter.create_chunked_dataset(
+                TensorDataset(x, y), tmp / backend, split_ratios={"train": 1.0}, backend=backend, progress=False
+            )
+            stores[backend] = ChunkedDataset(path, "train")
+        runs = {
+            "limit: index_select(out=) loop": lambda: limit_epoch(x, y),
+            "torch DataLoader, TensorDataset": lambda: loader_epoch(DataLoader(TensorDataset(x, y), batch_size=BATCH, shuffle=True)),
+            "FlashDataLoader, FlashDataset (RAM)": lambda: loader_epoch(FlashDataLoader(FlashDataset(x, y), batch_size=BATCH, shuffle=True)),
+        }
+        for backend, data in stores.items():
+            runs[f"FlashDataLoader, {backend} store (warm)"] = (
+                lambda data=data: loader_epoch(FlashDataLoader(data, batch_size=BATCH, shuffle=True))
+            )
+        times = {name: [] for name in runs}
+        for _ in range(args.repeat):
+            for name, fn in runs.items():
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+
+        cold, disk = [], []
+        for _ in range(args.repeat):
+            disk.append(sequential_read(tmp / "memmap"))
+            evict(tmp / "memmap")
+            start = time.perf_counter()
+            loader_epoch(FlashDataLoader(stores["memmap"], batch_size=BATCH, shuffle=True))
+            cold.append(time.perf_counter() - start)
+
+        budget = 64 * 2**20
+        big = DatasetConverter.create_chunked_dataset(
+            TensorDataset(x.repeat(4, 1, 1, 1), y.repeat(4)), tmp / "big", split_ratios={"train": 1.0}, progress=False
+        )
+        rss = subprocess.run([sys.executable, "-c", RSS_SCRIPT, str(big), str(budget)], capture_output=True, text=True, check=True)
+        rss_growth = int(rss.stdout.strip())
+
+    limit = n / statistics.median(times["limit: index_select(out=) loop"])
+    rows = []
+    for name, t in times.items():
+        rate = n / statistics.median(t)
+        rows.append({"loader": name, "samples_per_s": round(rate), "ratio_to_limit": round(rate / limit, 3)})
+    disk_bw = nbytes / statistics.median(disk)
+    cold_bw = nbytes / statistics.median(cold)
+    rows.append({"loader": "FlashDataLoader, memmap store (cold)", "samples_per_s": round(n / statistics.median(cold)),
+                 "ratio_to_limit": round(n / statistics.median(cold) / limit, 3),
+                 "MB_per_s": round(cold_bw / 1e6), "ratio_to_disk": round(cold_bw / disk_bw, 3)})
+    torch_rate = rows[1]["samples_per_s"]
+    lines = [
+        f"{n} CIFAR-shaped samples, batch {BATCH}, shuffled, median of {args.repeat}",
+        "",
+        "| loader | samples/s | x limit | x torch DataLoader |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {r['loader']} | {r['samples_per_s']:,} | {r['ratio_to_limit']:.2f} | {r['samples_per_s'] / torch_rate:.1f} |" for r in rows]
+    lines += [
+        "",
+        f"Cold cache: memmap epoch at {cold_bw / 1e6:.0f} MB/s = {cold_bw / disk_bw:.2f} x the disk's "
+        f"sequential read ({disk_bw / 1e6:.0f} MB/s, same files, same run).",
+        f"Memory: streaming a {4 * nbytes / 2**20:.0f} MiB zarr store with a {budget / 2**20:.0f} MiB read-ahead "
+        f"budget grew peak RSS by {rss_growth / 2**20:.0f} MiB (target: budget + 300 MiB).",
+    ]
+    rows.append({"loader": "rss", "store_MiB": round(4 * nbytes / 2**20), "budget_MiB": budget // 2**20, "rss_growth_MiB": round(rss_growth / 2**20)})
+    table = "\n".join(lines)
+    print(table)
+    save_results("loader", rows, table)
+
+
+if __name__ == "__main__":
+    main()
