@@ -10,8 +10,8 @@ other layout return None from :func:`direct_io` and are read through zarr.
 
 from __future__ import annotations
 
+import mmap
 import os
-import threading
 from pathlib import Path
 
 import numcodecs
@@ -56,14 +56,17 @@ class DirectChunkIO:
         self.chunk_shape = chunk_shape
         self.key_encoding = key_encoding
         self.blosc = blosc
-        self._local = threading.local()  # a scratch buffer per reading thread
 
     def chunk_path(self, chunk: int) -> Path:
         key = self.key_encoding.encode_chunk_key((chunk,) + (0,) * (len(self.chunk_shape) - 1))
         return self.path / key
 
     def read(self, chunk: int, out: np.ndarray) -> None:
-        """Decode chunk ``chunk`` into ``out`` (its first ``len(out)`` rows; the rest is padding)."""
+        """Decode chunk ``chunk`` into ``out`` (its first ``len(out)`` rows; the rest is padding).
+
+        A compressed chunk is decoded straight from a read-only mapping of its file, so its bytes
+        are copied once, by the decoder, from the page cache into ``out``.
+        """
         path = self.chunk_path(chunk)
         try:
             with open(path, "rb", buffering=0) as f:
@@ -71,11 +74,9 @@ class DirectChunkIO:
                     self._read_exactly(f, memoryview(out.reshape(-1).view(np.uint8)), path)
                     return
                 size = os.fstat(f.fileno()).st_size
-                scratch = getattr(self._local, "scratch", b"")
-                if len(scratch) < size:
-                    scratch = self._local.scratch = bytearray(size)
-                frame = memoryview(scratch)[:size]
-                self._read_exactly(f, frame, path)
+                if size == 0:
+                    raise StoreReadError(f"{path}: chunk file is empty")
+                frame = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
         except FileNotFoundError:
             raise StoreReadError(f"{path}: chunk file is missing") from None
         try:
@@ -87,6 +88,8 @@ class DirectChunkIO:
                 out[...] = padded[: len(out)]
         except (RuntimeError, ValueError) as e:
             raise StoreReadError(f"{path}: cannot decode chunk: {e}") from None
+        finally:
+            frame.close()
 
     @staticmethod
     def _read_exactly(f, view: memoryview, path: Path) -> None:
