@@ -13,6 +13,7 @@ import os
 import shutil
 import time
 import uuid
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Mapping
 from pathlib import Path
@@ -213,11 +214,14 @@ def _blocks(indices: Any, block: int, chunk_size: int) -> list[list[int]]:
     return blocks
 
 
+WRITERS = 2  # chunks compressed and written at once, by threads (codecs and writes release the GIL)
+
+
 def _fill(store, dataset: Dataset, order: np.ndarray, num_workers: int, progress: bool) -> None:
     """Read every sample in ``order`` and write each split chunk by chunk.
 
-    A writer thread compresses and writes chunk ``k`` while chunk ``k + 1`` is read; two chunk
-    buffers alternate, so a buffer is refilled only after its previous write finished.
+    Up to ``WRITERS`` threads compress and write earlier chunks while the next one is read;
+    ``WRITERS + 1`` chunk buffers rotate, so a buffer is refilled only after its write finished.
     """
     chunk_size = store.chunk_size
     block = block_size(dataset, store.fields, chunk_size)
@@ -232,20 +236,29 @@ def _fill(store, dataset: Dataset, order: np.ndarray, num_workers: int, progress
             chunks.append((split, chunk, len(chunk_blocks)))
             blocks.extend(chunk_blocks)
     reader = BlockReader(dataset, blocks, store.structure, store.fields, num_workers)
-    largest = max(info.num_samples for info in store.splits.values())
-    buffers = [store.allocate(min(chunk_size, largest)) for _ in range(min(2, len(chunks)))]
-    pending = None
+    largest = min(chunk_size, max(info.num_samples for info in store.splits.values()))
+    buffers: list[dict[str, np.ndarray]] = []
+    pending: deque = deque()
     with (
-        ThreadPoolExecutor(1, thread_name_prefix="datalflash-writer") as writer,
+        ThreadPoolExecutor(WRITERS, thread_name_prefix="datalflash-writer") as writers,
         tqdm(total=len(order), unit="sample", desc="converting", disable=not progress) as bar,
     ):
-        for k, (split, chunk, num_blocks) in enumerate(chunks):
-            buffer, filled = buffers[k % 2], 0
-            for _ in range(num_blocks):
-                filled += reader.read_into(buffer, filled)
-            if pending is not None:
-                pending.result()
-            pending = writer.submit(store.write_chunk, split, chunk, {n: b[:filled] for n, b in buffer.items()})
-            bar.update(filled)
-        if pending is not None:
-            pending.result()
+        try:
+            for k, (split, chunk, num_blocks) in enumerate(chunks):
+                arrays = reader.next_block_view() if num_blocks == 1 else None
+                if arrays is None:  # gather the chunk's samples into the next free buffer
+                    if len(buffers) <= WRITERS:
+                        buffers.append(store.allocate(largest))
+                    buffer, filled = buffers[k % (WRITERS + 1)], 0
+                    for _ in range(num_blocks):
+                        filled += reader.read_into(buffer, filled)
+                    arrays = {n: b[:filled] for n, b in buffer.items()}
+                while len(pending) >= WRITERS:
+                    pending.popleft().result()
+                pending.append(writers.submit(store.write_chunk, split, chunk, arrays))
+                bar.update(len(next(iter(arrays.values()))))
+            while pending:
+                pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()

@@ -150,6 +150,7 @@ class BlockReader:
     ):
         self.fields = fields
         self._blocks = iter(blocks)
+        self._peeked: Sequence[int] | None = None
         self._tensors = None
         self._stream: Iterator[dict[str, np.ndarray]] | None = None
         if isinstance(dataset, TensorDataset) and _tensor_dataset_matches(dataset, structure, fields):
@@ -165,9 +166,32 @@ class BlockReader:
                 )
             )
 
+    def next_block_view(self) -> dict[str, np.ndarray] | None:
+        """The next block as read-only views of a TensorDataset's own memory, if its indices are
+        an ascending run (an unshuffled conversion); else None, and nothing is consumed."""
+        if self._tensors is None:
+            return None
+        block = self._peek()
+        if not block or block[-1] - block[0] != len(block) - 1 or not all(t.is_contiguous() for t in self._tensors):
+            return None
+        if any(b - a != 1 for a, b in zip(block, block[1:])):
+            return None
+        self._peeked = None
+        start, stop = block[0], block[-1] + 1
+        return {
+            name: as_storage(tensor[start:stop], spec.dtype)
+            for (name, spec), tensor in zip(self.fields.items(), self._tensors)
+        }
+
+    def _peek(self) -> Sequence[int]:
+        if self._peeked is None:
+            self._peeked = next(self._blocks)
+        return self._peeked
+
     def read_into(self, out: dict[str, np.ndarray], offset: int = 0) -> int:
         """Read the next block into rows ``offset:`` of ``out``; returns the number of rows."""
-        block = next(self._blocks)
+        block = self._peek()
+        self._peeked = None
         rows = len(block)
         if self._tensors is not None:
             index = torch.as_tensor(np.asarray(block, dtype=np.int64))
