@@ -13,19 +13,9 @@ from torch.utils.data import Dataset, IterableDataset, TensorDataset
 from datalflash.errors import ConversionError, DataLFlashError, StoreExistsError
 from datalflash.store import open_store
 from datalflash.utils import DatasetConverter, split_sizes
+from helpers import Samples
 
 convert = DatasetConverter.create_chunked_dataset
-
-
-class Items(Dataset):
-    def __init__(self, items):
-        self.items = items
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, i):
-        return self.items[i]
 
 
 def tensors(n=20):
@@ -74,7 +64,7 @@ def test_empty_split_is_readable(tmp_path):
 
 
 def test_num_workers_gives_identical_store(tmp_path):
-    samples = Items([(np.full((3,), i, np.int32), i * 0.5) for i in range(50)])
+    samples = Samples([(np.full((3,), i, np.int32), i * 0.5) for i in range(50)])
     a = open_store(convert(samples, tmp_path / "a", chunk_size=7, progress=False))
     b = open_store(convert(samples, tmp_path / "b", chunk_size=7, num_workers=2, progress=False))
     for split in a.splits:
@@ -152,7 +142,7 @@ BAD_INPUTS = [
 def test_bad_input_is_a_clear_error(tmp_path, samples, kwargs, pattern):
     kwargs = {"split_ratios": {"all": 1.0}, "shuffle": False, "progress": False, "chunk_size": 2, **kwargs}
     with pytest.raises(ConversionError, match=pattern) as info:
-        convert(Items(samples), tmp_path / "s", **kwargs)
+        convert(Samples(samples), tmp_path / "s", **kwargs)
     assert isinstance(info.value, (ValueError, DataLFlashError))
     assert not (tmp_path / "s").exists()
 
@@ -161,7 +151,7 @@ def test_bad_sample_in_a_worker_names_the_index(tmp_path):
     items = [torch.zeros(2)] * 40
     items[33] = torch.zeros(5)
     with pytest.raises(ConversionError, match="sample 33 field 'data'"):
-        convert(Items(items), tmp_path / "s", chunk_size=8, num_workers=2, shuffle=False, progress=False)
+        convert(Samples(items), tmp_path / "s", chunk_size=8, num_workers=2, shuffle=False, progress=False)
 
 
 def test_iterable_dataset_refused(tmp_path):
@@ -174,7 +164,7 @@ def test_iterable_dataset_refused(tmp_path):
 
 
 def test_from_pytorch_dataset_in_memory():
-    data = Items([{"x": torch.full((2, 2), i, dtype=torch.bfloat16), "y": i} for i in range(9)])
+    data = Samples([{"x": torch.full((2, 2), i, dtype=torch.bfloat16), "y": i} for i in range(9)])
     for optimized in (True, False):
         flash = DatasetConverter.from_pytorch_dataset(data, memory_optimized=optimized)
         assert len(flash) == 9

@@ -15,17 +15,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler
 from datalflash.core import ChunkedDataset, FlashDataLoader, FlashDataset, get_dataloaders
 from datalflash.errors import StoreReadError
 from datalflash.utils import DatasetConverter
-
-
-class Samples(Dataset):
-    def __init__(self, items):
-        self.items = items
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, i):
-        return self.items[i]
+from helpers import Samples
 
 
 def mixed_samples(n=45):
