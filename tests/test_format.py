@@ -118,6 +118,10 @@ def test_open_store_errors(tmp_path):
     (tmp_path / "s" / "manifest.json").write_text(json.dumps(doc))
     with pytest.raises(BackendError, match="compression 'pickle'"):
         open_store(tmp_path / "s")
+    doc["backend"] = {"id": "memmap", "config": {"exec": "rm -rf /"}}
+    (tmp_path / "s" / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(BackendError, match="memmap backend config .* is not valid"):
+        open_store(tmp_path / "s")
 
 
 def test_memmap_header_disagreeing_with_manifest(tmp_path):

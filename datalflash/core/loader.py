@@ -88,7 +88,7 @@ class FlashDataLoader:
         if not flash or collate_fn is not None or (batch_size is None and batch_sampler is None):
             self._torch = DataLoader(
                 dataset, batch_size, shuffle, sampler, batch_sampler, num_workers, collate_fn,
-                self._pin and self.device is None, drop_last, timeout, worker_init_fn,
+                self._pin, drop_last, timeout, worker_init_fn,
                 multiprocessing_context, generator, prefetch_factor=prefetch_factor,
                 persistent_workers=persistent_workers, pin_memory_device=pin_memory_device,
                 in_order=in_order,

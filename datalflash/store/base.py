@@ -57,8 +57,10 @@ class ChunkStore(ABC):
     @classmethod
     def validate_config(cls, config: Mapping) -> dict:
         """Check a config read from a manifest (same rules as :meth:`normalize_config`)."""
-        config = dict(config)
-        return cls.normalize_config(**config) if config else cls.normalize_config()
+        try:
+            return cls.normalize_config(**dict(config))
+        except TypeError as e:  # an option the backend does not have
+            raise BackendError(f"{cls.backend_id} backend config {dict(config)!r} is not valid: {e}") from None
 
     def get_config(self) -> dict:
         """``{"id": backend_id, **config}``, as numcodecs codecs report themselves."""
