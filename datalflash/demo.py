@@ -50,7 +50,7 @@ def run(workdir: str | None = None, epochs: int = 15, batch_size: int = 64, seed
               f"({time.perf_counter() - start:.2f}s); splits {sizes}")
         model = nn.Sequential(nn.Flatten(), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-        for epoch in range(epochs):
+        for _ in range(epochs):
             for images, labels in loaders["train"]:
                 loss = nn.functional.cross_entropy(model(images), labels)
                 optimizer.zero_grad()

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, SubsetRandomSampler, TensorDataset
+from torch.utils.data import DataLoader, IterableDataset, RandomSampler, TensorDataset
 
 from datalflash.core import ChunkedDataset, FlashDataLoader, FlashDataset, get_dataloaders
 from datalflash.errors import StoreReadError
@@ -263,7 +263,7 @@ def test_read_ahead_is_bounded(tmp_path):
     original = data.store.read_chunks
     data.store.read_chunks = lambda split, chunks, out=None: reads.append(chunks[0]) or original(split, chunks, out)
     loader = FlashDataLoader(data, batch_size=4, window_chunks=2, read_ahead_bytes=2**20)
-    for i, batch in enumerate(loader):
+    for i, _ in enumerate(loader):
         time.sleep(0.002)
         next_window = (i + 1) * 4 // 16
         assert len(reads) <= (next_window + 2) * 2, (i, len(reads))

@@ -17,19 +17,21 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from datalflash import __version__
 from datalflash.errors import BackendError, ConversionError, StoreExistsError
-from datalflash.store.manifest import MANIFEST_NAME, FieldSpec, Manifest, SplitInfo
+from datalflash.store.manifest import MANIFEST_NAME, Manifest, SplitInfo
 from datalflash.store.registry import get_backend
 from datalflash.structure import is_valid_field_name
 from datalflash.utils.samples import BlockReader, block_size, infer_schema
+
+if TYPE_CHECKING:
+    from datalflash.core.dataset import FlashDataset
 
 DEFAULT_SPLITS = {"train": 0.8, "val": 0.1, "test": 0.1}
 
@@ -174,7 +176,9 @@ class DatasetConverter:
         return output_dir
 
     @staticmethod
-    def from_pytorch_dataset(pytorch_dataset: Dataset, memory_optimized: bool = True, *, num_workers: int = 0):
+    def from_pytorch_dataset(
+        pytorch_dataset: Dataset, memory_optimized: bool = True, *, num_workers: int = 0
+    ) -> "FlashDataset":
         """Load every sample of ``pytorch_dataset`` into a :class:`~datalflash.core.FlashDataset`
         holding one contiguous tensor per field.
 
