@@ -64,6 +64,7 @@ class WindowPrefetcher:
             buffer = self._buffer(force=force_first and w == last - self._ahead)
             if buffer is None:
                 return
+            self.store.will_need(self.split, self.windows[w])
             tasks, offset = [], 0
             for chunk in self.windows[w]:
                 start, stop = self.store.chunk_bounds(self.split, chunk)

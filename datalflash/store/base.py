@@ -160,6 +160,9 @@ class ChunkStore(ABC):
             offset += stop - start
         return result
 
+    def will_need(self, split: str, chunks: Sequence[int]) -> None:
+        """A hint that ``chunks`` will be read soon (backends may start I/O early); no-op here."""
+
     def _handle(self, split: str) -> Any:
         """The open handle of ``split`` in this process (reopened after a fork)."""
         if self._pid != os.getpid():  # a forked child: the parent's handles are not ours
