@@ -169,6 +169,10 @@ def test_other_datasets_behave_exactly_like_torch():
         assert_same(got, expected)
     sampler = RandomSampler(plain, generator=torch.Generator().manual_seed(1))
     assert len(FlashDataLoader(plain, batch_size=4, sampler=sampler)) == len(DataLoader(plain, batch_size=4, sampler=sampler))
+    torch.manual_seed(7)  # shuffled batches too: the same global RNG draws as torch's own loader
+    got = list(FlashDataLoader(plain, batch_size=4, shuffle=True))
+    torch.manual_seed(7)
+    assert_same(got, list(DataLoader(plain, batch_size=4, shuffle=True)))
 
 
 def test_argument_errors_match_torch(source):

@@ -83,9 +83,9 @@ class FlashDataLoader:
         self.device, self._pin = resolve_device(device, pin_memory)
         self.pin_memory = self._pin
         self._epoch = 0
-        flash = isinstance(dataset, (FlashDataset, ChunkedDataset))
+        ours = isinstance(dataset, (FlashDataset, ChunkedDataset))
         self._torch: DataLoader | None = None
-        if not flash or collate_fn is not None or (batch_size is None and batch_sampler is None):
+        if not ours or collate_fn is not None or (batch_size is None and batch_sampler is None):
             self._torch = DataLoader(
                 dataset, batch_size, shuffle, sampler, batch_sampler, num_workers, collate_fn,
                 self._pin, drop_last, timeout, worker_init_fn,
@@ -95,10 +95,11 @@ class FlashDataLoader:
             )
         else:
             _check_arguments(batch_size, shuffle, sampler, batch_sampler, drop_last)
-        if seed is None:
+        flash = self._torch is None
+        if seed is None and flash:  # drawn as torch draws its base seed; torch's path draws its own
             seed = int(torch.empty((), dtype=torch.int64).random_(generator=generator).item())
         self.seed = seed
-        self.window_chunks = self._window(window_chunks) if isinstance(dataset, ChunkedDataset) else None
+        self.window_chunks = self._window(window_chunks) if flash and isinstance(dataset, ChunkedDataset) else None
 
     def _window(self, window_chunks: int | None) -> int:
         store = self.dataset.store
@@ -136,8 +137,6 @@ class FlashDataLoader:
     def __iter__(self) -> Iterator[Any]:
         epoch, self._epoch = self._epoch, self._epoch + 1
         if self._torch is not None:
-            if hasattr(self._torch.sampler, "set_epoch"):
-                self._torch.sampler.set_epoch(epoch)
             batches: Iterator[Any] = iter(self._torch)
         else:
             structure = self.dataset.structure
