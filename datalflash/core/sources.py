@@ -47,16 +47,14 @@ def planned_chunk_batches(
     threads: int,
     timeout: float,
     pin_memory: bool,
-    skip_batches: int = 0,
 ) -> Iterator[Batch]:
     """Batches of an epoch plan; a batch may take its rows from two or more windows."""
     store, fields = dataset.store, dataset.fields
     offsets = plan.window_offsets
-    bounds = batch_bounds(int(offsets[-1]), batch_size, drop_last)[skip_batches:]
+    bounds = batch_bounds(int(offsets[-1]), batch_size, drop_last)
     if not bounds:
         return
-    first = int(np.searchsorted(offsets, bounds[0][0], side="right")) - 1
-    prefetcher = WindowPrefetcher(store, dataset.split, plan.windows[first:], ahead=ahead, threads=threads, timeout=timeout)
+    prefetcher = WindowPrefetcher(store, dataset.split, plan.windows, ahead=ahead, threads=threads, timeout=timeout)
     try:
         resident: dict[int, dict[str, torch.Tensor]] = {}
         for start, stop in bounds:
@@ -65,7 +63,7 @@ def planned_chunk_batches(
             while start < stop:
                 end = min(stop, int(offsets[w + 1]))
                 if w not in resident:
-                    arrays = prefetcher.get(w - first)
+                    arrays = prefetcher.get(w)
                     resident[w] = {n: from_storage(a, fields[n].dtype) for n, a in arrays.items()}
                 rows = torch.from_numpy(plan.orders[w][start - offsets[w] : end - offsets[w]])
                 segments.append((resident[w], rows))
@@ -73,7 +71,7 @@ def planned_chunk_batches(
             batch = gather(segments, pin_memory=pin_memory)
             for done in [d for d in resident if offsets[d + 1] <= stop]:  # fully served windows
                 del resident[done]
-                prefetcher.release(done - first)
+                prefetcher.release(done)
             yield batch
     finally:
         prefetcher.close()
