@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from datalflash.store.base import ChunkStore
-from datalflash.store.dtypes import from_storage
+from datalflash.store.dtypes import tensors_from_storage
 from datalflash.store.registry import open_store
 from datalflash.structure import rebuild
 
@@ -40,8 +40,7 @@ class ChunkedDataset(Dataset):
 
     def chunk_tensors(self, chunk: int, out: dict[str, np.ndarray] | None = None) -> dict[str, torch.Tensor]:
         """Chunk ``chunk`` as ``{field: tensor}`` in the fields' torch dtypes."""
-        arrays = self.store.read_chunks(self.split, [chunk], out)
-        return {name: from_storage(a, self.fields[name].dtype) for name, a in arrays.items()}
+        return tensors_from_storage(self.store.read_chunks(self.split, [chunk], out), self.fields)
 
     def _row(self, index: int) -> tuple[dict[str, torch.Tensor], int]:
         if not -self._length <= index < self._length:

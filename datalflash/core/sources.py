@@ -22,7 +22,7 @@ from datalflash.core.chunked import ChunkedDataset
 from datalflash.core.dataset import FlashDataset
 from datalflash.ordering import EpochPlan, batch_bounds
 from datalflash.reading import WindowPrefetcher
-from datalflash.store.dtypes import from_storage
+from datalflash.store.dtypes import tensors_from_storage
 
 Batch = dict[str, torch.Tensor]
 
@@ -63,8 +63,7 @@ def planned_chunk_batches(
             while start < stop:
                 end = min(stop, int(offsets[w + 1]))
                 if w not in resident:
-                    arrays = prefetcher.get(w)
-                    resident[w] = {n: from_storage(a, fields[n].dtype) for n, a in arrays.items()}
+                    resident[w] = tensors_from_storage(prefetcher.get(w), fields)
                 rows = torch.from_numpy(plan.orders[w][start - offsets[w] : end - offsets[w]])
                 segments.append((resident[w], rows))
                 start, w = end, w + 1

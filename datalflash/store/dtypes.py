@@ -8,6 +8,9 @@ little-endian. Object, string and void dtypes are refused.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -85,3 +88,8 @@ def from_storage(array: np.ndarray, dtype_name: str) -> torch.Tensor:
         signed = np.dtype(_STORAGE[dtype_name].replace("uint", "int"))
         return torch.from_numpy(array.view(signed)).view(to_torch_dtype(dtype_name))
     return torch.from_numpy(array)
+
+
+def tensors_from_storage(arrays: Mapping[str, np.ndarray], fields: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """``{field: tensor}`` views of storage arrays, each in its field's torch dtype."""
+    return {name: from_storage(array, fields[name].dtype) for name, array in arrays.items()}

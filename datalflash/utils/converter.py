@@ -187,7 +187,7 @@ class DatasetConverter:
         (peak about twice that).
         """
         from datalflash.core.dataset import FlashDataset
-        from datalflash.store.dtypes import from_storage
+        from datalflash.store.dtypes import tensors_from_storage
 
         n = _dataset_length(pytorch_dataset)
         structure, fields = infer_schema(_first_sample(pytorch_dataset, 0), 0)
@@ -204,8 +204,7 @@ class DatasetConverter:
                 parts.append(allocate(len(block)))
                 reader.read_into(parts[-1])
             storage = {name: np.concatenate([p[name] for p in parts]) for name in fields}
-        tensors = {name: from_storage(storage[name], f.dtype) for name, f in fields.items()}
-        return FlashDataset.from_fields(tensors, structure)
+        return FlashDataset.from_fields(tensors_from_storage(storage, fields), structure)
 
 
 def _blocks(indices: Any, block: int, chunk_size: int) -> list[list[int]]:
