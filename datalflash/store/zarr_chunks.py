@@ -24,16 +24,17 @@ from datalflash.errors import StoreReadError
 _SHUFFLE = {"noshuffle": numcodecs.Blosc.NOSHUFFLE, "shuffle": numcodecs.Blosc.SHUFFLE, "bitshuffle": numcodecs.Blosc.BITSHUFFLE}
 
 
-def direct_io(array: zarr.Array, path: Path, sample_shape: tuple[int, ...]) -> "DirectChunkIO | None":
-    """A :class:`DirectChunkIO` for ``array`` stored at ``path``, or None if its layout differs."""
+def direct_io(array: zarr.Array, path: Path, expected_chunks: tuple[int, ...]) -> "DirectChunkIO | None":
+    """A :class:`DirectChunkIO` for ``array`` stored at ``path`` if its chunks are
+    ``expected_chunks`` (rows per chunk, then the per-sample shape) and its codecs are ours; else None."""
     meta = array.metadata
     codecs = tuple(meta.codecs)
     chunk_shape = tuple(array.chunks)
     if (
         getattr(meta, "zarr_format", None) != 3
         or type(meta.chunk_key_encoding).__name__ != "DefaultChunkKeyEncoding"
-        or chunk_shape[1:] != tuple(max(d, 1) for d in sample_shape)
-        or 0 in sample_shape
+        or chunk_shape != expected_chunks
+        or 0 in expected_chunks
         or not codecs
         or not isinstance(codecs[0], BytesCodec)
         or (codecs[0].endian is not None and codecs[0].endian.value != "little")

@@ -1,5 +1,6 @@
 """Zarr v3 backend (the default): ``<store>/<split>.zarr`` is a Zarr group, one array per field,
-chunked ``chunk_size`` samples along axis 0, Blosc-compressed (lz4 by default)."""
+chunked ``chunk_size`` samples along axis 0 (a smaller split is one chunk of its own size),
+Blosc-compressed (lz4 by default)."""
 
 from __future__ import annotations
 
@@ -56,24 +57,39 @@ class ZarrChunkStore(ChunkStore):
             array = group.create_array(
                 name,
                 shape=(n, *spec.shape),
-                chunks=(self.chunk_size, *(max(d, 1) for d in spec.shape)),
+                chunks=(self._chunk_rows(split), *(max(d, 1) for d in spec.shape)),
                 dtype=spec.storage_dtype,
                 compressors=self._compressors(),
                 fill_value=0,
                 attributes={"datalflash_dtype": spec.dtype},
                 config={"write_empty_chunks": True},
             )
-            handles[name] = (array, direct_io(array, Path(self.split_path(split)) / name, spec.shape))
+            handles[name] = (array, self._direct(split, name, array))
         self._handles[split] = handles
+
+    def _chunk_rows(self, split: str) -> int:
+        """Zarr chunk length along axis 0: ``chunk_size``, or the split's size when it is smaller
+        (no padding to store for a split that is one short chunk)."""
+        return max(1, min(self.chunk_size, self.num_samples(split)))
+
+    def _direct(self, split: str, field: str, array: zarr.Array) -> DirectChunkIO | None:
+        spec = self.fields[field]
+        path = Path(self.split_path(split)) / field
+        # Stores written before small splits got short chunks hold chunk_size rows there.
+        for rows in {self._chunk_rows(split), self.chunk_size}:
+            direct = direct_io(array, path, (rows, *spec.shape))
+            if direct is not None:
+                return direct
+        return None
 
     def _open_split(self, split: str) -> dict[str, tuple[zarr.Array, DirectChunkIO | None]]:
         """``{field: (zarr array, direct chunk I/O or None)}``."""
         store = LocalStore(self.split_path(split), read_only=not self.writable)
         group = zarr.open_group(store, mode="r+" if self.writable else "r", zarr_format=3)
         handles = {}
-        for name, spec in self.fields.items():
+        for name in self.fields:
             array = group[name]
-            handles[name] = (array, direct_io(array, Path(self.split_path(split)) / name, spec.shape))
+            handles[name] = (array, self._direct(split, name, array))
         return handles
 
     def _close(self, handle: Any) -> None:
