@@ -196,13 +196,13 @@ class DatasetConverter:
         allocate = lambda rows: {name: np.empty((rows, *f.shape), dtype=f.storage_dtype) for name, f in fields.items()}
         if memory_optimized:
             storage, filled = allocate(n), 0
-            while filled < n:
-                filled += reader.read_into(storage, filled)
+            for block in blocks:
+                filled += reader.read(block, storage, filled)
         else:
             parts = []
             for block in blocks:
                 parts.append(allocate(len(block)))
-                reader.read_into(parts[-1])
+                reader.read(block, parts[-1])
             storage = {name: np.concatenate([p[name] for p in parts]) for name in fields}
         return FlashDataset.from_fields(tensors_from_storage(storage, fields), structure)
 
@@ -223,43 +223,54 @@ WRITERS = 2  # chunks compressed and written at once, by threads (codecs and wri
 def _fill(store, dataset: Dataset, order: np.ndarray, num_workers: int, progress: bool) -> None:
     """Read every sample in ``order`` and write each split chunk by chunk.
 
-    Up to ``WRITERS`` threads compress and write earlier chunks while the next one is read;
-    ``WRITERS + 1`` chunk buffers rotate, so a buffer is refilled only after its write finished.
+    Up to ``WRITERS`` threads compress and write chunks while the next one is read (a
+    TensorDataset's chunks are also gathered by those threads); ``WRITERS + 1`` chunk buffers
+    rotate, so a buffer is refilled only after its write finished.
     """
     chunk_size = store.chunk_size
     block = block_size(dataset, store.fields, chunk_size)
-    chunks = []  # (split, chunk, number of blocks), in the order the blocks are read
-    blocks: list[list[int]] = []
+    chunks = []  # (split, chunk, its blocks), in the order the blocks are read
     offset = 0
     for split, info in store.splits.items():
         split_order = order[offset : offset + info.num_samples]
         offset += info.num_samples
         for chunk in range(info.num_chunks):
-            chunk_blocks = _blocks(split_order[chunk * chunk_size : (chunk + 1) * chunk_size], block, chunk_size)
-            chunks.append((split, chunk, len(chunk_blocks)))
-            blocks.extend(chunk_blocks)
-    reader = BlockReader(dataset, blocks, store.structure, store.fields, num_workers)
+            rows = split_order[chunk * chunk_size : (chunk + 1) * chunk_size]
+            chunks.append((split, chunk, _blocks(rows, block, chunk_size)))
+    reader = BlockReader(dataset, [b for *_, blocks in chunks for b in blocks], store.structure, store.fields, num_workers)
     largest = min(chunk_size, max(info.num_samples for info in store.splits.values()))
     buffers: list[dict[str, np.ndarray]] = []
+
+    def fill(blocks: list[list[int]], buffer: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        filled = 0
+        for b in blocks:
+            filled += reader.read(b, buffer, filled)
+        return {name: values[:filled] for name, values in buffer.items()}
+
+    def gather_and_write(split: str, chunk: int, blocks: list[list[int]], buffer: dict[str, np.ndarray]) -> None:
+        store.write_chunk(split, chunk, fill(blocks, buffer))
+
     pending: deque = deque()
     with (
         ThreadPoolExecutor(WRITERS, thread_name_prefix="datalflash-writer") as writers,
         tqdm(total=len(order), unit="sample", desc="converting", disable=not progress) as bar,
     ):
         try:
-            for k, (split, chunk, num_blocks) in enumerate(chunks):
-                arrays = reader.next_block_view() if num_blocks == 1 else None
-                if arrays is None:  # gather the chunk's samples into the next free buffer
-                    if len(buffers) <= WRITERS:
-                        buffers.append(store.allocate(largest))
-                    buffer, filled = buffers[k % (WRITERS + 1)], 0
-                    for _ in range(num_blocks):
-                        filled += reader.read_into(buffer, filled)
-                    arrays = {n: b[:filled] for n, b in buffer.items()}
+            for k, (split, chunk, blocks) in enumerate(chunks):
                 while len(pending) >= WRITERS:
                     pending.popleft().result()
-                pending.append(writers.submit(store.write_chunk, split, chunk, arrays))
-                bar.update(len(next(iter(arrays.values()))))
+                view = reader.view(blocks[0]) if len(blocks) == 1 else None
+                if view is not None:  # an unshuffled TensorDataset chunk: written from the source
+                    pending.append(writers.submit(store.write_chunk, split, chunk, view))
+                else:
+                    if len(buffers) <= WRITERS:
+                        buffers.append(store.allocate(largest))
+                    buffer = buffers[k % (WRITERS + 1)]
+                    if reader.vectorized:
+                        pending.append(writers.submit(gather_and_write, split, chunk, blocks, buffer))
+                    else:  # blocks come in order from torch's DataLoader, in this thread
+                        pending.append(writers.submit(store.write_chunk, split, chunk, fill(blocks, buffer)))
+                bar.update(sum(map(len, blocks)))
             while pending:
                 pending.popleft().result()
         finally:

@@ -133,11 +133,13 @@ def block_size(dataset: Dataset, fields: dict[str, FieldSpec], chunk_size: int) 
 
 
 class BlockReader:
-    """Reads blocks of samples, in order, into the caller's storage buffers.
+    """Reads blocks of samples into the caller's storage buffers.
 
-    A TensorDataset is read with one vectorized ``index_select(out=...)`` per field and block;
-    any other dataset through torch's DataLoader (``num_workers`` processes), whose workers run
-    :class:`BlockCollator`.
+    A TensorDataset is :attr:`vectorized`: any block can be read at any time, from any thread,
+    with one ``index_select(out=...)`` per field, or viewed without a copy when its indices are an
+    ascending run. Any other dataset is read through torch's DataLoader (``num_workers``
+    processes, whose workers run :class:`BlockCollator`), so its blocks must be read in the order
+    they were given.
     """
 
     def __init__(
@@ -149,8 +151,6 @@ class BlockReader:
         num_workers: int = 0,
     ):
         self.fields = fields
-        self._blocks = iter(blocks)
-        self._peeked: Sequence[int] | None = None
         self._tensors = None
         self._stream: Iterator[dict[str, np.ndarray]] | None = None
         if isinstance(dataset, TensorDataset) and _tensor_dataset_matches(dataset, structure, fields):
@@ -166,32 +166,30 @@ class BlockReader:
                 )
             )
 
-    def next_block_view(self) -> dict[str, np.ndarray] | None:
-        """The next block as read-only views of a TensorDataset's own memory, if its indices are
-        an ascending run (an unshuffled conversion); else None, and nothing is consumed."""
-        if self._tensors is None:
+    @property
+    def vectorized(self) -> bool:
+        """Whether blocks can be read in any order and from several threads."""
+        return self._tensors is not None
+
+    def view(self, block: Sequence[int]) -> dict[str, np.ndarray] | None:
+        """``block`` as read-only views of the source tensors, when it is an ascending run of
+        indices of a vectorized source (an unshuffled conversion); else None."""
+        if (
+            not self.vectorized
+            or not block
+            or block[-1] - block[0] != len(block) - 1
+            or any(b - a != 1 for a, b in zip(block, block[1:]))
+            or not all(t.is_contiguous() for t in self._tensors)
+        ):
             return None
-        block = self._peek()
-        if not block or block[-1] - block[0] != len(block) - 1 or not all(t.is_contiguous() for t in self._tensors):
-            return None
-        if any(b - a != 1 for a, b in zip(block, block[1:])):
-            return None
-        self._peeked = None
         start, stop = block[0], block[-1] + 1
         return {
             name: as_storage(tensor[start:stop], spec.dtype)
             for (name, spec), tensor in zip(self.fields.items(), self._tensors)
         }
 
-    def _peek(self) -> Sequence[int]:
-        if self._peeked is None:
-            self._peeked = next(self._blocks)
-        return self._peeked
-
-    def read_into(self, out: dict[str, np.ndarray], offset: int = 0) -> int:
-        """Read the next block into rows ``offset:`` of ``out``; returns the number of rows."""
-        block = self._peek()
-        self._peeked = None
+    def read(self, block: Sequence[int], out: dict[str, np.ndarray], offset: int = 0) -> int:
+        """Read ``block`` into rows ``offset:`` of ``out``; returns the number of rows."""
         rows = len(block)
         if self._tensors is not None:
             index = torch.as_tensor(np.asarray(block, dtype=np.int64))
