@@ -14,6 +14,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``datalflash`` command."""
     parser = argparse.ArgumentParser(prog="datalflash", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="convert real digits into a Zarr store and train on it")
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``datalflash`` command; returns its exit code."""
     args = build_parser().parse_args(argv)
     return args.func(args)
 

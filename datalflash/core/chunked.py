@@ -33,6 +33,7 @@ class ChunkedDataset(Dataset):
 
     @property
     def structure(self) -> dict:
+        """How fields form a sample (see :mod:`datalflash.structure`)."""
         return self.store.structure
 
     def __len__(self) -> int:

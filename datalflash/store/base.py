@@ -69,24 +69,30 @@ class ChunkStore(ABC):
     # ----------------------------------------------------------------- description
     @property
     def fields(self) -> dict[str, FieldSpec]:
+        """``{name: FieldSpec}``: dtype and per-sample shape of each field."""
         return self.manifest.fields
 
     @property
     def splits(self) -> dict[str, SplitInfo]:
+        """``{name: SplitInfo}``: samples and chunks of each split."""
         return self.manifest.splits
 
     @property
     def chunk_size(self) -> int:
+        """Samples per chunk (the last chunk of a split may hold fewer)."""
         return self.manifest.chunk_size
 
     @property
     def structure(self) -> dict:
+        """How fields form a sample (see :mod:`datalflash.structure`)."""
         return self.manifest.structure
 
     def num_samples(self, split: str) -> int:
+        """Samples in ``split``."""
         return self._split(split).num_samples
 
     def num_chunks(self, split: str) -> int:
+        """Chunks in ``split``."""
         return self._split(split).num_chunks
 
     def chunk_bounds(self, split: str, chunk: int) -> tuple[int, int]:

@@ -24,6 +24,7 @@ class HDF5ChunkStore(ChunkStore):
 
     @classmethod
     def normalize_config(cls, compression: Any = "default", level: int | None = None) -> dict:
+        """``{"compression": "none"|"gzip"|"lzf", "level": gzip level or None}``."""
         if compression in ("default", None):
             compression = "none"
         if compression not in COMPRESSIONS:
@@ -37,6 +38,7 @@ class HDF5ChunkStore(ChunkStore):
         return {"compression": compression, "level": level}
 
     def split_path(self, split: str) -> str:
+        """The HDF5 file of ``split``."""
         return str(self.path / f"{split}.h5")
 
     def _create_split(self, split: str) -> None:

@@ -48,6 +48,7 @@ class FieldSpec:
         return math.prod(self.shape) * self.storage_dtype.itemsize
 
     def to_json(self) -> dict:
+        """The field as written in the manifest."""
         return {"dtype": self.dtype, "storage_dtype": self.storage_dtype.str, "shape": list(self.shape)}
 
 
@@ -72,6 +73,7 @@ class Manifest:
     created: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
+        """The manifest document, ready for ``json.dump``."""
         return {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,

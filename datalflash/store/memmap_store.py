@@ -39,11 +39,13 @@ class MemmapChunkStore(ChunkStore):
 
     @classmethod
     def normalize_config(cls, compression: Any = "default") -> dict:
+        """``{}``: memmap stores take no options and are never compressed."""
         if compression not in ("default", None, "none"):
             raise BackendError(f"memmap stores are uncompressed; got compression {compression!r}")
         return {}
 
     def field_path(self, split: str, field: str) -> str:
+        """The ``.npy`` file of ``field`` in ``split``."""
         return str(self.path / split / f"{field}.npy")
 
     def _create_split(self, split: str) -> None:

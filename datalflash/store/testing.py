@@ -88,6 +88,7 @@ class ChunkStoreTests:
         raise NotImplementedError
 
     def convert(self, dataset: Dataset, path: Path, **kwargs: Any) -> ChunkStore:
+        """Convert ``dataset`` with this backend and open the result."""
         kwargs.setdefault("progress", False)
         DatasetConverter.create_chunked_dataset(
             dataset, path, backend=self.backend, compression=self.compression, **kwargs
@@ -95,6 +96,7 @@ class ChunkStoreTests:
         return open_store(path)
 
     def split_order(self, store: ChunkStore, n: int, seed: int, shuffle: bool) -> dict[str, np.ndarray]:
+        """Source indices each split must hold, by the format's splitting rule."""
         order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
         result, offset = {}, 0
         for split, info in store.splits.items():

@@ -59,6 +59,7 @@ class DirectChunkIO:
         self.blosc = blosc
 
     def chunk_path(self, chunk: int) -> Path:
+        """The file holding chunk ``chunk``."""
         key = self.key_encoding.encode_chunk_key((chunk,) + (0,) * (len(self.chunk_shape) - 1))
         return self.path / key
 

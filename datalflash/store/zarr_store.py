@@ -30,6 +30,7 @@ class ZarrChunkStore(ChunkStore):
     def normalize_config(
         cls, compression: Any = "default", clevel: int = 5, shuffle: str = "shuffle"
     ) -> dict:
+        """``{"compression": "lz4"|"zstd"|"none", "clevel": 0..9, "shuffle": ...}``."""
         if compression in ("default", None):
             compression = "lz4" if compression == "default" else "none"
         if compression not in COMPRESSIONS:
@@ -41,6 +42,7 @@ class ZarrChunkStore(ChunkStore):
         return {"compression": compression, "clevel": clevel, "shuffle": shuffle}
 
     def split_path(self, split: str) -> str:
+        """The Zarr group of ``split``."""
         return str(self.path / f"{split}.zarr")
 
     def _compressors(self) -> tuple:
