@@ -107,6 +107,7 @@ def main() -> None:
             "limit: index_select(out=) loop": lambda: limit_epoch(x, y),
             "torch DataLoader, TensorDataset": lambda: loader_epoch(DataLoader(TensorDataset(x, y), batch_size=BATCH, shuffle=True)),
             "FlashDataLoader, FlashDataset (RAM)": lambda: loader_epoch(FlashDataLoader(FlashDataset(x, y), batch_size=BATCH, shuffle=True)),
+            "torch DataLoader, FlashDataset (__getitems__)": lambda: loader_epoch(DataLoader(FlashDataset(x, y), batch_size=BATCH, shuffle=True)),
         }
         for backend, data in stores.items():
             runs[f"FlashDataLoader, {backend} store (warm)"] = (

@@ -47,3 +47,30 @@ def test_errors():
         FlashDataset([1, 2, 3])
     with pytest.raises(ValueError, match="at least one"):
         FlashDataset()
+
+
+def test_batch_indexing_gives_whole_batches_to_torch_dataloader():
+    from torch.utils.data import BatchSampler, RandomSampler
+
+    x, y = torch.randn(50, 3), torch.arange(50)
+    flash = FlashDataset(x, y)
+    sampler = list(BatchSampler(RandomSampler(flash, generator=torch.Generator().manual_seed(0)), 8, False))
+    batches = list(DataLoader(flash, sampler=sampler, batch_size=None))
+    expected = list(DataLoader(TensorDataset(x, y), batch_sampler=sampler))
+    assert len(batches) == len(expected) == 7
+    for (bx, by), (ex, ey) in zip(batches, expected):
+        assert torch.equal(bx, ex) and torch.equal(by, ey)
+    assert torch.equal(flash[torch.tensor([4, -1])][1], torch.tensor([4, 49]))
+
+
+def test_getitems_matches_getitem_for_every_structure():
+    flat_dict = FlashDataset({"a": torch.arange(6), "b": torch.arange(6) * 2})
+    nested = FlashDataset.from_fields(
+        {"x": torch.arange(6), "p.0": torch.arange(6) + 10},
+        {"kind": "dict", "items": {"x": {"kind": "field", "name": "x"},
+                                   "p": {"kind": "tuple", "items": [{"kind": "field", "name": "p.0"}]}}},
+    )
+    for dataset in (FlashDataset(torch.arange(6), torch.ones(6)), flat_dict, nested):
+        got = dataset.__getitems__([5, 0, 2])
+        want = [dataset[i] for i in (5, 0, 2)]
+        assert repr(got) == repr(want)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+import numpy as np
 
 import torch
 from torch.utils.data import Dataset
@@ -51,34 +54,51 @@ class FlashDataset(Dataset):
         self.fields = {name: t.contiguous() for name, t in fields.items()}
         self.structure = structure
         self._names = field_names(structure)
+        items = structure["items"].values() if structure["kind"] == "dict" else structure.get("items", [])
+        # one level of fields, named in order: samples are built with zip, not rebuild
+        self._flat = structure["kind"] != "field" and all(item["kind"] == "field" for item in items)
         self._length = next(iter(lengths.values()))
 
     def __len__(self) -> int:
         return self._length
 
-    def __getitem__(self, index: int) -> Any:
+    def __getitem__(self, index: int | Sequence[int] | torch.Tensor) -> Any:
+        """One sample for an integer index; for a sequence or 1-d tensor of indices, the whole
+        batch from :meth:`gather` (so ``DataLoader(ds, sampler=BatchSampler(...), batch_size=None)``
+        fetches each batch in one vectorized call)."""
+        if isinstance(index, (Sequence, torch.Tensor, np.ndarray)) and np.ndim(index) == 1:
+            return self.gather(index)
+        index = operator.index(index)
         if not -self._length <= index < self._length:
             raise IndexError(f"index {index} out of range for FlashDataset of {self._length} samples")
         return rebuild(self.structure, {name: t[index] for name, t in self.fields.items()}, tuple)
 
     def gather(self, indices: Sequence[int] | torch.Tensor) -> Any:
         """The batch of ``indices``, shaped as ``default_collate`` would give it (lists for tuples)."""
-        index = torch.as_tensor(indices, dtype=torch.long)
-        if index.numel() and (int(index.min()) < -self._length or int(index.max()) >= self._length):
-            raise IndexError(f"batch indices out of range for FlashDataset of {self._length} samples")
-        index = index.remainder(self._length) if index.numel() and int(index.min()) < 0 else index
+        index = checked_index(indices, self._length)
         batch = {name: t.index_select(0, index) for name, t in self.fields.items()}
         return rebuild(self.structure, batch, list)
 
     def __getitems__(self, indices: Sequence[int]) -> list:
         """Samples of ``indices`` from one vectorized gather per field (torch's batched-fetch hook)."""
-        index = torch.as_tensor(indices, dtype=torch.long)
-        gathered = {name: t.index_select(0, index).unbind(0) for name, t in self.fields.items()}
-        return [
-            rebuild(self.structure, {name: rows[i] for name, rows in gathered.items()}, tuple)
-            for i in range(len(index))
-        ]
+        index = checked_index(indices, self._length)
+        rows = [self.fields[name].index_select(0, index).unbind(0) for name in self._names]
+        kind = self.structure["kind"]
+        if self._flat and kind == "tuple":
+            return list(zip(*rows))
+        if self._flat and kind == "dict":
+            return [dict(zip(self._names, values)) for values in zip(*rows)]
+        return [rebuild(self.structure, dict(zip(self._names, values)), tuple) for values in zip(*rows)]
 
     def __repr__(self) -> str:
         shapes = ", ".join(f"{k}: {tuple(v.shape[1:])} {v.dtype}" for k, v in self.fields.items())
         return f"FlashDataset({self._length} samples; {shapes})"
+
+
+def checked_index(indices: Sequence[int] | torch.Tensor, length: int) -> torch.Tensor:
+    """``indices`` as a 1-d int64 tensor in ``[0, length)``; negative ones count from the end."""
+    index = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
+    if index.numel() and (int(index.min()) < -length or int(index.max()) >= length):
+        bad = index[(index < -length) | (index >= length)][0].item()
+        raise IndexError(f"sample index {bad} out of range for a dataset of {length} samples")
+    return torch.where(index < 0, index + length, index)

@@ -41,7 +41,10 @@ class FlashDataLoader:
     * ``transform``: a function applied to each batch's features after the device transfer
       (the first element of tuple samples, the whole dict of dict samples).
 
-    For store splits ``num_workers`` sets the number of background reading threads (at least 2).
+    For store splits ``num_workers`` sets the number of background reading threads (at least 2);
+    a FlashDataset is gathered in the calling thread, so ``num_workers``, ``prefetch_factor``,
+    ``persistent_workers``, ``worker_init_fn`` and ``multiprocessing_context`` only act on the
+    datasets handed to torch's DataLoader.
     """
 
     def __init__(

@@ -19,7 +19,7 @@ import torch
 
 from datalflash.batching import gather
 from datalflash.core.chunked import ChunkedDataset
-from datalflash.core.dataset import FlashDataset
+from datalflash.core.dataset import FlashDataset, checked_index
 from datalflash.ordering import EpochPlan, batch_bounds
 from datalflash.reading import WindowPrefetcher
 from datalflash.store.dtypes import tensors_from_storage
@@ -33,7 +33,7 @@ def memory_batches(
     """Gather each batch of indices from the in-memory tensors (``checked``: indices are known
     to be valid ``int64`` tensors, as the loader's own plans are)."""
     for indices in batches:
-        index = indices if checked else _as_index(indices, len(dataset))
+        index = indices if checked else checked_index(indices, len(dataset))
         yield gather([(dataset.fields, index)], pin_memory=pin_memory)
 
 
@@ -85,7 +85,7 @@ def sampled_chunk_batches(
     capacity = max(1, cache_bytes // max(1, chunk_bytes))
     cache: OrderedDict[int, dict[str, torch.Tensor]] = OrderedDict()
     for indices in batches:
-        index = _as_index(indices, len(dataset))
+        index = checked_index(indices, len(dataset))
         chunk_of = index // store.chunk_size
         segments, positions = [], []
         for chunk in torch.unique(chunk_of).tolist():
@@ -100,12 +100,3 @@ def sampled_chunk_batches(
             positions.append(where)
         grouped = gather(segments)
         yield gather([(grouped, torch.argsort(torch.cat(positions)))], pin_memory=pin_memory)
-
-
-def _as_index(indices: Sequence[int] | torch.Tensor, length: int) -> torch.Tensor:
-    index = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
-    if index.numel() and (int(index.min()) < -length or int(index.max()) >= length):
-        bad = index[(index < -length) | (index >= length)][0].item()
-        raise IndexError(f"sample index {bad} out of range for a dataset of {length} samples")
-    return torch.where(index < 0, index + length, index)
-
