@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from datalflash.errors import BackendError, DataLFlashError, StoreReadError
-from datalflash.store.manifest import FieldSpec, Manifest, SplitInfo, write_manifest
+from datalflash.store.manifest import FieldSpec, Manifest, SplitInfo, allocate, write_manifest
 
 
 def chunk_runs(chunks: Sequence[int]) -> list[tuple[int, int]]:
@@ -115,9 +115,7 @@ class ChunkStore(ABC):
     # ----------------------------------------------------------------- reading
     def allocate(self, rows: int) -> dict[str, np.ndarray]:
         """Empty storage buffers for ``rows`` samples of every field."""
-        return {
-            name: np.empty((rows, *f.shape), dtype=f.storage_dtype) for name, f in self.fields.items()
-        }
+        return allocate(self.fields, rows)
 
     def read_chunks(
         self,

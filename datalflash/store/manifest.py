@@ -52,6 +52,11 @@ class FieldSpec:
         return {"dtype": self.dtype, "storage_dtype": self.storage_dtype.str, "shape": list(self.shape)}
 
 
+def allocate(fields: Mapping[str, FieldSpec], rows: int) -> dict[str, np.ndarray]:
+    """Empty storage arrays for ``rows`` samples of each of ``fields``."""
+    return {name: np.empty((rows, *f.shape), dtype=f.storage_dtype) for name, f in fields.items()}
+
+
 @dataclass(frozen=True)
 class SplitInfo:
     """One split: how many samples, and in how many chunks."""

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from datalflash import __version__
 from datalflash.errors import BackendError, ConversionError, StoreExistsError
-from datalflash.store.manifest import MANIFEST_NAME, Manifest, SplitInfo
+from datalflash.store.manifest import MANIFEST_NAME, Manifest, SplitInfo, allocate
 from datalflash.store.registry import get_backend
 from datalflash.structure import is_valid_field_name
 from datalflash.utils.samples import BlockReader, block_size, infer_schema
@@ -193,15 +193,14 @@ class DatasetConverter:
         structure, fields = infer_schema(_first_sample(pytorch_dataset, 0), 0)
         blocks = _blocks(range(n), block_size(pytorch_dataset, fields, n), n)
         reader = BlockReader(pytorch_dataset, blocks, structure, fields, num_workers)
-        allocate = lambda rows: {name: np.empty((rows, *f.shape), dtype=f.storage_dtype) for name, f in fields.items()}
         if memory_optimized:
-            storage, filled = allocate(n), 0
+            storage, filled = allocate(fields, n), 0
             for block in blocks:
                 filled += reader.read(block, storage, filled)
         else:
             parts = []
             for block in blocks:
-                parts.append(allocate(len(block)))
+                parts.append(allocate(fields, len(block)))
                 reader.read(block, parts[-1])
             storage = {name: np.concatenate([p[name] for p in parts]) for name in fields}
         return FlashDataset.from_fields(tensors_from_storage(storage, fields), structure)

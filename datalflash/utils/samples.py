@@ -23,7 +23,7 @@ from datalflash.store.dtypes import (
     storage_dtype,
     torch_dtype_name,
 )
-from datalflash.store.manifest import FieldSpec
+from datalflash.store.manifest import FieldSpec, allocate
 from datalflash.structure import field_names, flatten, infer_structure
 
 
@@ -99,9 +99,7 @@ class BlockCollator:
         self.fields = fields
 
     def __call__(self, items: Sequence[tuple[int, Any]]) -> dict[str, np.ndarray]:
-        arrays = {
-            name: np.empty((len(items), *f.shape), dtype=f.storage_dtype) for name, f in self.fields.items()
-        }
+        arrays = allocate(self.fields, len(items))
         for row, (index, sample) in enumerate(items):
             try:
                 leaves = flatten(sample, self.structure)
