@@ -58,10 +58,11 @@ class WindowPrefetcher:
         self._allocated += 1
         return self.store.allocate(max(self._rows, default=0))
 
-    def _submit_until(self, last: int, force_first: bool = False) -> None:
-        while self._next <= min(last, len(self.windows) - 1):
+    def _submit(self, force: int | None = None) -> None:
+        """Submit the next windows while a buffer is free; window ``force`` gets one regardless."""
+        while self._next < len(self.windows):
             w = self._next
-            buffer = self._buffer(force=force_first and w == last - self._ahead)
+            buffer = self._buffer(force=w == force)
             if buffer is None:
                 return
             self.store.will_need(self.split, self.windows[w])
@@ -78,7 +79,7 @@ class WindowPrefetcher:
         """Window ``w``'s rows, waiting for its reads; re-raises a failed read."""
         if self._closed:
             raise RuntimeError("prefetcher is closed")
-        self._submit_until(w + self._ahead, force_first=True)
+        self._submit(force=w)
         buffer, tasks = self._pending[w]
         for chunk, future in tasks:
             try:
@@ -93,9 +94,13 @@ class WindowPrefetcher:
     def release(self, w: int) -> None:
         """Window ``w`` is no longer needed: its buffer reads the windows ahead."""
         entry = self._pending.pop(w, None)
-        if entry is not None:
+        if entry is None:
+            return
+        if self._allocated > self._ahead + 1:  # an extra buffer forced by a batch spanning windows
+            self._allocated -= 1
+        else:
             self._buffers.append(entry[0])
-            self._submit_until(self._next + self._ahead)
+        self._submit()
 
     def close(self) -> None:
         """Cancel queued reads and join the reading threads."""
