@@ -83,15 +83,14 @@ class FlashDataLoader:
         self.timeout = timeout
         self.transform = transform
         self.read_ahead_bytes = int(read_ahead_bytes)
-        self.device, self._pin = resolve_device(device, pin_memory)
-        self.pin_memory = self._pin
+        self.device, self.pin_memory = resolve_device(device, pin_memory)
         self._epoch = 0
         ours = isinstance(dataset, (FlashDataset, ChunkedDataset))
         self._torch: DataLoader | None = None
         if not ours or collate_fn is not None or (batch_size is None and batch_sampler is None):
             self._torch = DataLoader(
                 dataset, batch_size, shuffle, sampler, batch_sampler, num_workers, collate_fn,
-                self._pin, drop_last, timeout, worker_init_fn,
+                self.pin_memory, drop_last, timeout, worker_init_fn,
                 multiprocessing_context, generator, prefetch_factor=prefetch_factor,
                 persistent_workers=persistent_workers, pin_memory_device=pin_memory_device,
                 in_order=in_order,
@@ -151,7 +150,7 @@ class FlashDataLoader:
         return batches
 
     def _cpu_batches(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
-        data, pin = self.dataset, self._pin
+        data, pin = self.dataset, self.pin_memory
         index_batches = self._index_batches(epoch)
         if isinstance(data, FlashDataset):
             own_plan = self.sampler is None and self.batch_sampler is None
