@@ -18,8 +18,12 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
 from datalflash.core.chunked import ChunkedDataset
 from datalflash.core.dataset import FlashDataset
-from datalflash.core.sources import memory_batches, planned_chunk_batches, sampled_chunk_batches
-from datalflash.ordering import batch_bounds, plan_epoch, sample_order
+from datalflash.core.distributed import resolve_ranks, shared_seed
+from datalflash.core.resume import fingerprint, make_state, resume_point
+from datalflash.core.sources import memory_batches, planned_chunk_batches, planned_memory_batches, sampled_chunk_batches
+from datalflash.ordering import memory_plan, plan_epoch, schedule
+from datalflash.ordering.shard import Ranges, rank_share, share_size, total
+from datalflash.reading import ThreadReader, make_reader
 from datalflash.structure import rebuild
 from datalflash.transfer import DeviceTransfer, resolve_device
 
@@ -40,11 +44,20 @@ class FlashDataLoader:
       as many as half the read-ahead budget holds.
     * ``transform``: a function applied to each batch's features after the device transfer
       (the first element of tuple samples, the whole dict of dict samples).
+    * ``rank``, ``world_size``: this process's share of each epoch; by default taken from
+      ``torch.distributed`` when it is initialized. Every sample is served once per epoch across
+      ranks (``drop_last=False`` pads with at most ``world_size - 1`` repeats, ``drop_last=True``
+      leaves at most ``world_size - 1`` out before dropping each rank's short last batch), every
+      rank yields the same number of batches, and each rank reads only the chunks it serves.
 
-    For store splits ``num_workers`` sets the number of background reading threads (at least 2);
-    a FlashDataset is gathered in the calling thread, so ``num_workers``, ``prefetch_factor``,
-    ``persistent_workers``, ``worker_init_fn`` and ``multiprocessing_context`` only act on the
-    datasets handed to torch's DataLoader.
+    For store splits, ``num_workers > 0`` reads and decodes chunks in that many worker processes
+    (into shared memory; ``multiprocessing_context``, ``worker_init_fn`` and
+    ``persistent_workers`` apply), ``0`` in two threads; the batches are the same either way. A
+    FlashDataset is gathered in the calling thread. A user's ``sampler`` / ``batch_sampler`` is
+    followed as given (it shards itself, e.g. ``DistributedSampler``).
+
+    ``state_dict()`` / ``load_state_dict()`` resume an epoch exactly where it stopped, on any
+    world size (see :mod:`datalflash.core.resume`).
     """
 
     def __init__(
@@ -72,6 +85,8 @@ class FlashDataLoader:
         read_ahead_bytes: int = DEFAULT_READ_AHEAD,
         window_chunks: int | None = None,
         transform: Callable | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
     ):
         self.dataset = dataset
         self.batch_size = batch_size
@@ -98,10 +113,15 @@ class FlashDataLoader:
         else:
             _check_arguments(batch_size, shuffle, sampler, batch_sampler, drop_last)
         flash = self._torch is None
-        if seed is None and flash:  # drawn as torch draws its base seed; torch's path draws its own
-            seed = int(torch.empty((), dtype=torch.int64).random_(generator=generator).item())
-        self.seed = seed
+        self.rank, self.world_size = resolve_ranks(rank, world_size) if flash else (0, 1)
+        # torch's path draws its own seed
+        self.seed = shared_seed(seed, self.world_size, generator) if flash else seed
         self.window_chunks = self._window(window_chunks) if flash and isinstance(dataset, ChunkedDataset) else None
+        self.multiprocessing_context, self.worker_init_fn = multiprocessing_context, worker_init_fn
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self._reader: ThreadReader | None = None  # kept across epochs with persistent_workers
+        self._resume: tuple[int, Ranges] | None = None  # (epoch, positions left) from load_state_dict
+        self._cursor: dict | None = None  # where the epoch being served stands
 
     def _window(self, window_chunks: int | None) -> int:
         store = self.dataset.store
@@ -127,13 +147,52 @@ class FlashDataLoader:
         """The epoch the next iteration will run."""
         return self._epoch
 
+    def _own_order(self) -> bool:
+        return self._torch is None and self.sampler is None and self.batch_sampler is None
+
+    def _remaining(self, epoch: int) -> Ranges:
+        """Positions of ``epoch``'s sequence still to serve (all, unless resumed into it)."""
+        if self._resume is not None and self._resume[0] == epoch:
+            return self._resume[1]
+        return [(0, len(self.dataset))]
+
     def __len__(self) -> int:
         if self._torch is not None:
             return len(self._torch)
         if self.batch_sampler is not None:
             return len(self.batch_sampler)
-        n = len(self.sampler) if self.sampler is not None else len(self.dataset)
+        if self.sampler is not None:
+            n = len(self.sampler)
+        else:
+            n = share_size(total(self._remaining(self._epoch)), self.world_size, self.drop_last)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    # --------------------------------------------------------------- state
+    def _order_settings(self) -> dict:
+        if not self._own_order():
+            raise ValueError(
+                "state_dict() needs the loader's own order over a FlashDataset or a store split; with a "
+                "custom sampler, batch_sampler, collate_fn or another dataset, save that order yourself"
+            )
+        return {
+            "data": fingerprint(self.dataset), "num_samples": len(self.dataset),
+            "shuffle": self.shuffle, "window_chunks": self.window_chunks,
+        }
+
+    def state_dict(self) -> dict:
+        """Where the loader stands, as a small JSON-serializable dict (any rank's describes all)."""
+        order = self._order_settings()
+        cursor = self._cursor or {
+            "epoch": self._epoch, "remaining": self._remaining(self._epoch), "world_size": self.world_size,
+            "batch_size": self.batch_size, "drop_last": self.drop_last, "batches": 0,
+        }
+        return make_state(order, seed=self.seed, **cursor)
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state``: the next iteration serves the rest of its epoch, on this
+        loader's world size; the seed is the saved one. Refuses a state of other data or settings."""
+        seed, epoch, remaining = resume_point(state, self._order_settings())
+        self.seed, self._epoch, self._resume, self._cursor = seed, epoch, (epoch, remaining), None
 
     # --------------------------------------------------------------- iteration
     def __iter__(self) -> Iterator[Any]:
@@ -141,40 +200,83 @@ class FlashDataLoader:
         if self._torch is not None:
             batches: Iterator[Any] = iter(self._torch)
         else:
+            remaining, self._resume = self._remaining(epoch), None
             structure = self.dataset.structure
-            batches = (rebuild(structure, b, list) for b in self._cpu_batches(epoch))
+            batches = (rebuild(structure, b, list) for b in self._cpu_batches(epoch, remaining))
         if self.device is not None:
             batches = DeviceTransfer(self.device).stream(batches)
         if self.transform is not None:
             batches = (_apply_to_features(self.transform, b) for b in batches)
-        return batches
+        if not self._own_order():
+            return batches
+        self._cursor = {
+            "epoch": epoch, "remaining": remaining, "world_size": self.world_size,
+            "batch_size": self.batch_size, "drop_last": self.drop_last, "batches": 0,
+        }
+        return self._counted(batches, self._cursor)
 
-    def _cpu_batches(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
+    def _counted(self, batches: Iterator[Any], cursor: dict) -> Iterator[Any]:
+        """Yield ``batches``, keeping :meth:`state_dict`'s ``cursor`` on the last one handed out."""
+        for batch in batches:
+            cursor["batches"] += 1
+            yield batch
+        if self._cursor is cursor:  # the epoch is over: a state now starts the next one
+            self._cursor = None
+
+    def _cpu_batches(self, epoch: int, remaining: Ranges) -> Iterator[dict[str, torch.Tensor]]:
         data, pin = self.dataset, self.pin_memory
-        index_batches = self._index_batches(epoch)
-        if isinstance(data, FlashDataset):
-            own_plan = self.sampler is None and self.batch_sampler is None
-            return memory_batches(data, index_batches, pin, checked=own_plan)
+        index_batches = self._sampler_batches()
         if index_batches is not None:
+            if isinstance(data, FlashDataset):
+                return memory_batches(data, index_batches, pin)
             return sampled_chunk_batches(data, index_batches, cache_bytes=self.read_ahead_bytes, pin_memory=pin)
+        share = rank_share(remaining, self.rank, self.world_size, self.drop_last)
+        if isinstance(data, FlashDataset):
+            plan = memory_plan(len(data), shuffle=self.shuffle, seed=self.seed, epoch=epoch)
+            return planned_memory_batches(data, plan, schedule(plan, share, self.batch_size, self.drop_last), pin)
         store = data.store
         chunk_rows = [b - a for a, b in (store.chunk_bounds(data.split, c) for c in range(store.num_chunks(data.split)))]
         plan = plan_epoch(chunk_rows, window=self.window_chunks, shuffle=self.shuffle, seed=self.seed, epoch=epoch)
-        return planned_chunk_batches(
-            data, plan, batch_size=self.batch_size, drop_last=self.drop_last, ahead=1,
-            threads=max(2, self.num_workers), timeout=self.timeout, pin_memory=pin,
+        return self._with_reader(
+            lambda reader: planned_chunk_batches(
+                data, plan, schedule(plan, share, self.batch_size, self.drop_last), reader=reader, ahead=1,
+                timeout=self.timeout, pin_memory=pin,
+            )
         )
 
-    def _index_batches(self, epoch: int) -> Iterable[Sequence[int]] | None:
-        """Batches of indices from a sampler, or for RAM data; None: a store split's own plan."""
+    def _with_reader(self, source: Callable[[ThreadReader], Iterator]) -> Iterator:
+        """Run ``source`` with this epoch's reader: worker processes when ``num_workers > 0``
+        (kept across epochs with ``persistent_workers``), else reading threads."""
+        reader = self._reader or make_reader(
+            self.dataset.store, self.num_workers, self.multiprocessing_context, self.worker_init_fn
+        )
+        if self.persistent_workers:
+            self._reader = reader
+        try:
+            yield from source(reader)
+        finally:
+            if not self.persistent_workers:
+                reader.close()
+
+    def _sampler_batches(self) -> Iterable[Sequence[int]] | None:
+        """Batches of indices from a user's sampler or batch sampler; None: the loader's own order."""
         if self.batch_sampler is not None:
             return self.batch_sampler
         if self.sampler is not None:
             return BatchSampler(self.sampler, self.batch_size, self.drop_last)
-        if isinstance(self.dataset, FlashDataset):
-            order = torch.from_numpy(sample_order(len(self.dataset), shuffle=self.shuffle, seed=self.seed, epoch=epoch))
-            return (order[a:b] for a, b in batch_bounds(len(order), self.batch_size, self.drop_last))
         return None
+
+    def close(self) -> None:
+        """Stop persistent worker processes (iterators running now stop on their own)."""
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
 
 
 def _apply_to_features(transform: Callable, batch: Any) -> Any:

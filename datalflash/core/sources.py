@@ -2,7 +2,8 @@
 
 Each source turns an epoch's order into CPU batches of ``{field: tensor}``:
 
-* :func:`memory_batches`: a :class:`FlashDataset`, one gather per field and batch.
+* :func:`planned_memory_batches` / :func:`memory_batches`: a :class:`FlashDataset` in the
+  loader's own order / a sampler's order, one gather per field and batch.
 * :func:`planned_chunk_batches`: a :class:`ChunkedDataset` in plan order, windows of whole chunks
   read ahead by a :class:`~datalflash.reading.WindowPrefetcher`.
 * :func:`sampled_chunk_batches`: a :class:`ChunkedDataset` in the order of a user's sampler, the
@@ -20,57 +21,65 @@ import torch
 from datalflash.batching import gather
 from datalflash.core.chunked import ChunkedDataset
 from datalflash.core.dataset import FlashDataset, checked_index
-from datalflash.ordering import EpochPlan, batch_bounds
-from datalflash.reading import WindowPrefetcher
+from datalflash.ordering import EpochPlan, Schedule
+from datalflash.reading import ThreadReader, WindowPrefetcher
 from datalflash.store.dtypes import tensors_from_storage
 
 Batch = dict[str, torch.Tensor]
 
 
 def memory_batches(
-    dataset: FlashDataset, batches: Iterable[Sequence[int] | torch.Tensor], pin_memory: bool, checked: bool = False
+    dataset: FlashDataset, batches: Iterable[Sequence[int] | torch.Tensor], pin_memory: bool
 ) -> Iterator[Batch]:
-    """Gather each batch of indices from the in-memory tensors (``checked``: indices are known
-    to be valid ``int64`` tensors, as the loader's own plans are)."""
+    """Gather each batch of indices (a user's sampler) from the in-memory tensors."""
     for indices in batches:
-        index = indices if checked else checked_index(indices, len(dataset))
+        yield gather([(dataset.fields, checked_index(indices, len(dataset)))], pin_memory=pin_memory)
+
+
+def planned_memory_batches(dataset: FlashDataset, plan: EpochPlan, sched: Schedule, pin_memory: bool) -> Iterator[Batch]:
+    """Batches of a RAM dataset's own plan (one window holding every sample)."""
+    order = torch.from_numpy(plan.order(0)) if sched.batches else None
+    for batch in sched.batches:
+        index = order[batch[0][1] : batch[0][2]] if len(batch) == 1 else torch.cat([order[a:b] for _, a, b in batch])
         yield gather([(dataset.fields, index)], pin_memory=pin_memory)
 
 
 def planned_chunk_batches(
     dataset: ChunkedDataset,
     plan: EpochPlan,
+    sched: Schedule,
     *,
-    batch_size: int,
-    drop_last: bool,
+    reader: ThreadReader | None,
     ahead: int,
-    threads: int,
     timeout: float,
     pin_memory: bool,
 ) -> Iterator[Batch]:
-    """Batches of an epoch plan; a batch may take its rows from two or more windows."""
-    store, fields = dataset.store, dataset.fields
-    offsets = plan.window_offsets
-    bounds = batch_bounds(int(offsets[-1]), batch_size, drop_last)
-    if not bounds:
+    """Batches of a store split's plan, as ``sched`` cuts them for this rank; a batch may take
+    its rows from two or more visits."""
+    if not sched.batches:
         return
-    prefetcher = WindowPrefetcher(store, dataset.split, plan.windows, ahead=ahead, threads=threads, timeout=timeout)
+    visits = sched.visits
+    prefetcher = WindowPrefetcher(
+        dataset.store, dataset.split, [plan.windows[v.window] for v in visits], [v.chunks for v in visits],
+        reader=reader, ahead=ahead, timeout=timeout,
+    )
     try:
-        resident: dict[int, dict[str, torch.Tensor]] = {}
-        for start, stop in bounds:
+        left = [sum(b - a for a, b in v.spans) for v in visits]  # positions each visit still serves
+        resident: dict[int, tuple[dict[str, torch.Tensor], torch.Tensor]] = {}
+        for pieces in sched.batches:
             segments = []
-            w = int(np.searchsorted(offsets, start, side="right")) - 1
-            while start < stop:
-                end = min(stop, int(offsets[w + 1]))
-                if w not in resident:
-                    resident[w] = tensors_from_storage(prefetcher.get(w), fields)
-                rows = torch.from_numpy(plan.orders[w][start - offsets[w] : end - offsets[w]])
-                segments.append((resident[w], rows))
-                start, w = end, w + 1
+            for v, a, b in pieces:
+                if v not in resident:
+                    tensors = tensors_from_storage(prefetcher.get(v), dataset.fields)
+                    resident[v] = (tensors, torch.from_numpy(plan.order(visits[v].window)))
+                tensors, order = resident[v]
+                segments.append((tensors, order[a:b]))
+                left[v] -= b - a
             batch = gather(segments, pin_memory=pin_memory)
-            for done in [d for d in resident if offsets[d + 1] <= stop]:  # fully served windows
-                del resident[done]
-                prefetcher.release(done)
+            for v, _, _ in pieces:
+                if left[v] == 0 and v in resident:
+                    del resident[v]
+                    prefetcher.release(v)
             yield batch
     finally:
         prefetcher.close()

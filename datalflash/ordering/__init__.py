@@ -1,5 +1,9 @@
-"""Order: which sample comes when. Pure functions of (seed, epoch, sizes): no I/O, deterministic."""
+"""Order: which sample comes when, on which rank. Pure functions of (seed, epoch, sizes): no I/O."""
 
-from datalflash.ordering.plan import EpochPlan, batch_bounds, epoch_rng, plan_epoch, sample_order
+from datalflash.ordering.plan import EpochPlan, batch_bounds, epoch_rng, memory_plan, plan_epoch, sample_order
+from datalflash.ordering.schedule import Schedule, Visit, schedule
 
-__all__ = ["EpochPlan", "batch_bounds", "epoch_rng", "plan_epoch", "sample_order"]
+__all__ = [
+    "EpochPlan", "Schedule", "Visit", "batch_bounds", "epoch_rng", "memory_plan", "plan_epoch",
+    "sample_order", "schedule",
+]

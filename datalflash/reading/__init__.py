@@ -1,5 +1,6 @@
-"""Read: background threads fetch planned chunks ahead of use, bounded by a byte budget."""
+"""Read: threads or worker processes fetch planned chunks ahead of use, bounded in memory."""
 
 from datalflash.reading.prefetcher import WindowPrefetcher
+from datalflash.reading.readers import ProcessReader, ThreadReader, make_reader
 
-__all__ = ["WindowPrefetcher"]
+__all__ = ["ProcessReader", "ThreadReader", "WindowPrefetcher", "make_reader"]

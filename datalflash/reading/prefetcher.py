@@ -1,30 +1,35 @@
-"""A bounded, ordered prefetcher of chunk windows.
+"""A bounded, ordered prefetcher of window visits.
 
-Windows (groups of whole chunks, see :mod:`datalflash.ordering`) are read by a small pool of
-threads into reused buffers, at most ``ahead`` windows beyond the one in use, so memory stays at
-``(ahead + 1)`` window buffers. Codecs and ``preadv`` release the GIL, so threads read in
-parallel. A failed read re-raises in the consumer as soon as it waits for that window; closing
-cancels what is queued and joins the threads.
+A visit (see :mod:`datalflash.ordering.schedule`) is a window of whole chunks of which some are
+read. Visits are read by a reader (threads or worker processes, see
+:mod:`datalflash.reading.readers`) into reused buffers, at most ``ahead`` visits beyond the one
+in use, so memory stays at ``(ahead + 1)`` window buffers. A failed read re-raises in the
+consumer as soon as it waits for that visit; closing cancels what is queued and joins the
+reader's threads or processes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
 
 import numpy as np
 
+from datalflash.reading.readers import ThreadReader
 from datalflash.store.base import ChunkStore
 
 
 class WindowPrefetcher:
-    """Reads ``windows`` (lists of chunk ids of ``split``) in order, ``ahead`` windows ahead.
+    """Reads visits of ``split`` in order, ``ahead`` visits ahead.
 
-    ``get(w)`` blocks until window ``w`` is in memory and returns ``{field: array}`` views of its
-    rows (chunks concatenated in window order); ``release(w)`` hands its buffer back for the
-    windows ahead. Windows are taken in order. ``ahead + 1`` buffers exist, one more only while
-    a single batch spans more windows than that.
+    ``windows[v]`` lists the chunk ids of visit ``v``'s window (its rows are those chunks
+    concatenated) and ``needed[v]`` the chunks of it to read (default: all). ``get(v)`` blocks
+    until they are in memory and returns ``{field: array}`` of the window's rows (rows of chunks
+    not read are undefined); ``release(v)`` hands its buffer back for the visits ahead. Visits
+    are taken in order. ``ahead + 1`` buffers exist, one more only while a single batch spans
+    more visits than that.
     """
 
     def __init__(
@@ -32,55 +37,58 @@ class WindowPrefetcher:
         store: ChunkStore,
         split: str,
         windows: Sequence[Sequence[int]],
+        needed: Sequence[Sequence[int]] | None = None,
         *,
+        reader: ThreadReader | None = None,
         ahead: int = 1,
-        threads: int = 2,
         timeout: float = 0,
     ):
         self.store, self.split = store, split
         self.windows = [list(map(int, w)) for w in windows]
+        self.needed = [set(map(int, n)) for n in needed] if needed is not None else [set(w) for w in self.windows]
         self.timeout = timeout
         self._ahead = max(1, ahead)
-        rows = [[store.chunk_bounds(split, c) for c in w] for w in self.windows]
-        self._rows = [sum(b - a for a, b in r) for r in rows]
-        self._buffers: list[dict[str, np.ndarray]] = []
-        self._pending: dict[int, tuple[dict[str, np.ndarray], list[tuple[int, Future]]]] = {}
-        self._next = 0  # next window to submit
+        self._rows = [sum(b - a for a, b in (store.chunk_bounds(split, c) for c in w)) for w in self.windows]
+        self._own_reader = reader is None
+        self._reader = reader if reader is not None else ThreadReader(store)
+        self._buffers: list[Any] = []
+        self._pending: dict[int, tuple[Any, list[tuple[int, Future]]]] = {}
+        self._next = 0  # next visit to submit
         self._allocated = 0
-        self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="datalflash-read")
         self._closed = False
 
-    def _buffer(self, force: bool) -> dict[str, np.ndarray] | None:
+    def _buffer(self, force: bool) -> Any:
         if self._buffers:
             return self._buffers.pop()
         if self._allocated > self._ahead and not force:
             return None
         self._allocated += 1
-        return self.store.allocate(max(self._rows, default=0))
+        return self._reader.allocate(max(self._rows, default=0))
 
     def _submit(self, force: int | None = None) -> None:
-        """Submit the next windows while a buffer is free; window ``force`` gets one regardless."""
+        """Submit the next visits while a buffer is free; visit ``force`` gets one regardless."""
         while self._next < len(self.windows):
-            w = self._next
-            buffer = self._buffer(force=w == force)
+            v = self._next
+            buffer = self._buffer(force=v == force)
             if buffer is None:
                 return
-            self.store.will_need(self.split, self.windows[w])
+            wanted = [c for c in self.windows[v] if c in self.needed[v]]
+            self.store.will_need(self.split, wanted)
             tasks, offset = [], 0
-            for chunk in self.windows[w]:
+            for chunk in self.windows[v]:
                 start, stop = self.store.chunk_bounds(self.split, chunk)
-                out = {name: b[offset : offset + stop - start] for name, b in buffer.items()}
-                tasks.append((chunk, self._pool.submit(self.store.read_chunks, self.split, [chunk], out)))
+                if chunk in self.needed[v]:
+                    tasks.append((chunk, self._reader.read(self.split, chunk, buffer, offset)))
                 offset += stop - start
-            self._pending[w] = (buffer, tasks)
+            self._pending[v] = (buffer, tasks)
             self._next += 1
 
-    def get(self, w: int) -> dict[str, np.ndarray]:
-        """Window ``w``'s rows, waiting for its reads; re-raises a failed read."""
+    def get(self, v: int) -> dict[str, np.ndarray]:
+        """Visit ``v``'s window rows, waiting for its reads; re-raises a failed read."""
         if self._closed:
             raise RuntimeError("prefetcher is closed")
-        self._submit(force=w)
-        buffer, tasks = self._pending[w]
+        self._submit(force=v)
+        buffer, tasks = self._pending[v]
         for chunk, future in tasks:
             try:
                 future.result(timeout=self.timeout or None)
@@ -89,28 +97,29 @@ class WindowPrefetcher:
                     f"{self.store.path}: reading split {self.split!r} chunk {chunk} took longer than "
                     f"timeout={self.timeout}s"
                 ) from None
-        return {name: b[: self._rows[w]] for name, b in buffer.items()}
+        return {name: b[: self._rows[v]] for name, b in self._reader.arrays(buffer).items()}
 
-    def release(self, w: int) -> None:
-        """Window ``w`` is no longer needed: its buffer reads the windows ahead."""
-        entry = self._pending.pop(w, None)
+    def release(self, v: int) -> None:
+        """Visit ``v`` is no longer needed: its buffer reads the visits ahead."""
+        entry = self._pending.pop(v, None)
         if entry is None:
             return
-        if self._allocated > self._ahead + 1:  # an extra buffer forced by a batch spanning windows
+        if self._allocated > self._ahead + 1:  # an extra buffer forced by a batch spanning visits
             self._allocated -= 1
         else:
             self._buffers.append(entry[0])
         self._submit()
 
     def close(self) -> None:
-        """Cancel queued reads and join the reading threads."""
+        """Cancel queued reads; join the reader's threads or processes unless it was passed in."""
         if self._closed:
             return
         self._closed = True
         for _, tasks in self._pending.values():
             for _, future in tasks:
                 future.cancel()
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._own_reader:
+            self._reader.close()
         self._pending.clear()
         self._buffers.clear()
 

@@ -1,0 +1,72 @@
+"""Loader state for exact mid-epoch resume: a small JSON dict, checked before it is trusted.
+
+A state names the data (a fingerprint of the store's manifest and split, or of a RAM dataset's
+fields), the settings that decide the order (shuffle, seed, window), and where the epoch stands:
+the positions that were still to serve when the epoch (or its last resume) started, the world
+size and batch size they were split with, and how many batches each rank has delivered since.
+Every rank of a DDP job steps in lockstep, so one rank's state describes all of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from datalflash.core.chunked import ChunkedDataset
+from datalflash.core.dataset import FlashDataset
+from datalflash.ordering.shard import Ranges, normalize, served, subtract, total
+
+STATE_VERSION = 1
+ORDER_KEYS = ("data", "num_samples", "shuffle", "window_chunks")
+
+
+def fingerprint(dataset: FlashDataset | ChunkedDataset) -> str:
+    """A short id of the data a loader reads: the store's manifest and split, or a RAM
+    dataset's field dtypes and shapes."""
+    if isinstance(dataset, ChunkedDataset):
+        doc: Any = {"manifest": dataset.store.manifest.to_json(), "split": dataset.split}
+    else:
+        doc = {name: [str(t.dtype), list(t.shape)] for name, t in dataset.fields.items()}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def make_state(order: dict, *, seed: int, epoch: int, remaining: Ranges, world_size: int,
+               batch_size: int, drop_last: bool, batches: int) -> dict:
+    """The state dict (see the module docstring); ``order`` holds :data:`ORDER_KEYS`."""
+    return {
+        "datalflash_loader_state": STATE_VERSION, **order, "seed": seed, "epoch": epoch,
+        "remaining": [list(r) for r in remaining], "world_size": world_size,
+        "batch_size": batch_size, "drop_last": drop_last, "batches": batches,
+    }
+
+
+def _int(state: dict, key: str, low: int = 0) -> int:
+    value = state.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ValueError(f"loader state: {key!r} must be an int >= {low}, got {value!r}")
+    return value
+
+
+def resume_point(state: Any, order: dict) -> tuple[int, int, Ranges]:
+    """``(seed, epoch, positions still to serve)`` from a state, after checking that it belongs
+    to a loader over the same data with the same order settings (``order``)."""
+    if not isinstance(state, dict) or state.get("datalflash_loader_state") != STATE_VERSION:
+        raise ValueError(f"not a datalflash loader state (version {STATE_VERSION}): {str(state)[:200]}")
+    differ = [f"{k}: saved {state.get(k)!r}, this loader {order[k]!r}" for k in ORDER_KEYS if state.get(k) != order[k]]
+    if differ:
+        raise ValueError("loader state is for different data or settings; " + "; ".join(differ))
+    seed, epoch, world_size = _int(state, "seed", -(2**63)), _int(state, "epoch"), _int(state, "world_size", 1)
+    batch_size, batches = _int(state, "batch_size", 1), _int(state, "batches")
+    raw = state.get("remaining")
+    n = order["num_samples"]
+    if not isinstance(raw, list) or not all(
+        isinstance(r, list) and len(r) == 2 and all(isinstance(x, int) for x in r) and 0 <= r[0] <= r[1] <= n
+        for r in raw
+    ):
+        raise ValueError(f"loader state: 'remaining' must be [start, stop] pairs within 0..{n}")
+    remaining = [(a, b) for a, b in raw]
+    if total(normalize(remaining)) != total(remaining):
+        raise ValueError("loader state: 'remaining' ranges overlap")
+    done = served(remaining, world_size, bool(state.get("drop_last")), batches * batch_size)
+    return seed, epoch, subtract(remaining, done)
