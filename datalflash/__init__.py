@@ -14,6 +14,7 @@ from datalflash.errors import (  # noqa: E402
     StoreFormatError,
     StoreReadError,
 )
+from datalflash.ordering import ShuffleQuality, score_order, shuffle_quality  # noqa: E402
 from datalflash.store import ChunkStore, open_store  # noqa: E402
 from datalflash.utils import DatasetConverter  # noqa: E402
 
@@ -24,9 +25,12 @@ __all__ = [
     "DataLFlashError",
     "DatasetConverter",
     "FlashDataset",
+    "ShuffleQuality",
     "StoreExistsError",
     "StoreFormatError",
     "StoreReadError",
     "__version__",
     "open_store",
+    "score_order",
+    "shuffle_quality",
 ]
