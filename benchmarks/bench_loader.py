@@ -4,7 +4,8 @@ CIFAR-10-shaped data (50,000 x 3x32x32 uint8 + int64 label), batch 256, shuffled
 
 * limit: a bare ``torch.index_select(out=)`` loop over a random permutation;
 * torch's DataLoader over a per-item TensorDataset (0 workers);
-* FlashDataLoader over a FlashDataset (RAM) and over a store split per backend (warm cache);
+* FlashDataLoader over a FlashDataset (RAM) and over a store split per backend (warm cache), in
+  reading threads and (zarr, hdf5) in 2 worker processes;
 * cold cache: memmap store after ``posix_fadvise(DONTNEED)``, against the disk's sequential read
   bandwidth measured on the same files;
 * memory: peak RSS streaming a store much larger than the read-ahead budget.
@@ -113,12 +114,22 @@ def main() -> None:
             runs[f"FlashDataLoader, {backend} store (warm)"] = (
                 lambda data=data: loader_epoch(FlashDataLoader(data, batch_size=BATCH, shuffle=True))
             )
+        workers = {}
+        for backend in ("zarr", "hdf5"):  # processes started once (persistent_workers), as torch users run them
+            workers[backend] = FlashDataLoader(
+                stores[backend], batch_size=BATCH, shuffle=True, num_workers=2, persistent_workers=True
+            )
+            runs[f"FlashDataLoader, {backend} store (warm), 2 worker processes"] = (
+                lambda loader=workers[backend]: loader_epoch(loader)
+            )
         times = {name: [] for name in runs}
         for _ in range(args.repeat):
             for name, fn in runs.items():
                 start = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - start)
+        for loader in workers.values():
+            loader.close()
 
         cold, disk = [], []
         for _ in range(args.repeat):

@@ -238,6 +238,26 @@ def test_read_error_surfaces_fast_naming_the_chunk(tmp_path):
     assert reading_threads() == []
 
 
+def test_worker_process_errors_surface_and_processes_stop(tmp_path):
+    import multiprocessing
+
+    data = store_split(tmp_path, [(torch.zeros(1000), i) for i in range(80)], chunk_size=8, backend="memmap")
+    with open(tmp_path / "memmap" / "train" / "0.npy", "r+b") as f:
+        f.truncate(128 + 8 * 4000 * 6 + 100)
+    loader = FlashDataLoader(data, batch_size=8, window_chunks=1, num_workers=2, multiprocessing_context="fork")
+    seen = 0
+    with pytest.raises(StoreReadError, match=r"rows 48\.\.55 of split 'train' field '0'.*truncated"):
+        for _ in loader:
+            seen += 1
+    assert seen == 6
+    for i, _ in enumerate(FlashDataLoader(data, batch_size=8, window_chunks=1, num_workers=2)):
+        if i == 2:
+            assert multiprocessing.active_children()
+            break
+    gc.collect()
+    assert multiprocessing.active_children() == []
+
+
 def test_threads_stop_on_break_delete_and_keyboard_interrupt(tmp_path):
     data = store_split(tmp_path, [(torch.zeros(64), i) for i in range(400)], chunk_size=16)
     loader = FlashDataLoader(data, batch_size=8, shuffle=True, seed=0, window_chunks=2, read_ahead_bytes=2**20)

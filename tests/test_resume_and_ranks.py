@@ -95,12 +95,12 @@ def test_resume_serves_the_rest_of_the_epoch_once_on_any_world_size(
 ):
     data = dataset(tmp_path_factory.getbasetemp(), kind, n, chunk_size)
     kw = dict(batch_size=batch_size, drop_last=drop_last, seed=seed)
-    first, state = [], None
+    first, heads, state = [], [], None
     for rank in range(world_size):
         loader = make(data, rank=rank, world_size=world_size, **kw)
         it = iter(loader)  # stop at most after the last batch, before the epoch is closed
-        for _, batch in zip(range(min(stop, len(loader))), it):
-            first.extend(batch[1].tolist())
+        heads.append(indices([b for _, b in zip(range(min(stop, len(loader))), it)]))
+        first.extend(heads[-1])
         state = json.loads(json.dumps(loader.state_dict())) if state is None else state
         assert loader.state_dict() == state, "every rank's state describes all ranks"
     rest, counts = [], set()
@@ -113,14 +113,15 @@ def test_resume_serves_the_rest_of_the_epoch_once_on_any_world_size(
         assert len(batches) == expected
         counts.add(expected)
         rest.extend(indices(batches))
+        if resumed_world == world_size:  # same world: each rank's very batches of an uninterrupted run
+            assert heads[rank] + indices(batches) == indices(make(data, rank=rank, world_size=world_size, **kw))
     assert len(counts) == 1, "resumed ranks yield the same number of batches"
-    assert set(first).isdisjoint(rest)
+    if resumed_world != world_size:  # (on the same world, padding repeats as in an uninterrupted run)
+        assert set(first).isdisjoint(rest)
     if drop_last:
         assert max(Counter(first + rest).values(), default=1) == 1
     else:
         check_once(first + rest, n, world_size, drop_last, slack=resumed_world - 1)
-    if resumed_world == world_size == 1:  # same world: the very batches of an uninterrupted run
-        assert first + rest == indices(make(data, **kw))
 
 
 @pytest.mark.parametrize("kind", ["memory", "store"])
@@ -133,14 +134,14 @@ def test_resume_equals_uninterrupted_run_and_next_epochs_too(tmp_path, kind):
     it = iter(loader)
     head = [next(it) for _ in range(7)]
     state = loader.state_dict()
-    assert state["epoch"] == 0 and state["batches"] == 7
+    assert state["epoch"] == 0 and state["served"] == 70
     resumed = make(data, batch_size=10)
     resumed.load_state_dict(state)
     assert len(resumed) == len(reference) - 7
     assert indices(head) + indices(resumed) == epochs[0]
     assert indices(resumed) == epochs[1] and indices(resumed) == epochs[2]
     # a state taken between epochs starts the next one
-    assert resumed.state_dict()["epoch"] == 3 and resumed.state_dict()["batches"] == 0
+    assert resumed.state_dict()["epoch"] == 3 and resumed.state_dict()["served"] == 0
 
 
 def test_resume_reads_no_chunk_already_consumed(tmp_path):
@@ -220,3 +221,25 @@ def test_resume_in_a_new_process(tmp_path):
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
     assert head + json.loads(out) == full
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    n=st.sampled_from([5, 64, 203]), chunk_size=st.sampled_from([7, 32]), batch_size=st.integers(1, 40),
+    world_size=st.integers(1, 3), workers=st.integers(1, 3), resumed_workers=st.integers(0, 2),
+    drop_last=st.booleans(), seed=st.integers(0, 2**31), stop=st.integers(0, 6), data=st.data(),
+)
+def test_worker_counts_change_no_batch_and_no_resume(
+    tmp_path_factory, n, chunk_size, batch_size, world_size, workers, resumed_workers, drop_last, seed, stop, data
+):
+    ds = dataset(tmp_path_factory.getbasetemp(), "store", n, chunk_size)
+    rank = data.draw(st.integers(0, world_size - 1))
+    kw = dict(batch_size=batch_size, drop_last=drop_last, seed=seed, rank=rank, world_size=world_size)
+    reference = indices(make(ds, **kw))
+    loader = make(ds, num_workers=workers, multiprocessing_context="fork", **kw)
+    it = iter(loader)
+    head = indices([b for _, b in zip(range(min(stop, len(loader))), it)])
+    resumed = make(ds, num_workers=resumed_workers, multiprocessing_context="fork", **kw)
+    resumed.load_state_dict(loader.state_dict())
+    del it
+    assert head + indices(resumed) == reference

@@ -22,7 +22,7 @@ from datalflash.core.distributed import resolve_ranks, shared_seed
 from datalflash.core.resume import fingerprint, make_state, resume_point
 from datalflash.core.sources import memory_batches, planned_chunk_batches, planned_memory_batches, sampled_chunk_batches
 from datalflash.ordering import memory_plan, plan_epoch, schedule
-from datalflash.ordering.shard import Ranges, rank_share, share_size, total
+from datalflash.ordering.shard import Ranges, rank_share, share_size, take, total
 from datalflash.reading import ThreadReader, make_reader
 from datalflash.structure import rebuild
 from datalflash.transfer import DeviceTransfer, resolve_device
@@ -120,7 +120,8 @@ class FlashDataLoader:
         self.multiprocessing_context, self.worker_init_fn = multiprocessing_context, worker_init_fn
         self.persistent_workers = persistent_workers and num_workers > 0
         self._reader: ThreadReader | None = None  # kept across epochs with persistent_workers
-        self._resume: tuple[int, Ranges] | None = None  # (epoch, positions left) from load_state_dict
+        self._spare: list = []  # chunk buffers kept across epochs (within read_ahead_bytes)
+        self._resume: tuple[int, Ranges, int] | None = None  # (epoch, remaining, skip) from load_state_dict
         self._cursor: dict | None = None  # where the epoch being served stands
 
     def _window(self, window_chunks: int | None) -> int:
@@ -150,11 +151,12 @@ class FlashDataLoader:
     def _own_order(self) -> bool:
         return self._torch is None and self.sampler is None and self.batch_sampler is None
 
-    def _remaining(self, epoch: int) -> Ranges:
-        """Positions of ``epoch``'s sequence still to serve (all, unless resumed into it)."""
+    def _segment(self, epoch: int) -> tuple[Ranges, int]:
+        """``(remaining, skip)`` of ``epoch``: positions of its sequence to share out among the
+        ranks, and how many of its share each rank has served already (all and 0, unless resumed)."""
         if self._resume is not None and self._resume[0] == epoch:
-            return self._resume[1]
-        return [(0, len(self.dataset))]
+            return self._resume[1], self._resume[2]
+        return [(0, len(self.dataset))], 0
 
     def __len__(self) -> int:
         if self._torch is not None:
@@ -164,7 +166,8 @@ class FlashDataLoader:
         if self.sampler is not None:
             n = len(self.sampler)
         else:
-            n = share_size(total(self._remaining(self._epoch)), self.world_size, self.drop_last)
+            remaining, skip = self._segment(self._epoch)
+            n = max(0, share_size(total(remaining), self.world_size, self.drop_last) - skip)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     # --------------------------------------------------------------- state
@@ -182,17 +185,23 @@ class FlashDataLoader:
     def state_dict(self) -> dict:
         """Where the loader stands, as a small JSON-serializable dict (any rank's describes all)."""
         order = self._order_settings()
-        cursor = self._cursor or {
-            "epoch": self._epoch, "remaining": self._remaining(self._epoch), "world_size": self.world_size,
-            "batch_size": self.batch_size, "drop_last": self.drop_last, "batches": 0,
-        }
-        return make_state(order, seed=self.seed, **cursor)
+        cursor = self._cursor or self._new_cursor(self._epoch)
+        share = share_size(total(cursor["remaining"]), self.world_size, self.drop_last)
+        served = min(share, cursor["skip"] + cursor["batches"] * self.batch_size)
+        return make_state(
+            order, seed=self.seed, epoch=cursor["epoch"], remaining=cursor["remaining"],
+            world_size=self.world_size, drop_last=self.drop_last, served=served,
+        )
+
+    def _new_cursor(self, epoch: int) -> dict:
+        remaining, skip = self._segment(epoch)
+        return {"epoch": epoch, "remaining": remaining, "skip": skip, "batches": 0}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from ``state``: the next iteration serves the rest of its epoch, on this
         loader's world size; the seed is the saved one. Refuses a state of other data or settings."""
-        seed, epoch, remaining = resume_point(state, self._order_settings())
-        self.seed, self._epoch, self._resume, self._cursor = seed, epoch, (epoch, remaining), None
+        seed, epoch, remaining, skip = resume_point(state, self._order_settings(), self.world_size, self.drop_last)
+        self.seed, self._epoch, self._resume, self._cursor = seed, epoch, (epoch, remaining, skip), None
 
     # --------------------------------------------------------------- iteration
     def __iter__(self) -> Iterator[Any]:
@@ -200,20 +209,18 @@ class FlashDataLoader:
         if self._torch is not None:
             batches: Iterator[Any] = iter(self._torch)
         else:
-            remaining, self._resume = self._remaining(epoch), None
+            cursor = self._new_cursor(epoch)
+            self._resume = None
             structure = self.dataset.structure
-            batches = (rebuild(structure, b, list) for b in self._cpu_batches(epoch, remaining))
+            batches = (rebuild(structure, b, list) for b in self._cpu_batches(epoch, cursor["remaining"], cursor["skip"]))
         if self.device is not None:
             batches = DeviceTransfer(self.device).stream(batches)
         if self.transform is not None:
             batches = (_apply_to_features(self.transform, b) for b in batches)
         if not self._own_order():
             return batches
-        self._cursor = {
-            "epoch": epoch, "remaining": remaining, "world_size": self.world_size,
-            "batch_size": self.batch_size, "drop_last": self.drop_last, "batches": 0,
-        }
-        return self._counted(batches, self._cursor)
+        self._cursor = cursor
+        return self._counted(batches, cursor)
 
     def _counted(self, batches: Iterator[Any], cursor: dict) -> Iterator[Any]:
         """Yield ``batches``, keeping :meth:`state_dict`'s ``cursor`` on the last one handed out."""
@@ -223,7 +230,7 @@ class FlashDataLoader:
         if self._cursor is cursor:  # the epoch is over: a state now starts the next one
             self._cursor = None
 
-    def _cpu_batches(self, epoch: int, remaining: Ranges) -> Iterator[dict[str, torch.Tensor]]:
+    def _cpu_batches(self, epoch: int, remaining: Ranges, skip: int) -> Iterator[dict[str, torch.Tensor]]:
         data, pin = self.dataset, self.pin_memory
         index_batches = self._sampler_batches()
         if index_batches is not None:
@@ -231,6 +238,7 @@ class FlashDataLoader:
                 return memory_batches(data, index_batches, pin)
             return sampled_chunk_batches(data, index_batches, cache_bytes=self.read_ahead_bytes, pin_memory=pin)
         share = rank_share(remaining, self.rank, self.world_size, self.drop_last)
+        share = take(share, skip, total(share))
         if isinstance(data, FlashDataset):
             plan = memory_plan(len(data), shuffle=self.shuffle, seed=self.seed, epoch=epoch)
             return planned_memory_batches(data, plan, schedule(plan, share, self.batch_size, self.drop_last), pin)
@@ -248,7 +256,7 @@ class FlashDataLoader:
         """Run ``source`` with this epoch's reader: worker processes when ``num_workers > 0``
         (kept across epochs with ``persistent_workers``), else reading threads."""
         reader = self._reader or make_reader(
-            self.dataset.store, self.num_workers, self.multiprocessing_context, self.worker_init_fn
+            self.dataset.store, self.num_workers, self.multiprocessing_context, self.worker_init_fn, self._spare
         )
         if self.persistent_workers:
             self._reader = reader
@@ -271,6 +279,7 @@ class FlashDataLoader:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+        self._spare.clear()
 
     def __del__(self) -> None:
         try:

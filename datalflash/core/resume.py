@@ -3,8 +3,10 @@
 A state names the data (a fingerprint of the store's manifest and split, or of a RAM dataset's
 fields), the settings that decide the order (shuffle, seed, window), and where the epoch stands:
 the positions that were still to serve when the epoch (or its last resume) started, the world
-size and batch size they were split with, and how many batches each rank has delivered since.
-Every rank of a DDP job steps in lockstep, so one rank's state describes all of them.
+size and ``drop_last`` they were split with, and how many positions of its share each rank has
+served since. Every rank of a DDP job steps in lockstep, so one rank's state describes all of
+them. Resumed on the same world size, each rank continues its own share, batch for batch as an
+uninterrupted run; on another world size the positions not yet served are shared out anew.
 """
 
 from __future__ import annotations
@@ -32,12 +34,12 @@ def fingerprint(dataset: FlashDataset | ChunkedDataset) -> str:
 
 
 def make_state(order: dict, *, seed: int, epoch: int, remaining: Ranges, world_size: int,
-               batch_size: int, drop_last: bool, batches: int) -> dict:
+               drop_last: bool, served: int) -> dict:
     """The state dict (see the module docstring); ``order`` holds :data:`ORDER_KEYS`."""
     return {
         "datalflash_loader_state": STATE_VERSION, **order, "seed": seed, "epoch": epoch,
         "remaining": [list(r) for r in remaining], "world_size": world_size,
-        "batch_size": batch_size, "drop_last": drop_last, "batches": batches,
+        "drop_last": drop_last, "served": served,
     }
 
 
@@ -48,16 +50,19 @@ def _int(state: dict, key: str, low: int = 0) -> int:
     return value
 
 
-def resume_point(state: Any, order: dict) -> tuple[int, int, Ranges]:
-    """``(seed, epoch, positions still to serve)`` from a state, after checking that it belongs
-    to a loader over the same data with the same order settings (``order``)."""
+def resume_point(state: Any, order: dict, world_size: int, drop_last: bool) -> tuple[int, int, Ranges, int]:
+    """``(seed, epoch, remaining, skip)`` to resume a state on ``world_size`` ranks: each rank
+    serves its share of ``remaining`` from position ``skip`` on. Checks first that the state
+    belongs to a loader over the same data with the same order settings (``order``)."""
     if not isinstance(state, dict) or state.get("datalflash_loader_state") != STATE_VERSION:
         raise ValueError(f"not a datalflash loader state (version {STATE_VERSION}): {str(state)[:200]}")
     differ = [f"{k}: saved {state.get(k)!r}, this loader {order[k]!r}" for k in ORDER_KEYS if state.get(k) != order[k]]
     if differ:
         raise ValueError("loader state is for different data or settings; " + "; ".join(differ))
-    seed, epoch, world_size = _int(state, "seed", -(2**63)), _int(state, "epoch"), _int(state, "world_size", 1)
-    batch_size, batches = _int(state, "batch_size", 1), _int(state, "batches")
+    seed, epoch, saved_world = _int(state, "seed", -(2**63)), _int(state, "epoch"), _int(state, "world_size", 1)
+    served_per_rank, saved_drop_last = _int(state, "served"), state.get("drop_last")
+    if not isinstance(saved_drop_last, bool):
+        raise ValueError(f"loader state: 'drop_last' must be a bool, got {saved_drop_last!r}")
     raw = state.get("remaining")
     n = order["num_samples"]
     if not isinstance(raw, list) or not all(
@@ -68,5 +73,6 @@ def resume_point(state: Any, order: dict) -> tuple[int, int, Ranges]:
     remaining = [(a, b) for a, b in raw]
     if total(normalize(remaining)) != total(remaining):
         raise ValueError("loader state: 'remaining' ranges overlap")
-    done = served(remaining, world_size, bool(state.get("drop_last")), batches * batch_size)
-    return seed, epoch, subtract(remaining, done)
+    if (saved_world, saved_drop_last) == (world_size, drop_last):
+        return seed, epoch, remaining, served_per_rank
+    return seed, epoch, subtract(remaining, served(remaining, saved_world, saved_drop_last, served_per_rank)), 0

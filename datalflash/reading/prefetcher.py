@@ -106,6 +106,7 @@ class WindowPrefetcher:
             return
         if self._allocated > self._ahead + 1:  # an extra buffer forced by a batch spanning visits
             self._allocated -= 1
+            self._reader.recycle(entry[0])
         else:
             self._buffers.append(entry[0])
         self._submit()
@@ -120,6 +121,11 @@ class WindowPrefetcher:
                 future.cancel()
         if self._own_reader:
             self._reader.close()
+        for buffer in self._buffers:
+            self._reader.recycle(buffer)
+        for buffer, tasks in self._pending.values():  # a read still running may write it: drop it
+            if all(future.done() for _, future in tasks):
+                self._reader.recycle(buffer)
         self._pending.clear()
         self._buffers.clear()
 

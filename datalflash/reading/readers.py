@@ -32,24 +32,44 @@ def _views(store: ChunkStore, raw: dict[str, torch.Tensor], offset: int, rows: i
 
 
 class ThreadReader:
-    """Reads chunks in ``threads`` threads of this process."""
+    """Reads chunks in ``threads`` threads of this process.
 
-    def __init__(self, store: ChunkStore, threads: int = 2):
+    Buffers are handles ``(rows, payload)``. ``spare`` is a list of buffers to reuse (a loader
+    keeps one across epochs, so a window buffer is allocated and page-faulted once, not every
+    epoch); :meth:`recycle` puts a buffer whose reads are over back into it.
+    """
+
+    keep_spare = 2
+
+    def __init__(self, store: ChunkStore, threads: int = 2, spare: list | None = None):
         self.store = store
+        self._spare = spare if spare is not None else []
         self._pool: Executor = ThreadPoolExecutor(max(1, threads), thread_name_prefix="datalflash-read")
 
-    def allocate(self, rows: int) -> Any:
-        """A buffer of ``rows`` samples (an opaque handle for :meth:`read` and :meth:`arrays`)."""
+    def _new(self, rows: int) -> Any:
         return self.store.allocate(rows)
 
-    def arrays(self, buffer: Any) -> Buffer:
-        """``{field: array}`` of a buffer."""
-        return buffer
+    def allocate(self, rows: int) -> tuple[int, Any]:
+        """A buffer of at least ``rows`` samples (a spare one when one is large enough)."""
+        for i, (capacity, payload) in enumerate(self._spare):
+            if capacity >= rows:
+                del self._spare[i]
+                return capacity, payload
+        return rows, self._new(rows)
 
-    def read(self, split: str, chunk: int, buffer: Any, offset: int) -> Future:
+    def recycle(self, buffer: tuple[int, Any]) -> None:
+        """Keep ``buffer`` (no read may still be writing it) for a later :meth:`allocate`."""
+        self._spare.append(buffer)
+        del self._spare[: -self.keep_spare]
+
+    def arrays(self, buffer: tuple[int, Any]) -> Buffer:
+        """``{field: array}`` of all rows of a buffer."""
+        return buffer[1]
+
+    def read(self, split: str, chunk: int, buffer: tuple[int, Any], offset: int) -> Future:
         """Read ``chunk`` of ``split`` into the buffer's rows from ``offset`` on, in the background."""
         start, stop = self.store.chunk_bounds(split, chunk)
-        out = {name: b[offset : offset + stop - start] for name, b in buffer.items()}
+        out = {name: b[offset : offset + stop - start] for name, b in buffer[1].items()}
         return self._pool.submit(self.store.read_chunks, split, [chunk], out)
 
     def close(self) -> None:
@@ -68,7 +88,15 @@ def _init_worker(store: ChunkStore, worker_init_fn: Any, worker_id_queue: Any) -
         worker_init_fn(worker_id_queue.get())
 
 
-def _read_in_worker(split: str, chunk: int, raw: dict[str, torch.Tensor], offset: int) -> None:
+_worker_buffers: dict[int, dict[str, torch.Tensor]] = {}
+
+
+def _read_in_worker(split: str, chunk: int, key: int, raw: dict[str, torch.Tensor], offset: int) -> None:
+    # Holding the buffer keeps its mapping: torch's unpickler then finds the same storage again
+    # instead of mapping (and page-faulting) the shared memory anew for every chunk.
+    _worker_buffers[key] = raw
+    while len(_worker_buffers) > 8:
+        del _worker_buffers[next(iter(_worker_buffers))]
     start, stop = _worker_store.chunk_bounds(split, chunk)
     _worker_store.read_chunks(split, [chunk], _views(_worker_store, raw, offset, stop - start))
 
@@ -80,8 +108,11 @@ class ProcessReader(ThreadReader):
     ``worker_init_fn(worker_id)`` runs once in each worker, as in torch's DataLoader.
     """
 
-    def __init__(self, store: ChunkStore, workers: int, context: Any = None, worker_init_fn: Any = None):
+    def __init__(
+        self, store: ChunkStore, workers: int, context: Any = None, worker_init_fn: Any = None, spare: list | None = None
+    ):
         self.store = store
+        self._spare = spare if spare is not None else []
         if context is None or isinstance(context, str):
             context = multiprocessing.get_context(context)
         ids = context.Queue()
@@ -92,19 +123,17 @@ class ProcessReader(ThreadReader):
             workers, mp_context=context, initializer=_init_worker, initargs=(store, worker_init_fn, ids)
         )
 
-    def allocate(self, rows: int) -> Any:
-        raw = {
+    def _new(self, rows: int) -> Any:
+        return {
             name: torch.empty(max(1, rows * spec.sample_nbytes), dtype=torch.uint8).share_memory_()
             for name, spec in self.store.fields.items()
         }
-        return rows, raw
 
-    def arrays(self, buffer: Any) -> Buffer:
-        rows, raw = buffer
-        return _views(self.store, raw, 0, rows)
+    def arrays(self, buffer: tuple[int, Any]) -> Buffer:
+        return _views(self.store, buffer[1], 0, buffer[0])
 
-    def read(self, split: str, chunk: int, buffer: Any, offset: int) -> Future:
-        return self._pool.submit(_read_in_worker, split, chunk, buffer[1], offset)
+    def read(self, split: str, chunk: int, buffer: tuple[int, Any], offset: int) -> Future:
+        return self._pool.submit(_read_in_worker, split, chunk, id(buffer[1]), buffer[1], offset)
 
     def close(self) -> None:
         super().close()
@@ -112,10 +141,12 @@ class ProcessReader(ThreadReader):
         self._ids.join_thread()
 
 
-def make_reader(store: ChunkStore, num_workers: int, context: Any = None, worker_init_fn: Any = None) -> ThreadReader:
+def make_reader(
+    store: ChunkStore, num_workers: int, context: Any = None, worker_init_fn: Any = None, spare: list | None = None
+) -> ThreadReader:
     """Worker processes when ``num_workers > 0``, else two reading threads."""
     if num_workers > 0:
-        return ProcessReader(store, num_workers, context, worker_init_fn)
-    return ThreadReader(store, threads=2)
+        return ProcessReader(store, num_workers, context, worker_init_fn, spare)
+    return ThreadReader(store, threads=2, spare=spare)
 
 
