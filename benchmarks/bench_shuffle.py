@@ -4,7 +4,8 @@ The hard case: 50,000 CIFAR-shaped samples written in label order (``shuffle=Fal
 classes; the train split is the first 40,000 (8 labels). For each window size the loader's epoch
 is scored with :func:`datalflash.shuffle_quality` at batch 64: mean distinct labels per batch and
 mean displacement, each over its i.i.d. value (1.0 = as good as a uniform permutation). Memory
-is what the loader holds for chunks: the window being served plus the next one being read.
+is what the loader holds for chunks: the window being served plus the next one being read (one
+buffer when a single window holds the split).
 Chunk reads are counted: each chunk must be read once per epoch.
 
 Usage: ``python benchmarks/bench_shuffle.py [--chunk-sizes 10000 1000]``
@@ -43,9 +44,11 @@ def score(path: Path, window: int | None) -> dict:
     q = shuffle_quality(loader, label=lambda b: b[1], position=lambda b: b[2])
     store = data.store
     chunk_bytes = store.chunk_size * sum(f.sample_nbytes for f in store.fields.values())
+    windows = -(-store.num_chunks("train") // loader.window_chunks)  # one buffer if a single window
     return {
         "chunk_size": store.chunk_size, "window_chunks": loader.window_chunks,
-        "default": window is None, "memory_MiB": round(2 * loader.window_chunks * chunk_bytes / 2**20, 1),
+        "default": window is None,
+        "memory_MiB": round(min(2, windows) * loader.window_chunks * chunk_bytes / 2**20, 1),
         "distinct_labels": round(q.distinct_labels, 2), "iid_distinct_labels": round(q.iid_distinct_labels, 2),
         "label_mixing_ratio": round(q.label_mixing_ratio, 3), "displacement_ratio": round(q.displacement_ratio, 3),
         "max_reads_per_chunk": max(reads.values()), "chunks": store.num_chunks("train"),

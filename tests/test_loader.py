@@ -119,6 +119,14 @@ def test_window_mixes_chunks(tmp_path):
     assert all(len(set((b[1] // 8).tolist())) == 1 for b in narrow)  # window 1: within-chunk only
 
 
+def test_default_window_is_the_split_when_it_fits_else_half_the_budget(tmp_path):
+    data = store_split(tmp_path, [(torch.zeros(100), i) for i in range(64)], chunk_size=8)  # 8 chunks of 3,264 B
+    assert FlashDataLoader(data, batch_size=4, shuffle=True).window_chunks == 8
+    assert FlashDataLoader(data, batch_size=4, shuffle=True, read_ahead_bytes=8 * 3264).window_chunks == 8
+    assert FlashDataLoader(data, batch_size=4, shuffle=True, read_ahead_bytes=8 * 3264 - 1).window_chunks == 3
+    assert FlashDataLoader(data, batch_size=4, window_chunks=50).window_chunks == 8
+
+
 def test_window_larger_than_budget_refused(tmp_path):
     data = store_split(tmp_path, [(torch.zeros(100), i) for i in range(64)], chunk_size=8)
     with pytest.raises(ValueError, match="above read_ahead_bytes"):

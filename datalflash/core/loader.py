@@ -41,7 +41,8 @@ class FlashDataLoader:
     * ``seed``: seed of the epoch orders (``None``: drawn from torch's RNG or ``generator``).
     * ``read_ahead_bytes``: memory for chunks read ahead of use (store splits).
     * ``window_chunks``: chunks whose samples are shuffled together (store splits); by default
-      as many as half the read-ahead budget holds.
+      the whole split when it fits in ``read_ahead_bytes``, else as many as half of it holds
+      (the window being served and the next one being read). Memory: up to two windows.
     * ``transform``: a function applied to each batch's features after the device transfer
       (the first element of tuple samples, the whole dict of dict samples).
     * ``rank``, ``world_size``: this process's share of each epoch; by default taken from
@@ -127,16 +128,21 @@ class FlashDataLoader:
     def _window(self, window_chunks: int | None) -> int:
         store = self.dataset.store
         chunk_bytes = store.chunk_size * max(1, sum(f.sample_nbytes for f in store.fields.values()))
-        if window_chunks is None:
+        num_chunks = max(1, store.num_chunks(self.dataset.split))
+        if window_chunks is None:  # the whole split as one window if it fits, else two windows in budget
+            if num_chunks * chunk_bytes <= self.read_ahead_bytes:
+                return num_chunks
             return max(1, self.read_ahead_bytes // (2 * chunk_bytes))
-        if window_chunks < 1:
-            raise ValueError(f"window_chunks must be >= 1, got {window_chunks}")
-        if 2 * window_chunks * chunk_bytes > self.read_ahead_bytes:
+        if not isinstance(window_chunks, int) or isinstance(window_chunks, bool) or window_chunks < 1:
+            raise ValueError(f"window_chunks must be an int >= 1, got {window_chunks!r}")
+        window = min(window_chunks, num_chunks)
+        need = (1 if window == num_chunks else 2) * window * chunk_bytes
+        if need > self.read_ahead_bytes:
             raise ValueError(
-                f"window_chunks={window_chunks} needs {2 * window_chunks * chunk_bytes / 2**20:.0f} MiB "
-                f"(this window and the next), above read_ahead_bytes={self.read_ahead_bytes / 2**20:.0f} MiB"
+                f"window_chunks={window_chunks} needs {need / 2**20:.0f} MiB (this window and the next), "
+                f"above read_ahead_bytes={self.read_ahead_bytes / 2**20:.0f} MiB"
             )
-        return window_chunks
+        return window
 
     # --------------------------------------------------------------- epochs
     def set_epoch(self, epoch: int) -> None:
