@@ -243,3 +243,18 @@ def test_worker_counts_change_no_batch_and_no_resume(
     resumed.load_state_dict(loader.state_dict())
     del it
     assert head + indices(resumed) == reference
+
+
+def test_each_rank_reads_only_the_chunks_it_serves(tmp_path):
+    data = dataset(tmp_path, "store", 200, 10)  # 20 chunks
+    reads = []
+    for rank in range(2):
+        ds = ChunkedDataset(data.store.path, "train")
+        got = []
+        original = ds.store.read_chunks
+        ds.store.read_chunks = lambda split, chunks, out=None, got=got, original=original: (got.extend(chunks), original(split, chunks, out))[1]
+        served = set(indices(FlashDataLoader(ds, batch_size=8, shuffle=True, seed=0, window_chunks=2, rank=rank, world_size=2)))
+        assert set(got) == {i // 10 for i in served} and len(got) == len(set(got))
+        reads.append(set(got))
+    assert reads[0] | reads[1] == set(range(20))
+    assert len(reads[0] & reads[1]) <= 2, "only the window at the boundary between the ranks' shares is shared"
