@@ -25,3 +25,7 @@ class StoreReadError(DataLFlashError, OSError):
 
 class BackendError(DataLFlashError, ValueError):
     """An unknown backend id, a bad backend config, or an option the backend does not support."""
+
+
+class ChecksumError(StoreReadError):
+    """A chunk's bytes do not match their checksum: the store is corrupt there."""

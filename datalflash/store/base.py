@@ -7,8 +7,10 @@ are opened lazily in each process, and a store pickles by path, so DataLoader wo
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,8 +18,22 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from datalflash.errors import BackendError, DataLFlashError, StoreReadError
+import google_crc32c
+
+from datalflash.errors import BackendError, ChecksumError, DataLFlashError, StoreFormatError, StoreReadError
 from datalflash.store.manifest import FieldSpec, Manifest, SplitInfo, allocate, write_manifest
+
+VERIFY_MODES = ("first", "always", "never")
+TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.EAGAIN, errno.ESTALE, errno.EINTR})
+READ_RETRIES = 4  # attempts after the first, sleeping RETRY_BACKOFF * 2**attempt between them
+RETRY_BACKOFF = 0.05
+
+
+def crc32c(data: np.ndarray | memoryview | bytes) -> int:
+    """CRC-32C of the bytes of ``data`` (a C-contiguous array or a buffer)."""
+    if isinstance(data, np.ndarray):
+        return google_crc32c.value(data.reshape(-1).view(np.uint8))
+    return google_crc32c.value(np.frombuffer(data, dtype=np.uint8))
 
 
 def chunk_runs(chunks: Sequence[int]) -> list[tuple[int, int]]:
@@ -36,15 +52,25 @@ class ChunkStore(ABC):
 
     Subclasses set :attr:`backend_id`, implement :meth:`normalize_config`, :meth:`_create_split`,
     :meth:`_write_rows`, :meth:`_read_rows`, :meth:`_open_split` and may override :meth:`_close`.
+
+    ``verify`` says when a chunk's checksum is checked on reading: ``"first"`` (default) the
+    first time this process reads the chunk, ``"always"``, or ``"never"``. Reads failing with a
+    transient ``OSError`` (``EIO``, ``EAGAIN``, ``ESTALE``, ``EINTR``, as network filesystems give)
+    are retried :data:`READ_RETRIES` times with exponential backoff, reopening the split's files.
     """
 
     backend_id: ClassVar[str]
 
-    def __init__(self, path: str | os.PathLike, manifest: Manifest, *, writable: bool = False):
+    def __init__(self, path: str | os.PathLike, manifest: Manifest, *, writable: bool = False, verify: str = "first"):
+        if verify not in VERIFY_MODES:
+            raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
         self.path = Path(path)
         self.manifest = manifest
         self.writable = writable
+        self.verify = verify
+        self._verified: set[tuple[str, int]] = set()
         self._handles: dict[str, Any] = {}
+        self._stale: list[Any] = []
         self._pid = os.getpid()
         self._lock = threading.Lock()
 
@@ -151,18 +177,63 @@ class ChunkStore(ABC):
             start = self.chunk_bounds(split, first)[0]
             stop = self.chunk_bounds(split, stop_chunk - 1)[1]
             for name in self.fields:
-                dest = result[name][offset : offset + stop - start]
-                try:
-                    self._read_rows(split, name, start, stop, dest)
-                except DataLFlashError:
-                    raise
-                except Exception as e:
-                    raise StoreReadError(
-                        f"{self.path}: cannot read split {split!r} field {name!r} chunks "
-                        f"{first}..{stop_chunk - 1}: {type(e).__name__}: {e}"
-                    ) from e
+                self._read_with_retries(split, name, start, stop, result[name][offset : offset + stop - start])
+            if self.verify == "first":
+                self._verified.update((split, c) for c in range(first, stop_chunk))
             offset += stop - start
         return result
+
+    def _read_with_retries(self, split: str, field: str, start: int, stop: int, out: np.ndarray) -> None:
+        for attempt in range(READ_RETRIES + 1):
+            try:
+                self._read_rows(split, field, start, stop, out)
+                return
+            except DataLFlashError:
+                raise
+            except OSError as e:
+                if e.errno not in TRANSIENT_ERRNOS or attempt == READ_RETRIES:
+                    raise self._read_error(split, field, start, stop, e, attempt) from e
+                time.sleep(RETRY_BACKOFF * 2**attempt)
+                self._reopen(split)
+            except Exception as e:
+                raise self._read_error(split, field, start, stop, e, 0) from e
+
+    def _read_error(self, split: str, field: str, start: int, stop: int, e: Exception, retries: int) -> StoreReadError:
+        first, last = start // self.chunk_size, (stop - 1) // self.chunk_size
+        tried = f" (after {retries} retries)" if retries else ""
+        return StoreReadError(
+            f"{self.path}: cannot read split {split!r} field {field!r} chunks {first}..{last}{tried}: "
+            f"{type(e).__name__}: {e}"
+        )
+
+    def _reopen(self, split: str) -> None:
+        """Open ``split`` anew on the next read (a stale handle is closed with the store)."""
+        with self._lock:
+            handle = self._handles.pop(split, None)
+            if handle is not None:
+                self._stale.append(handle)
+
+    def check_array(self, split: str, field: str, shape: tuple, dtype: Any, where: str) -> None:
+        """Raise StoreFormatError if a field's stored array disagrees with the manifest."""
+        spec = self.fields[field]
+        expected = (self.num_samples(split), *spec.shape)
+        if tuple(shape) != expected or np.dtype(dtype) != spec.storage_dtype:
+            raise StoreFormatError(
+                f"{where}: split {split!r} field {field!r} holds {tuple(shape)} {np.dtype(dtype)}, "
+                f"the manifest says {expected} {spec.storage_dtype}"
+            )
+
+    def needs_check(self, split: str, chunk: int) -> bool:
+        """Whether a read of ``chunk`` should check its checksum now (see ``verify``)."""
+        return self.verify == "always" or (self.verify == "first" and (split, chunk) not in self._verified)
+
+    def check(self, split: str, field: str, chunk: int, expected: int, actual: int, where: str) -> None:
+        """Raise :class:`ChecksumError` naming store, split, field, chunk and file if they differ."""
+        if expected != actual:
+            raise ChecksumError(
+                f"{self.path}: checksum mismatch in split {split!r} field {field!r} chunk {chunk} "
+                f"({where}): stored {expected:#010x}, data {actual:#010x}; the store is corrupt there"
+            )
 
     def will_need(self, split: str, chunks: Sequence[int]) -> None:
         """A hint that ``chunks`` will be read soon (backends may start I/O early); no-op here."""
@@ -170,7 +241,7 @@ class ChunkStore(ABC):
     def _handle(self, split: str) -> Any:
         """The open handle of ``split`` in this process (reopened after a fork)."""
         if self._pid != os.getpid():  # a forked child: the parent's handles are not ours
-            self._handles = {}
+            self._handles, self._stale = {}, []
             self._lock = threading.Lock()
             self._pid = os.getpid()
         handle = self._handles.get(split)
@@ -234,9 +305,9 @@ class ChunkStore(ABC):
     def close(self) -> None:
         """Close the handles this process opened."""
         if self._pid == os.getpid():
-            for handle in self._handles.values():
+            for handle in [*self._handles.values(), *self._stale]:
                 self._close(handle)
-        self._handles = {}
+        self._handles, self._stale = {}, []
 
     def _close(self, handle: Any) -> None:
         close = getattr(handle, "close", None)
@@ -252,9 +323,9 @@ class ChunkStore(ABC):
     def __getstate__(self) -> dict:
         if self.writable:
             raise TypeError(f"{self.path}: a store open for writing cannot be pickled")
-        return {"path": str(self.path), "manifest": self.manifest.to_json()}
+        return {"path": str(self.path), "manifest": self.manifest.to_json(), "verify": self.verify}
 
     def __setstate__(self, state: dict) -> None:
         from datalflash.store.manifest import parse_manifest
 
-        self.__init__(state["path"], parse_manifest(state["manifest"]))
+        self.__init__(state["path"], parse_manifest(state["manifest"]), verify=state.get("verify", "first"))

@@ -1,7 +1,8 @@
 """HDF5 backend: ``<store>/<split>.h5`` holds one dataset per field, chunked along axis 0.
 
 Files are opened for reading with HDF5 file locking off, so stores on shared or read-only
-filesystems open from many processes.
+filesystems open from many processes. Chunks carry HDF5's ``fletcher32`` checksum filter, which
+HDF5 checks on every read of a chunk (its cost is part of every read; ``verify`` cannot skip it).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from datalflash.errors import BackendError
+from datalflash.errors import BackendError, ChecksumError, StoreFormatError
 from datalflash.store.base import ChunkStore
 
 COMPRESSIONS = ("none", "gzip", "lzf")
@@ -56,18 +57,41 @@ class HDF5ChunkStore(ChunkStore):
                 chunks=(min(self.chunk_size, n), *spec.shape) if chunked else None,
                 compression=None if config["compression"] == "none" or not chunked else config["compression"],
                 compression_opts=config["level"] if chunked else None,
+                fletcher32=chunked,
             )
             f[name].attrs["datalflash_dtype"] = spec.dtype
 
     def _open_split(self, split: str) -> h5py.File:
-        if self.writable:
-            return h5py.File(self.split_path(split), "r+")
-        return h5py.File(self.split_path(split), "r", locking=False)
+        path = self.split_path(split)
+        try:
+            f = h5py.File(path, "r+") if self.writable else h5py.File(path, "r", locking=False)
+        except FileNotFoundError:
+            raise StoreFormatError(f"{path}: the file of split {split!r} is missing") from None
+        except OSError as e:
+            raise StoreFormatError(f"{path}: split {split!r} is not a readable HDF5 file: {e}") from None
+        try:
+            for name in self.fields:
+                if name not in f:
+                    raise StoreFormatError(f"{path}: split {split!r} has no dataset for field {name!r}")
+                self.check_array(split, name, f[name].shape, f[name].dtype, f"{path}[{name!r}]")
+        except BaseException:
+            f.close()
+            raise
+        return f
 
     def _write_rows(self, split: str, field: str, start: int, data: np.ndarray) -> None:
         if len(data):
             self._handle(split)[field].write_direct(data, dest_sel=np.s_[start : start + len(data)])
 
     def _read_rows(self, split: str, field: str, start: int, stop: int, out: np.ndarray) -> None:
-        if stop > start:
+        if stop <= start:
+            return
+        try:
             self._handle(split)[field].read_direct(out, source_sel=np.s_[start:stop])
+        except OSError as e:
+            if "fletcher32" in str(e).lower() or "checksum" in str(e).lower():
+                raise ChecksumError(
+                    f"{self.split_path(split)}: checksum mismatch in split {split!r} field {field!r} "
+                    f"chunks {start // self.chunk_size}..{(stop - 1) // self.chunk_size} (HDF5 fletcher32): {e}"
+                ) from None
+            raise

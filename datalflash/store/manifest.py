@@ -27,6 +27,7 @@ MAX_NDIM = 32
 MAX_DIM = 2**31
 MAX_SAMPLES = 2**40
 MAX_FIELDS = 4096
+CHECKSUM_ALGORITHM = "crc32c"
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ class Manifest:
     structure: dict
     splits: dict[str, SplitInfo]
     created: dict = field(default_factory=dict)
+    checksums: dict = field(default_factory=dict)  # {split: {field: [crc32c of each chunk]}} (memmap)
 
     def to_json(self) -> dict:
         """The manifest document, ready for ``json.dump``."""
@@ -91,6 +93,7 @@ class Manifest:
                 for name, s in self.splits.items()
             },
             "created": self.created,
+            **({"checksums": {"algorithm": CHECKSUM_ALGORITHM, "splits": self.checksums}} if self.checksums else {}),
         }
 
     def chunk_bounds(self, split: str, chunk: int) -> tuple[int, int]:
@@ -172,6 +175,7 @@ def parse_manifest(doc: Any) -> Manifest:
     splits = _parse_splits(doc.get("splits"), chunk_size)
     created = doc.get("created", {})
     _require(isinstance(created, dict), "'created' is not an object")
+    checksums = _parse_checksums(doc.get("checksums"), splits, fields)
     return Manifest(
         backend_id=backend["id"],
         backend_config=dict(backend.get("config", {})),
@@ -180,7 +184,30 @@ def parse_manifest(doc: Any) -> Manifest:
         structure=structure,
         splits=splits,
         created=created,
+        checksums=checksums,
     )
+
+
+def _parse_checksums(raw: Any, splits: Mapping[str, SplitInfo], fields: Mapping[str, FieldSpec]) -> dict:
+    """``{split: {field: [checksum per chunk]}}`` from the optional ``checksums`` key."""
+    if raw is None:
+        return {}
+    _require(isinstance(raw, dict), "'checksums' is not an object")
+    _require(raw.get("algorithm") == CHECKSUM_ALGORITHM, f"checksums: algorithm is not {CHECKSUM_ALGORITHM!r}")
+    per_split = raw.get("splits")
+    _require(isinstance(per_split, dict), "'checksums.splits' is not an object")
+    out = {}
+    for split, per_field in per_split.items():
+        _require(split in splits, f"checksums for unknown split {split!r}")
+        _require(isinstance(per_field, dict) and set(per_field) == set(fields), f"checksums of split {split!r} do not list every field")
+        for name, values in per_field.items():
+            _require(
+                isinstance(values, list) and len(values) == splits[split].num_chunks
+                and all(_is_int(v) and 0 <= v < 2**32 for v in values),
+                f"checksums of split {split!r} field {name!r}: need one 32-bit integer per chunk",
+            )
+        out[split] = {name: list(values) for name, values in per_field.items()}
+    return out
 
 
 def _parse_fields(raw: Any) -> dict[str, FieldSpec]:

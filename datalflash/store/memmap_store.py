@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from datalflash.errors import BackendError, StoreFormatError, StoreReadError
-from datalflash.store.base import ChunkStore
+from datalflash.store.base import ChunkStore, crc32c
 
 
 def read_npy_header(fd: int, path: str) -> tuple[np.dtype, tuple[int, ...], int]:
@@ -33,7 +33,8 @@ def read_npy_header(fd: int, path: str) -> tuple[np.dtype, tuple[int, ...], int]
 
 
 class MemmapChunkStore(ChunkStore):
-    """One uncompressed ``.npy`` file per field and split."""
+    """One uncompressed ``.npy`` file per field and split; the CRC-32C of each chunk of each
+    field is kept in the manifest (``checksums``) and checked on reading."""
 
     backend_id = "memmap"
 
@@ -49,6 +50,8 @@ class MemmapChunkStore(ChunkStore):
         return str(self.path / split / f"{field}.npy")
 
     def _create_split(self, split: str) -> None:
+        chunks = self.num_chunks(split)
+        self.manifest.checksums.setdefault(split, {name: [0] * chunks for name in self.fields})
         (self.path / split).mkdir()
         n = self.num_samples(split)
         for name, spec in self.fields.items():
@@ -95,6 +98,7 @@ class MemmapChunkStore(ChunkStore):
             os.close(fd)
 
     def _write_rows(self, split: str, field: str, start: int, data: np.ndarray) -> None:
+        self.manifest.checksums[split][field][start // self.chunk_size] = crc32c(data)
         fd, offset = self._handle(split)[field]
         view = memoryview(data.reshape(-1).view(np.uint8))
         position = offset + start * self.fields[field].sample_nbytes
@@ -115,3 +119,11 @@ class MemmapChunkStore(ChunkStore):
                     f"rows {start}..{stop - 1} of split {split!r} field {field!r} are missing (truncated file)"
                 )
             view, position = view[got:], position + got
+        sums = self.manifest.checksums.get(split)
+        if sums is None:  # a store written before checksums
+            return
+        for chunk in range(start // self.chunk_size, (stop - 1) // self.chunk_size + 1):
+            if self.needs_check(split, chunk):
+                a, b = self.chunk_bounds(split, chunk)
+                actual = crc32c(out[a - start : b - start])
+                self.check(split, field, chunk, sums[field][chunk], actual, self.field_path(split, field))

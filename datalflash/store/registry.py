@@ -56,9 +56,11 @@ def available_backends() -> list[str]:
     return sorted(names)
 
 
-def open_store(path: str | os.PathLike) -> ChunkStore:
-    """Open the store at ``path`` read-only; the manifest names its backend."""
+def open_store(path: str | os.PathLike, *, verify: str = "first") -> ChunkStore:
+    """Open the store at ``path`` read-only; the manifest names its backend. ``verify``: when
+    chunk checksums are checked (``"first"`` read of each chunk in this process, ``"always"``,
+    ``"never"``)."""
     manifest = read_manifest(path)
     cls = get_backend(manifest.backend_id)
     cls.validate_config(manifest.backend_config)
-    return cls(path, manifest)
+    return cls(path, manifest, verify=verify)

@@ -1,6 +1,6 @@
 """Zarr v3 backend (the default): ``<store>/<split>.zarr`` is a Zarr group, one array per field,
 chunked ``chunk_size`` samples along axis 0 (a smaller split is one chunk of its own size),
-Blosc-compressed (lz4 by default)."""
+Blosc-compressed (lz4 by default), each chunk ending in its CRC-32C (Zarr's ``crc32c`` codec)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,26 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 from zarr.core.buffer.cpu import NDBuffer
 from zarr.storage import LocalStore
 
-from datalflash.errors import BackendError
+from datalflash.errors import BackendError, StoreFormatError
 from datalflash.store.base import ChunkStore
 from datalflash.store.zarr_chunks import DirectChunkIO, direct_io
 
 COMPRESSIONS = ("lz4", "zstd", "none")
+ALLOWED_CODECS = frozenset({"bytes", "blosc", "crc32c", "zstd", "gzip", "transpose"})
+
+
+def check_codecs(array: zarr.Array, where: str) -> None:
+    """Refuse an array whose metadata names a codec outside :data:`ALLOWED_CODECS` (a store
+    from elsewhere must not make us run, e.g., numcodecs' pickle codec)."""
+    raw = array.metadata.to_dict().get("codecs", [])
+    names = [c.get("name") if isinstance(c, dict) else getattr(c, "codec_name", None) or type(c).__name__ for c in raw]
+    bad = [n for n in names if n not in ALLOWED_CODECS]
+    if bad:
+        raise StoreFormatError(f"{where}: codecs {bad} are not allowed (allowed: {sorted(ALLOWED_CODECS)})")
 SHUFFLES = ("shuffle", "bitshuffle", "noshuffle")
 
 
@@ -48,8 +59,8 @@ class ZarrChunkStore(ChunkStore):
     def _compressors(self) -> tuple:
         config = self.manifest.backend_config
         if config["compression"] == "none":
-            return ()
-        return (BloscCodec(cname=config["compression"], clevel=config["clevel"], shuffle=config["shuffle"]),)
+            return (Crc32cCodec(),)
+        return (BloscCodec(cname=config["compression"], clevel=config["clevel"], shuffle=config["shuffle"]), Crc32cCodec())
 
     def _create_split(self, split: str) -> None:
         group = zarr.open_group(self.split_path(split), mode="w-", zarr_format=3)
@@ -86,11 +97,20 @@ class ZarrChunkStore(ChunkStore):
 
     def _open_split(self, split: str) -> dict[str, tuple[zarr.Array, DirectChunkIO | None]]:
         """``{field: (zarr array, direct chunk I/O or None)}``."""
-        store = LocalStore(self.split_path(split), read_only=not self.writable)
-        group = zarr.open_group(store, mode="r+" if self.writable else "r", zarr_format=3)
+        path = self.split_path(split)
+        try:
+            store = LocalStore(path, read_only=not self.writable)
+            group = zarr.open_group(store, mode="r+" if self.writable else "r", zarr_format=3)
+        except (FileNotFoundError, ValueError, KeyError) as e:
+            raise StoreFormatError(f"{path}: split {split!r} is missing or not a Zarr v3 group: {e}") from None
         handles = {}
         for name in self.fields:
-            array = group[name]
+            try:
+                array = group[name]
+            except KeyError:
+                raise StoreFormatError(f"{path}: split {split!r} has no array for field {name!r}") from None
+            check_codecs(array, f"{path}/{name}")
+            self.check_array(split, name, array.shape, array.dtype, f"{path}/{name}")
             handles[name] = (array, self._direct(split, name, array))
         return handles
 
@@ -110,5 +130,5 @@ class ZarrChunkStore(ChunkStore):
             array.get_basic_selection(np.s_[start:stop], out=NDBuffer.from_numpy_array(out))
             return
         for row in range(start, stop, self.chunk_size):
-            rows = min(self.chunk_size, stop - row)
-            direct.read(row // self.chunk_size, out[row - start : row - start + rows])
+            rows, chunk = min(self.chunk_size, stop - row), row // self.chunk_size
+            direct.read(chunk, out[row - start : row - start + rows], verify=self.needs_check(split, chunk))
