@@ -13,6 +13,19 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if accuracy >= 0.9 else 1
 
 
+def _verify(args: argparse.Namespace) -> int:
+    from datalflash.errors import DataLFlashError
+    from datalflash.store.verify import verify_store
+
+    try:
+        report = verify_store(args.store, progress=not args.quiet)
+    except DataLFlashError as e:
+        print(f"datalflash verify: {e}", file=sys.stderr)
+        return 2
+    print(report)
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``datalflash`` command."""
     parser = argparse.ArgumentParser(prog="datalflash", description=__doc__)
@@ -21,6 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", help="keep the store here instead of a temporary directory")
     demo.add_argument("--epochs", type=int, default=15)
     demo.set_defaults(func=_demo)
+    verify = commands.add_parser(
+        "verify", help="check every chunk of a store against its checksums",
+        description="Check every chunk of STORE; exit 0 if all are good, 1 if some are bad, 2 if STORE is not a usable store.",
+    )
+    verify.add_argument("store", help="path of the store")
+    verify.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    verify.set_defaults(func=_verify)
     return parser
 
 

@@ -229,14 +229,20 @@ def reading_threads():
     return [t for t in threading.enumerate() if t.name.startswith("datalflash-read")]
 
 
+def corrupt_chunk_6(path):
+    """Flip a byte inside chunk 6 (of 8 samples of 1000 float32) of a memmap field file."""
+    with open(path, "r+b") as f:
+        f.seek(128 + 8 * 4000 * 6 + 100)
+        f.write(b"\x01")
+
+
 def test_read_error_surfaces_fast_naming_the_chunk(tmp_path):
     data = store_split(tmp_path, [(torch.zeros(1000), i) for i in range(80)], chunk_size=8, backend="memmap")
     path = tmp_path / "memmap" / "train" / "0.npy"
-    with open(path, "r+b") as f:  # cut the file inside chunk 6
-        f.truncate(128 + 8 * 4000 * 6 + 100)
+    corrupt_chunk_6(path)
     loader = FlashDataLoader(data, batch_size=8, shuffle=False, window_chunks=1)
     start, seen = time.perf_counter(), 0
-    with pytest.raises(StoreReadError, match=r"rows 48\.\.55 of split 'train' field '0'.*truncated") as info:
+    with pytest.raises(StoreReadError, match=r"checksum mismatch in split 'train' field '0' chunk 6") as info:
         for _ in loader:
             seen += 1
     assert seen == 6 and time.perf_counter() - start < 1.0
@@ -250,11 +256,10 @@ def test_worker_process_errors_surface_and_processes_stop(tmp_path):
     import multiprocessing
 
     data = store_split(tmp_path, [(torch.zeros(1000), i) for i in range(80)], chunk_size=8, backend="memmap")
-    with open(tmp_path / "memmap" / "train" / "0.npy", "r+b") as f:
-        f.truncate(128 + 8 * 4000 * 6 + 100)
+    corrupt_chunk_6(tmp_path / "memmap" / "train" / "0.npy")
     loader = FlashDataLoader(data, batch_size=8, window_chunks=1, num_workers=2, multiprocessing_context="fork")
     seen = 0
-    with pytest.raises(StoreReadError, match=r"rows 48\.\.55 of split 'train' field '0'.*truncated"):
+    with pytest.raises(StoreReadError, match=r"checksum mismatch in split 'train' field '0' chunk 6"):
         for _ in loader:
             seen += 1
     assert seen == 6

@@ -188,8 +188,11 @@ class ChunkStore(ABC):
             try:
                 self._read_rows(split, field, start, stop, out)
                 return
-            except DataLFlashError:
-                raise
+            except DataLFlashError as e:  # the backend's own error: add where it happened
+                where = f"split {split!r} field {field!r} chunks {start // self.chunk_size}..{(stop - 1) // self.chunk_size}"
+                if where in str(e):
+                    raise
+                raise type(e)(f"{self.path}: {where}: {e}") from e
             except OSError as e:
                 if e.errno not in TRANSIENT_ERRNOS or attempt == READ_RETRIES:
                     raise self._read_error(split, field, start, stop, e, attempt) from e
@@ -222,6 +225,10 @@ class ChunkStore(ABC):
                 f"{where}: split {split!r} field {field!r} holds {tuple(shape)} {np.dtype(dtype)}, "
                 f"the manifest says {expected} {spec.storage_dtype}"
             )
+
+    def has_checksums(self, split: str) -> bool:
+        """Whether the chunks of ``split`` carry checksums (stores written before them do not)."""
+        return False
 
     def needs_check(self, split: str, chunk: int) -> bool:
         """Whether a read of ``chunk`` should check its checksum now (see ``verify``)."""

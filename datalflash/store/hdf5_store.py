@@ -38,6 +38,10 @@ class HDF5ChunkStore(ChunkStore):
             raise BackendError(f"hdf5 compression {compression!r} takes no level")
         return {"compression": compression, "level": level}
 
+    def has_checksums(self, split: str) -> bool:
+        f = self._handle(split)
+        return all(f[name].fletcher32 or f[name].chunks is None for name in self.fields)
+
     def split_path(self, split: str) -> str:
         """The HDF5 file of ``split``."""
         return str(self.path / f"{split}.h5")
@@ -89,9 +93,11 @@ class HDF5ChunkStore(ChunkStore):
         try:
             self._handle(split)[field].read_direct(out, source_sel=np.s_[start:stop])
         except OSError as e:
-            if "fletcher32" in str(e).lower() or "checksum" in str(e).lower():
+            dataset = self._handle(split)[field]
+            if dataset.fletcher32 and "filter" in str(e).lower():
                 raise ChecksumError(
-                    f"{self.split_path(split)}: checksum mismatch in split {split!r} field {field!r} "
-                    f"chunks {start // self.chunk_size}..{(stop - 1) // self.chunk_size} (HDF5 fletcher32): {e}"
+                    f"{self.split_path(split)}: split {split!r} field {field!r} chunks "
+                    f"{start // self.chunk_size}..{(stop - 1) // self.chunk_size}: HDF5's filters (fletcher32 "
+                    f"checksum{', ' + dataset.compression if dataset.compression else ''}) rejected the data: {e}"
                 ) from None
             raise

@@ -45,6 +45,9 @@ class MemmapChunkStore(ChunkStore):
             raise BackendError(f"memmap stores are uncompressed; got compression {compression!r}")
         return {}
 
+    def has_checksums(self, split: str) -> bool:
+        return split in self.manifest.checksums
+
     def field_path(self, split: str, field: str) -> str:
         """The ``.npy`` file of ``field`` in ``split``."""
         return str(self.path / split / f"{field}.npy")
@@ -70,13 +73,22 @@ class MemmapChunkStore(ChunkStore):
         try:
             for name, spec in self.fields.items():
                 path = self.field_path(split, name)
-                fd = os.open(path, os.O_RDWR if self.writable else os.O_RDONLY)
+                try:
+                    fd = os.open(path, os.O_RDWR if self.writable else os.O_RDONLY)
+                except FileNotFoundError:
+                    raise StoreFormatError(f"{path}: the file of split {split!r} field {name!r} is missing") from None
                 handles[name] = (fd, 0)
                 dtype, shape, offset = read_npy_header(fd, path)
                 expected = (self.num_samples(split), *spec.shape)
                 if dtype != spec.storage_dtype or shape != expected:
                     raise StoreFormatError(
                         f"{path}: holds {shape} {dtype}, manifest says {expected} {spec.storage_dtype}"
+                    )
+                needed = offset + expected[0] * spec.sample_nbytes
+                size = os.fstat(fd).st_size
+                if size < needed and not self.writable:
+                    raise StoreFormatError(
+                        f"{path}: file is truncated: {size} bytes, split {split!r} field {name!r} needs {needed}"
                     )
                 handles[name] = (fd, offset)
         except BaseException:

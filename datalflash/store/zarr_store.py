@@ -52,6 +52,11 @@ class ZarrChunkStore(ChunkStore):
             raise BackendError(f"zarr shuffle {shuffle!r} not in {SHUFFLES}")
         return {"compression": compression, "clevel": clevel, "shuffle": shuffle}
 
+    def has_checksums(self, split: str) -> bool:
+        return all(
+            any(isinstance(c, Crc32cCodec) for c in array.metadata.codecs) for array, _ in self._handle(split).values()
+        )
+
     def split_path(self, split: str) -> str:
         """The Zarr group of ``split``."""
         return str(self.path / f"{split}.zarr")

@@ -13,6 +13,7 @@ import os
 import shutil
 import time
 import uuid
+import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Mapping
@@ -27,6 +28,7 @@ from datalflash import __version__
 from datalflash.errors import BackendError, ConversionError, StoreExistsError
 from datalflash.store.manifest import MANIFEST_NAME, Manifest, SplitInfo, allocate
 from datalflash.store.registry import get_backend
+from datalflash.store.verify import VerifyReport, verify_store
 from datalflash.structure import is_valid_field_name
 from datalflash.utils.samples import BlockReader, block_size, infer_schema
 
@@ -90,11 +92,38 @@ def _check_output(output_dir: Path, overwrite: bool) -> None:
         )
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _recover_leftovers(output_dir: Path) -> None:
+    """Clean what a killed conversion into ``output_dir`` left beside it, saying so: staging
+    directories of dead processes are removed; an old store set aside for replacement is put
+    back if the new one never arrived, else removed."""
+    for leftover in sorted(output_dir.parent.glob(f".{output_dir.name}.*-*")):
+        kind, _, rest = leftover.name[len(output_dir.name) + 2 :].partition("-")
+        pid = rest.split("-")[0]
+        if kind not in ("partial", "old") or not pid.isdigit() or _alive(int(pid)):
+            continue
+        if kind == "old" and not output_dir.exists() and (leftover / MANIFEST_NAME).is_file():
+            os.rename(leftover, output_dir)
+            warnings.warn(f"restored the previous store {output_dir} from {leftover.name} (an interrupted conversion)")
+        else:
+            shutil.rmtree(leftover, ignore_errors=True)
+            warnings.warn(f"removed {leftover}, left by an interrupted conversion into {output_dir}")
+
+
 def _publish(staging: Path, output_dir: Path) -> None:
     """Rename the finished store into place, replacing an old store only once the new one is whole."""
     old = None
     if output_dir.exists():
-        old = output_dir.with_name(f".{output_dir.name}.old-{uuid.uuid4().hex[:8]}")
+        old = output_dir.with_name(f".{output_dir.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         os.rename(output_dir, old)
     os.rename(staging, output_dir)
     if old is not None:
@@ -139,6 +168,7 @@ class DatasetConverter:
         except BackendError as e:
             raise ConversionError(str(e)) from None
         output_dir = Path(output_dir)
+        _recover_leftovers(output_dir)
         _check_output(output_dir, overwrite)
 
         order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
@@ -161,7 +191,7 @@ class DatasetConverter:
             },
         )
         output_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = output_dir.with_name(f".{output_dir.name}.partial-{uuid.uuid4().hex[:8]}")
+        staging = output_dir.with_name(f".{output_dir.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         try:
             store = backend_cls.create(staging, manifest)
             try:
@@ -174,6 +204,12 @@ class DatasetConverter:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return output_dir
+
+    @staticmethod
+    def verify(path: str | os.PathLike, *, progress: bool = True) -> "VerifyReport":
+        """Check every chunk of the store at ``path`` against its checksums (see
+        :func:`datalflash.store.verify.verify_store`); the report names each bad chunk."""
+        return verify_store(path, progress=progress)
 
     @staticmethod
     def from_pytorch_dataset(
