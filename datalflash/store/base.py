@@ -29,6 +29,14 @@ READ_RETRIES = 4  # attempts after the first, sleeping RETRY_BACKOFF * 2**attemp
 RETRY_BACKOFF = 0.05
 
 
+def inside(root: str | os.PathLike, path: str | os.PathLike) -> str:
+    """``path`` as a string if it resolves (following links) inside ``root``; else StoreFormatError."""
+    real, base = os.path.realpath(path), os.path.realpath(root)
+    if real != base and not real.startswith(base + os.sep):
+        raise StoreFormatError(f"{path}: resolves to {real}, outside the store {base}; refusing to read it")
+    return str(path)
+
+
 def crc32c(data: np.ndarray | memoryview | bytes) -> int:
     """CRC-32C of the bytes of ``data`` (a C-contiguous array or a buffer)."""
     if isinstance(data, np.ndarray):
@@ -225,6 +233,11 @@ class ChunkStore(ABC):
                 f"{where}: split {split!r} field {field!r} holds {tuple(shape)} {np.dtype(dtype)}, "
                 f"the manifest says {expected} {spec.storage_dtype}"
             )
+
+    def inside(self, path: str | os.PathLike) -> str:
+        """``path`` as a string if it resolves inside the store (links included), else a
+        StoreFormatError: a store must not make us read files outside it."""
+        return inside(self.path, path)
 
     def has_checksums(self, split: str) -> bool:
         """Whether the chunks of ``split`` carry checksums (stores written before them do not)."""

@@ -66,7 +66,7 @@ class HDF5ChunkStore(ChunkStore):
             f[name].attrs["datalflash_dtype"] = spec.dtype
 
     def _open_split(self, split: str) -> h5py.File:
-        path = self.split_path(split)
+        path = self.inside(self.split_path(split))
         try:
             f = h5py.File(path, "r+") if self.writable else h5py.File(path, "r", locking=False)
         except FileNotFoundError:
@@ -75,8 +75,13 @@ class HDF5ChunkStore(ChunkStore):
             raise StoreFormatError(f"{path}: split {split!r} is not a readable HDF5 file: {e}") from None
         try:
             for name in self.fields:
-                if name not in f:
+                link = f.get(name, getlink=True)
+                if link is None:
                     raise StoreFormatError(f"{path}: split {split!r} has no dataset for field {name!r}")
+                if not isinstance(link, h5py.HardLink):
+                    raise StoreFormatError(f"{path}: field {name!r} is a {type(link).__name__}; only datasets in the file are read")
+                if f[name].external or f[name].is_virtual:
+                    raise StoreFormatError(f"{path}: field {name!r} keeps its data in other files; refusing to read it")
                 self.check_array(split, name, f[name].shape, f[name].dtype, f"{path}[{name!r}]")
         except BaseException:
             f.close()

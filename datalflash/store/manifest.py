@@ -217,7 +217,7 @@ def _parse_fields(raw: Any) -> dict[str, FieldSpec]:
         _require(is_valid_field_name(name), f"field name {name!r} is not allowed")
         _require(isinstance(spec, dict), f"field {name!r} is not an object")
         dtype = spec.get("dtype")
-        _require(dtype in SUPPORTED_DTYPES, f"field {name!r}: dtype {dtype!r} is not supported")
+        _require(isinstance(dtype, str) and dtype in SUPPORTED_DTYPES, f"field {name!r}: dtype {dtype!r} is not supported")
         stored = spec.get("storage_dtype")
         if stored is not None:
             _require(

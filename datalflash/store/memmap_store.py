@@ -72,7 +72,7 @@ class MemmapChunkStore(ChunkStore):
         handles: dict[str, tuple[int, int]] = {}
         try:
             for name, spec in self.fields.items():
-                path = self.field_path(split, name)
+                path = self.inside(self.field_path(split, name))
                 try:
                     fd = os.open(path, os.O_RDWR if self.writable else os.O_RDONLY)
                 except FileNotFoundError:

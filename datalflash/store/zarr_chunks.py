@@ -21,14 +21,14 @@ import zarr
 from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec
 
 from datalflash.errors import ChecksumError, StoreReadError
-from datalflash.store.base import crc32c
+from datalflash.store.base import crc32c, inside
 
 CRC_BYTES = 4
 
 _SHUFFLE = {"noshuffle": numcodecs.Blosc.NOSHUFFLE, "shuffle": numcodecs.Blosc.SHUFFLE, "bitshuffle": numcodecs.Blosc.BITSHUFFLE}
 
 
-def direct_io(array: zarr.Array, path: Path, expected_chunks: tuple[int, ...]) -> "DirectChunkIO | None":
+def direct_io(array: zarr.Array, path: Path, expected_chunks: tuple[int, ...], root: Path | None = None) -> "DirectChunkIO | None":
     """A :class:`DirectChunkIO` for ``array`` stored at ``path`` if its chunks are
     ``expected_chunks`` (rows per chunk, then the per-sample shape) and its codecs are ours; else None."""
     meta = array.metadata
@@ -53,15 +53,17 @@ def direct_io(array: zarr.Array, path: Path, expected_chunks: tuple[int, ...]) -
     if len(codecs) == 2:
         c = codecs[1]
         blosc = numcodecs.Blosc(cname=c.cname.value, clevel=c.clevel, shuffle=_SHUFFLE[c.shuffle.value], blocksize=c.blocksize)
-    return DirectChunkIO(path, chunk_shape, meta.chunk_key_encoding, blosc, checksum)
+    return DirectChunkIO(path, chunk_shape, meta.chunk_key_encoding, blosc, checksum, root)
 
 
 class DirectChunkIO:
     """Reads and writes whole chunks of one array as files, bypassing zarr's machinery."""
 
     def __init__(
-        self, path: Path, chunk_shape: tuple[int, ...], key_encoding, blosc: numcodecs.Blosc | None, checksum: bool = False
+        self, path: Path, chunk_shape: tuple[int, ...], key_encoding, blosc: numcodecs.Blosc | None,
+        checksum: bool = False, root: Path | None = None,
     ):
+        self.root = root  # chunk files must resolve inside it (when given)
         self.path = Path(path)
         self.chunk_shape = chunk_shape
         self.key_encoding = key_encoding
@@ -81,6 +83,8 @@ class DirectChunkIO:
         copied once, by the decoder, from the page cache into ``out``.
         """
         path = self.chunk_path(chunk)
+        if self.root is not None:
+            inside(self.root, path)
         try:
             with open(path, "rb", buffering=0) as f:
                 size = os.fstat(f.fileno()).st_size

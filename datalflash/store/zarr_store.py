@@ -95,14 +95,14 @@ class ZarrChunkStore(ChunkStore):
         path = Path(self.split_path(split)) / field
         # Stores written before small splits got short chunks hold chunk_size rows there.
         for rows in {self._chunk_rows(split), self.chunk_size}:
-            direct = direct_io(array, path, (rows, *spec.shape))
+            direct = direct_io(array, path, (rows, *spec.shape), root=self.path)
             if direct is not None:
                 return direct
         return None
 
     def _open_split(self, split: str) -> dict[str, tuple[zarr.Array, DirectChunkIO | None]]:
         """``{field: (zarr array, direct chunk I/O or None)}``."""
-        path = self.split_path(split)
+        path = self.inside(self.split_path(split))
         try:
             store = LocalStore(path, read_only=not self.writable)
             group = zarr.open_group(store, mode="r+" if self.writable else "r", zarr_format=3)
@@ -114,6 +114,9 @@ class ZarrChunkStore(ChunkStore):
                 array = group[name]
             except KeyError:
                 raise StoreFormatError(f"{path}: split {split!r} has no array for field {name!r}") from None
+            except Exception as e:  # metadata zarr cannot parse (e.g. an unknown codec)
+                raise StoreFormatError(f"{path}/{name}: split {split!r} field {name!r}: unusable Zarr metadata: {e}") from None
+            self.inside(f"{path}/{name}")
             check_codecs(array, f"{path}/{name}")
             self.check_array(split, name, array.shape, array.dtype, f"{path}/{name}")
             handles[name] = (array, self._direct(split, name, array))
