@@ -130,3 +130,18 @@ def test_memmap_header_disagreeing_with_manifest(tmp_path):
     store = open_store(tmp_path / "s")
     with pytest.raises(StoreFormatError, match="label.npy: holds .*int32.*manifest says"):
         store.read_chunks("train", [0])
+
+
+@pytest.mark.parametrize("backend", ["zarr", "hdf5", "memmap"])
+def test_freshly_written_manifest_matches_schema(tmp_path, backend):
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from datalflash.utils import DatasetConverter
+
+    path = DatasetConverter.create_chunked_dataset(
+        TensorDataset(torch.zeros(30, 2), torch.arange(30)), tmp_path / backend, chunk_size=8, backend=backend, progress=False
+    )
+    doc = json.loads((path / "manifest.json").read_text())
+    jsonschema.validate(doc, SCHEMA)
+    assert ("checksums" in doc) == (backend == "memmap")

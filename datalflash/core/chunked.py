@@ -18,10 +18,11 @@ from datalflash.structure import rebuild
 class ChunkedDataset(Dataset):
     """Split ``split`` of a store. :class:`~datalflash.core.FlashDataLoader` reads it in whole
     chunks, ahead of use; item access (``ds[i]``, ``__getitems__``) also works, for torch's
-    DataLoader and for inspection, reading whole chunks and keeping the last one."""
+    DataLoader and for inspection, reading whole chunks and keeping the last one. ``verify``
+    (when given a path): when chunk checksums are checked, see :func:`~datalflash.store.open_store`."""
 
-    def __init__(self, store: ChunkStore | str | os.PathLike, split: str = "train"):
-        self.store = store if isinstance(store, ChunkStore) else open_store(store)
+    def __init__(self, store: ChunkStore | str | os.PathLike, split: str = "train", *, verify: str = "first"):
+        self.store = store if isinstance(store, ChunkStore) else open_store(store, verify=verify)
         self.split = split
         self._length = self.store.num_samples(split)
         self._cached: tuple[int, dict[str, torch.Tensor]] | None = None

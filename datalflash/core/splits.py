@@ -22,15 +22,17 @@ def get_dataloaders(
     num_workers: int = 0,
     pin_memory: bool = False,
     device: Any = None,
+    verify: str = "first",
     **loader_kwargs: Any,
 ) -> dict[str, FlashDataLoader]:
     """``{split: FlashDataLoader}`` for every split of the store at ``chunks_dir``.
 
     ``train`` shuffles by default, other splits do not (``shuffle`` overrides: a bool for all, or
     a dict per split). ``augmentations={"train": fn}`` applies ``fn`` to each batch's features
-    after the device transfer. Further keywords go to :class:`FlashDataLoader`.
+    after the device transfer. ``verify``: when chunk checksums are checked (``"first"`` read of
+    each chunk per process, ``"always"``, ``"never"``). Further keywords go to :class:`FlashDataLoader`.
     """
-    store = open_store(chunks_dir)
+    store = open_store(chunks_dir, verify=verify)
     augmentations = dict(augmentations or {})
     unknown = set(augmentations) - set(store.splits)
     if unknown:
