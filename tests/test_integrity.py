@@ -279,3 +279,23 @@ def test_killed_conversion_leaves_nothing_or_the_previous_store(tmp_path, point)
         )
     assert [p.name for p in tmp_path.iterdir()] == ["store"]
     assert int(open_store(out).read_chunks("train", [0])["0"][0, 0]) == 2
+
+
+def test_loader_rides_over_transient_errors_in_background_reads(tmp_path, monkeypatch):
+    monkeypatch.setattr(store_base, "RETRY_BACKOFF", 0.001)
+    path = make_store(tmp_path, "zarr", "default")
+    reference = [b[0] for b in FlashDataLoader(ChunkedDataset(path), batch_size=10, shuffle=True, seed=0)]
+    data = ChunkedDataset(path)
+    failures = {"left": 2}
+    read = data.store._read_rows
+
+    def flaky(split, field, start, stop, out):
+        if start == 3 * CHUNK and failures["left"]:
+            failures["left"] -= 1
+            raise OSError(errno.EIO, "Input/output error")
+        return read(split, field, start, stop, out)
+
+    data.store._read_rows = flaky
+    got = [b[0] for b in FlashDataLoader(data, batch_size=10, shuffle=True, seed=0)]
+    assert failures["left"] == 0 and len(got) == len(reference)
+    assert all(torch.equal(a, b) for a, b in zip(got, reference))

@@ -180,6 +180,12 @@ class ChunkStore(ABC):
                     f"({total}, *{spec.shape}) {spec.storage_dtype} array"
                 )
             result[name] = buf[:total]
+        try:  # open (and check) the split first: its errors name what they concern
+            self._handle(split)
+        except DataLFlashError:
+            raise
+        except Exception as e:
+            raise StoreReadError(f"{self.path}: cannot open split {split!r}: {type(e).__name__}: {e}") from e
         offset = 0
         for first, stop_chunk in chunk_runs(chunks):
             start = self.chunk_bounds(split, first)[0]
@@ -197,9 +203,9 @@ class ChunkStore(ABC):
                 self._read_rows(split, field, start, stop, out)
                 return
             except DataLFlashError as e:  # the backend's own error: add where it happened
-                where = f"split {split!r} field {field!r} chunks {start // self.chunk_size}..{(stop - 1) // self.chunk_size}"
-                if where in str(e):
+                if f"split {split!r}" in str(e) and f"field {field!r}" in str(e):
                     raise
+                where = f"split {split!r} field {field!r} chunks {start // self.chunk_size}..{(stop - 1) // self.chunk_size}"
                 raise type(e)(f"{self.path}: {where}: {e}") from e
             except OSError as e:
                 if e.errno not in TRANSIENT_ERRNOS or attempt == READ_RETRIES:
