@@ -1,9 +1,84 @@
-"""The ``datalflash`` command (also ``python -m datalflash``)."""
+"""The ``datalflash`` command (also ``python -m datalflash``).
+
+Exit codes: 0 success, 1 the check failed (bad chunks, accuracy below target), 2 bad arguments,
+a missing or unusable store or source.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+
+from datalflash.errors import DataLFlashError
+
+
+def _fail(command: str, error: Exception) -> int:
+    print(f"datalflash {command}: error: {error}", file=sys.stderr)
+    return 2
+
+
+def _splits(text: str) -> dict[str, float]:
+    """``train=0.8,val=0.1,test=0.1`` -> dict (argparse type)."""
+    try:
+        pairs = [item.split("=") for item in text.split(",")]
+        return {name.strip(): float(ratio) for name, ratio in pairs}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not like train=0.8,val=0.1,test=0.1") from None
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from datalflash.utils import DatasetConverter
+    from datalflash.utils.sources import load_source
+
+    try:
+        dataset = load_source(args.source)
+        out = DatasetConverter.create_chunked_dataset(
+            dataset, args.output, chunk_size=args.chunk_size, split_ratios=args.splits, shuffle=not args.no_shuffle,
+            seed=args.seed, backend=args.backend, compression=args.compression, num_workers=args.workers,
+            overwrite=args.overwrite, progress=not args.quiet,
+        )
+    except (DataLFlashError, FileExistsError) as e:
+        return _fail("convert", e)
+    print(f"wrote {out}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from datalflash.store.info import format_info, store_info
+
+    try:
+        info = store_info(args.store)
+    except DataLFlashError as e:
+        return _fail("info", e)
+    print(json.dumps(info, indent=2) if args.json else format_info(info))
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from datalflash.store.verify import verify_store
+
+    try:
+        report = verify_store(args.store, progress=not args.quiet)
+    except DataLFlashError as e:
+        return _fail("verify", e)
+    print(report)
+    return 0 if report.ok else 1
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from datalflash.bench import bench_store
+
+    try:
+        rows = bench_store(args.store, args.split, args.batch_size, args.epochs, args.workers, args.max_seconds)
+    except (DataLFlashError, KeyError) as e:
+        return _fail("bench", e)
+    base = rows[1]["samples_per_s"] or 1
+    print(f"{args.store} split {args.split!r}, batch {args.batch_size}, shuffled, best of {args.epochs}")
+    for r in rows:
+        note = "" if r["full_epoch"] else f" (first {r['samples']:,} samples, {args.max_seconds:g} s cap)"
+        print(f"  {r['loader']:<48} {r['samples_per_s']:>12,} samples/s {r['samples_per_s'] / base:>8.1f}x{note}")
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -13,34 +88,56 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if accuracy >= 0.9 else 1
 
 
-def _verify(args: argparse.Namespace) -> int:
-    from datalflash.errors import DataLFlashError
-    from datalflash.store.verify import verify_store
-
-    try:
-        report = verify_store(args.store, progress=not args.quiet)
-    except DataLFlashError as e:
-        print(f"datalflash verify: {e}", file=sys.stderr)
-        return 2
-    print(report)
-    return 0 if report.ok else 1
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``datalflash`` command."""
-    parser = argparse.ArgumentParser(prog="datalflash", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="convert real digits into a Zarr store and train on it")
-    demo.add_argument("--workdir", help="keep the store here instead of a temporary directory")
-    demo.add_argument("--epochs", type=int, default=15)
-    demo.set_defaults(func=_demo)
+    parser = argparse.ArgumentParser(prog="datalflash", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    convert = commands.add_parser(
+        "convert", help="convert a dataset into a chunked store",
+        description="Convert SOURCE into a store at OUTPUT. SOURCE is module:callable (returns a torch "
+        "Dataset), a.npy[,b.npy...], data.npz, data.h5[:dataset] or an array.zarr / group.",
+    )
+    convert.add_argument("source")
+    convert.add_argument("output")
+    convert.add_argument("--backend", default="zarr", help="zarr (default), hdf5 or memmap")
+    convert.add_argument("--compression", default="default", help="zarr: lz4 (default), zstd, none; hdf5: none, gzip, lzf")
+    convert.add_argument("--chunk-size", type=int, default=10_000)
+    convert.add_argument("--splits", type=_splits, default=None, help="e.g. train=0.8,val=0.1,test=0.1 (the default)")
+    convert.add_argument("--seed", type=int, default=0)
+    convert.add_argument("--no-shuffle", action="store_true", help="keep the source order")
+    convert.add_argument("--workers", type=int, default=0, help="DataLoader workers reading the source")
+    convert.add_argument("--overwrite", action="store_true", help="replace an existing store at OUTPUT")
+    convert.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    convert.set_defaults(func=_convert)
+
+    info = commands.add_parser("info", help="what a store holds", description="Backend, fields, splits, chunks, bytes on disk and compression ratio of STORE.")
+    info.add_argument("store")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    info.set_defaults(func=_info)
+
     verify = commands.add_parser(
         "verify", help="check every chunk of a store against its checksums",
         description="Check every chunk of STORE; exit 0 if all are good, 1 if some are bad, 2 if STORE is not a usable store.",
     )
-    verify.add_argument("store", help="path of the store")
+    verify.add_argument("store")
     verify.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     verify.set_defaults(func=_verify)
+
+    bench = commands.add_parser("bench", help="FlashDataLoader against torch's DataLoader on a store",
+                                description="Epoch throughput of FlashDataLoader and torch's DataLoader on a split of STORE.")
+    bench.add_argument("store")
+    bench.add_argument("--split", default="train")
+    bench.add_argument("--batch-size", type=int, default=256)
+    bench.add_argument("--epochs", type=int, default=3)
+    bench.add_argument("--workers", type=int, default=0)
+    bench.add_argument("--max-seconds", type=float, default=20.0, help="cap on each pass (per-item reading is slow)")
+    bench.set_defaults(func=_bench)
+
+    demo = commands.add_parser("demo", help="the main job: real digits -> Zarr store -> training, and a speed check")
+    demo.add_argument("--workdir", help="keep the stores here instead of a temporary directory")
+    demo.add_argument("--epochs", type=int, default=15)
+    demo.set_defaults(func=_demo)
     return parser
 
 
