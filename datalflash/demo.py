@@ -1,5 +1,6 @@
 """The main job: convert real data (scikit-learn's bundled 8x8 digits) into a Zarr store, train a
-small model from it with ``get_dataloaders``, then report test accuracy and loading speed."""
+small model from it with ``get_dataloaders``, then report test accuracy and loading speed; then
+the speed side on a CIFAR-10-shaped synthetic set (20,000 x 3x32x32 uint8)."""
 
 from __future__ import annotations
 
@@ -69,4 +70,20 @@ def run(workdir: str | None = None, epochs: int = 15, batch_size: int = 64, seed
         baseline = statistics.median(_epoch_rate(DataLoader(plain, batch_size, shuffle=True)) for _ in range(5))
         print(f"loading the train split: FlashDataLoader {flash:,.0f} samples/s, torch DataLoader "
               f"(same data in RAM) {baseline:,.0f} samples/s ({flash / baseline:.1f}x)")
+        speed_check(Path(workdir or tmp) / "cifar_shaped_store", seed)
         return accuracy
+
+
+def speed_check(path: Path, seed: int = 0, n: int = 20_000) -> None:
+    """Convert a CIFAR-10-shaped synthetic set and compare loaders on it (``datalflash bench``)."""
+    from datalflash.bench import bench_store
+
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 10, (n,), generator=g)
+    DatasetConverter.create_chunked_dataset(TensorDataset(images, labels), path, overwrite=True, progress=False)
+    print(f"speed: {n:,} CIFAR-10-shaped samples in a Zarr store, train split, batch 256, shuffled")
+    rows = bench_store(path, epochs=2, max_seconds=3)
+    for r in rows:
+        note = "" if r["full_epoch"] else " (3 s cap)"
+        print(f"  {r['loader']:<48} {r['samples_per_s']:>10,} samples/s{note}")
