@@ -87,7 +87,7 @@ def loading_table(rows: list[dict]) -> str:
         if r["samples_per_s"] is None:
             lines.append(f"| {r['loader']} | skipped: {r['skipped'][:90]} | | |")
         else:
-            lines.append(f"| {r['loader']} | {r['samples_per_s']:,} | {r['x_limit']:.2f} | {r['x_torch']:.1f} |")
+            lines.append(f"| {r['loader']} | {r['samples_per_s']:,} | {r['x_limit']:.2f} | {r['x_torch']:.2g} |")
     return "\n".join(lines)
 
 

@@ -1,3 +1,5 @@
+"""``python -m datalflash``: the ``datalflash`` command."""
+
 import sys
 
 from datalflash.cli import main

@@ -130,12 +130,15 @@ class ProcessReader(ThreadReader):
         }
 
     def arrays(self, buffer: tuple[int, Any]) -> Buffer:
+        """``{field: array}`` views of a shared buffer's bytes."""
         return _views(self.store, buffer[1], 0, buffer[0])
 
     def read(self, split: str, chunk: int, buffer: tuple[int, Any], offset: int) -> Future:
+        """Read ``chunk`` into the shared buffer in a worker process."""
         return self._pool.submit(_read_in_worker, split, chunk, id(buffer[1]), buffer[1], offset)
 
     def close(self) -> None:
+        """Cancel queued reads and stop the worker processes."""
         super().close()
         self._ids.close()
         self._ids.join_thread()

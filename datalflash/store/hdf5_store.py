@@ -39,6 +39,7 @@ class HDF5ChunkStore(ChunkStore):
         return {"compression": compression, "level": level}
 
     def has_checksums(self, split: str) -> bool:
+        """Whether ``split``'s chunks carry checksums."""
         f = self._handle(split)
         return all(f[name].fletcher32 or f[name].chunks is None for name in self.fields)
 

@@ -46,6 +46,7 @@ class MemmapChunkStore(ChunkStore):
         return {}
 
     def has_checksums(self, split: str) -> bool:
+        """Whether ``split``'s chunks carry checksums."""
         return split in self.manifest.checksums
 
     def field_path(self, split: str, field: str) -> str:

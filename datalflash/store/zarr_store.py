@@ -53,6 +53,7 @@ class ZarrChunkStore(ChunkStore):
         return {"compression": compression, "clevel": clevel, "shuffle": shuffle}
 
     def has_checksums(self, split: str) -> bool:
+        """Whether ``split``'s chunks carry checksums."""
         return all(
             any(isinstance(c, Crc32cCodec) for c in array.metadata.codecs) for array, _ in self._handle(split).values()
         )
