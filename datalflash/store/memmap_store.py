@@ -53,9 +53,12 @@ class MemmapChunkStore(ChunkStore):
         """The ``.npy`` file of ``field`` in ``split``."""
         return str(self.path / split / f"{field}.npy")
 
+    def _checksum_slots(self, split: str) -> dict[str, list[int]]:
+        """``{field: [checksum per chunk]}`` of ``split`` being written (0 until written)."""
+        return self.manifest.checksums.setdefault(split, {name: [0] * self.num_chunks(split) for name in self.fields})
+
     def _create_split(self, split: str) -> None:
-        chunks = self.num_chunks(split)
-        self.manifest.checksums.setdefault(split, {name: [0] * chunks for name in self.fields})
+        self._checksum_slots(split)
         (self.path / split).mkdir()
         n = self.num_samples(split)
         for name, spec in self.fields.items():
@@ -111,7 +114,7 @@ class MemmapChunkStore(ChunkStore):
             os.close(fd)
 
     def _write_rows(self, split: str, field: str, start: int, data: np.ndarray) -> None:
-        self.manifest.checksums[split][field][start // self.chunk_size] = crc32c(data)
+        self._checksum_slots(split)[field][start // self.chunk_size] = crc32c(data)
         fd, offset = self._handle(split)[field]
         view = memoryview(data.reshape(-1).view(np.uint8))
         position = offset + start * self.fields[field].sample_nbytes

@@ -29,6 +29,7 @@ from datalflash.errors import BackendError, ConversionError, StoreExistsError
 from datalflash.store.manifest import MANIFEST_NAME, Manifest, SplitInfo, allocate
 from datalflash.store.registry import get_backend
 from datalflash.store.verify import VerifyReport, verify_store
+from datalflash.utils.ranks import convert_across_ranks, conversion_ranks, owner
 from datalflash.structure import is_valid_field_name
 from datalflash.utils.samples import BlockReader, block_size, infer_schema
 
@@ -119,6 +120,12 @@ def _recover_leftovers(output_dir: Path) -> None:
             warnings.warn(f"removed {leftover}, left by an interrupted conversion into {output_dir}")
 
 
+def _staging(output_dir: Path) -> Path:
+    """A new staging directory name beside ``output_dir`` (its parent created)."""
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    return output_dir.with_name(f".{output_dir.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
 def _publish(staging: Path, output_dir: Path) -> None:
     """Rename the finished store into place, replacing an old store only once the new one is whole."""
     old = None
@@ -148,6 +155,8 @@ class DatasetConverter:
         num_workers: int = 0,
         overwrite: bool = False,
         progress: bool = True,
+        rank: int | None = None,
+        world_size: int | None = None,
     ) -> Path:
         """Write ``pytorch_dataset`` as a chunked store at ``output_dir``; returns its path.
 
@@ -155,6 +164,10 @@ class DatasetConverter:
         ``split_ratios`` (default 80/10/10 train/val/test); each split is stored in chunks of
         ``chunk_size`` samples with ``backend`` (``"zarr"``, ``"hdf5"``, ``"memmap"`` or a
         registered third-party id) and its ``compression`` option.
+
+        Under ``torch.distributed`` (or with ``rank`` / ``world_size``), each rank writes its
+        share of the chunks and rank 0 publishes the store, which is the one a single process
+        would write (see :mod:`datalflash.utils.ranks`); every rank must call this.
         """
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
             raise ConversionError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
@@ -168,8 +181,10 @@ class DatasetConverter:
         except BackendError as e:
             raise ConversionError(str(e)) from None
         output_dir = Path(output_dir)
-        _recover_leftovers(output_dir)
-        _check_output(output_dir, overwrite)
+        rank, world = conversion_ranks(rank, world_size, backend)
+        if world == 1:
+            _recover_leftovers(output_dir)
+            _check_output(output_dir, overwrite)
 
         order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
         structure, fields = infer_schema(_first_sample(pytorch_dataset, int(order[0])), int(order[0]))
@@ -190,8 +205,19 @@ class DatasetConverter:
                 "split_ratios": dict(DEFAULT_SPLITS if split_ratios is None else split_ratios),
             },
         )
-        output_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = output_dir.with_name(f".{output_dir.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        if world > 1:
+            def prepare() -> Path:
+                _recover_leftovers(output_dir)
+                _check_output(output_dir, overwrite)
+                return _staging(output_dir)
+
+            convert_across_ranks(
+                backend_cls, manifest, prepare,
+                lambda store: _fill(store, pytorch_dataset, order, num_workers, progress and rank == 0, rank, world),
+                lambda staging: _publish(staging, output_dir), rank, world,
+            )
+            return output_dir
+        staging = _staging(output_dir)
         try:
             store = backend_cls.create(staging, manifest)
             try:
@@ -255,8 +281,11 @@ def _blocks(indices: Any, block: int, chunk_size: int) -> list[list[int]]:
 WRITERS = 2  # chunks compressed and written at once, by threads (codecs and writes release the GIL)
 
 
-def _fill(store, dataset: Dataset, order: np.ndarray, num_workers: int, progress: bool) -> None:
-    """Read every sample in ``order`` and write each split chunk by chunk.
+def _fill(
+    store, dataset: Dataset, order: np.ndarray, num_workers: int, progress: bool, rank: int = 0, world_size: int = 1
+) -> None:
+    """Read every sample in ``order`` and write each split chunk by chunk (of the chunk list,
+    only those :func:`~datalflash.utils.ranks.owner` gives to ``rank``).
 
     Up to ``WRITERS`` threads compress and write chunks while the next one is read (a
     TensorDataset's chunks are also gathered by those threads); ``WRITERS + 1`` chunk buffers
@@ -272,6 +301,7 @@ def _fill(store, dataset: Dataset, order: np.ndarray, num_workers: int, progress
         for chunk in range(info.num_chunks):
             rows = split_order[chunk * chunk_size : (chunk + 1) * chunk_size]
             chunks.append((split, chunk, _blocks(rows, block, chunk_size)))
+    chunks = [c for k, c in enumerate(chunks) if owner(k, world_size) == rank]
     reader = BlockReader(dataset, [b for *_, blocks in chunks for b in blocks], store.structure, store.fields, num_workers)
     largest = min(chunk_size, max(info.num_samples for info in store.splits.values()))
     buffers: list[dict[str, np.ndarray]] = []
@@ -288,7 +318,8 @@ def _fill(store, dataset: Dataset, order: np.ndarray, num_workers: int, progress
     pending: deque = deque()
     with (
         ThreadPoolExecutor(WRITERS, thread_name_prefix="datalflash-writer") as writers,
-        tqdm(total=len(order), unit="sample", desc="converting", disable=not progress) as bar,
+        tqdm(total=sum(len(b) for *_, blocks in chunks for b in blocks), unit="sample", desc="converting",
+             disable=not progress) as bar,
     ):
         try:
             for k, (split, chunk, blocks) in enumerate(chunks):

@@ -1,0 +1,118 @@
+"""A conversion split across the ranks of a ``torch.distributed`` job.
+
+Rank 0 checks ``output_dir``, lays out an empty store in a staging directory beside it and
+broadcasts its name; every rank then writes the chunks it owns (chunk ``k`` of the store's chunk
+list, counted over its splits in order, belongs to rank ``k % world_size``); the ranks gather
+their outcome (and, for backends that keep per-chunk checksums in the manifest, those
+checksums); rank 0 writes the manifest and renames the store into place. The result is the store
+a single process would write with the same arguments, byte for byte; only ``created.at`` differs.
+A rank that dies leaves the staging directory unpublished, and the next conversion into the same
+``output_dir`` removes it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import torch.distributed as dist
+
+from datalflash.errors import ConversionError
+from datalflash.store.base import ChunkStore
+from datalflash.store.manifest import Manifest
+
+SINGLE_WRITER_BACKENDS = frozenset({"hdf5"})  # one file per split: HDF5 has no concurrent writers
+
+
+def conversion_ranks(rank: int | None, world_size: int | None, backend: str) -> tuple[int, int]:
+    """``(rank, world_size)`` of a conversion: the arguments, else torch.distributed's, else one rank."""
+    from datalflash.core.distributed import resolve_ranks
+
+    try:
+        rank, world_size = resolve_ranks(rank, world_size)
+    except (TypeError, ValueError) as e:
+        raise ConversionError(str(e)) from None
+    if world_size > 1:
+        if not (dist.is_available() and dist.is_initialized()):
+            raise ConversionError(
+                "a conversion split across ranks needs torch.distributed initialized (e.g. under torchrun): "
+                "the ranks agree on the staging directory and wait for each other through it"
+            )
+        if (rank, world_size) != (dist.get_rank(), dist.get_world_size()):
+            raise ConversionError(
+                f"rank={rank}, world_size={world_size} disagree with torch.distributed "
+                f"({dist.get_rank()} of {dist.get_world_size()})"
+            )
+        if backend in SINGLE_WRITER_BACKENDS:
+            raise ConversionError(f"the {backend} backend cannot be written by several processes; use zarr or memmap")
+    return rank, world_size
+
+
+def owner(chunk_index: int, world_size: int) -> int:
+    """The rank that writes chunk ``chunk_index`` of the store's chunk list."""
+    return chunk_index % world_size
+
+
+def convert_across_ranks(
+    backend_cls: type[ChunkStore],
+    manifest: Manifest,
+    prepare: Callable[[], Path],
+    fill: Callable[[ChunkStore], None],
+    publish: Callable[[Path], None],
+    rank: int,
+    world_size: int,
+) -> None:
+    """Run one conversion on every rank: ``prepare()`` (rank 0: check the output, return a new
+    staging path), ``fill(store)`` (each rank: write its chunks), ``publish(staging)`` (rank 0)."""
+    box: list = [None]
+    prepared: Exception | None = None
+    if rank == 0:
+        try:
+            staging = prepare()
+            backend_cls.create(staging, manifest).close()
+            box = [("ok", str(staging))]
+        except Exception as e:  # every rank must hear of it, or they would wait forever
+            prepared, box = e, [("error", f"{type(e).__name__}: {e}")]
+    dist.broadcast_object_list(box, src=0)
+    status, value = box[0]
+    if status == "error":
+        if prepared is not None:
+            raise prepared
+        raise ConversionError(f"rank 0 could not prepare the conversion: {value}")
+    staging = Path(value)
+    error = None
+    try:
+        store = backend_cls(staging, manifest, writable=True)
+        try:
+            fill(store)
+        finally:
+            store.close()
+    except Exception as e:
+        error = f"rank {rank}: {type(e).__name__}: {e}"
+    outcomes: list = [None] * world_size
+    dist.all_gather_object(outcomes, (error, manifest.checksums))
+    errors = [e for e, _ in outcomes if e]
+    if errors:
+        if rank == 0:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise ConversionError("the conversion failed: " + "; ".join(errors))
+    if rank == 0:
+        _merge_checksums(manifest, [sums for _, sums in outcomes], world_size)
+        backend_cls(staging, manifest, writable=True).finish()
+        publish(staging)
+    dist.barrier()
+
+
+def _merge_checksums(manifest: Manifest, per_rank: list[dict], world_size: int) -> None:
+    """Each chunk's checksums, from the rank that wrote it."""
+    if not any(per_rank):
+        return
+    k = 0
+    for split, info in manifest.splits.items():
+        for chunk in range(info.num_chunks):
+            sums = per_rank[owner(k, world_size)].get(split, {})
+            for field in manifest.fields:
+                manifest.checksums.setdefault(split, {f: [0] * info.num_chunks for f in manifest.fields})
+                manifest.checksums[split][field][chunk] = sums[field][chunk]
+            k += 1

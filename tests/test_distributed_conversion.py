@@ -1,0 +1,71 @@
+"""Conversion split across ranks under torchrun (gloo): the very store one process writes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch.distributed as dist
+
+from datalflash.utils import DatasetConverter
+
+sys.path.insert(0, str(Path(__file__).parent / "scripts"))
+from convert_dist import Samples  # noqa: E402
+
+SCRIPT = Path(__file__).parent / "scripts" / "convert_dist.py"
+pytestmark = pytest.mark.skipif(
+    not (dist.is_available() and dist.is_gloo_available()), reason="torch.distributed with gloo is not available"
+)
+
+
+def torchrun(nproc, out, *args):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           str(SCRIPT), str(out), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def files(path):
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(Path(path).rglob("*")) if p.is_file()}
+
+
+def manifest_without_time(path):
+    doc = json.loads((Path(path) / "manifest.json").read_text())
+    doc["created"].pop("at")
+    return doc
+
+
+@pytest.mark.parametrize("backend", ["zarr", "memmap"])
+def test_two_ranks_write_the_store_one_process_writes(tmp_path, backend):
+    single = DatasetConverter.create_chunked_dataset(Samples(), tmp_path / "single", chunk_size=64, backend=backend,
+                                                     progress=False)
+    run = torchrun(2, tmp_path / "dist", "--backend", backend)
+    assert run.returncode == 0, run.stderr[-3000:]
+    a, b = files(single), files(tmp_path / "dist")
+    assert a.keys() == b.keys()
+    differ = [name for name in a if a[name] != b[name] and name != "manifest.json"]
+    assert not differ, differ
+    assert manifest_without_time(single) == manifest_without_time(tmp_path / "dist")
+    assert DatasetConverter.verify(tmp_path / "dist", progress=False).ok
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_dead_rank_publishes_nothing_and_a_rerun_finishes(tmp_path):
+    out = tmp_path / "dist"
+    died = torchrun(2, out, "--die-rank", "1")
+    assert died.returncode != 0
+    assert not out.exists()
+    rerun = torchrun(2, out)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert DatasetConverter.verify(out, progress=False).ok
+    assert [p.name for p in tmp_path.iterdir()] == ["dist"], "the dead run's staging directory was removed"
+
+
+def test_ranks_need_torch_distributed_and_a_concurrent_backend():
+    from datalflash.errors import ConversionError
+
+    with pytest.raises(ConversionError, match="needs torch.distributed initialized"):
+        DatasetConverter.create_chunked_dataset(Samples(), "/nonexistent/x", rank=0, world_size=2)
+    with pytest.raises(ConversionError, match="rank"):
+        DatasetConverter.create_chunked_dataset(Samples(), "/nonexistent/x", rank=3, world_size=2)
