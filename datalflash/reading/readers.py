@@ -147,9 +147,10 @@ class ProcessReader(ThreadReader):
 def make_reader(
     store: ChunkStore, num_workers: int, context: Any = None, worker_init_fn: Any = None, spare: list | None = None
 ) -> ThreadReader:
-    """Worker processes when ``num_workers > 0``, else two reading threads."""
+    """Worker processes when ``num_workers > 0``, else reading threads (two, or the store's
+    ``read_threads`` for stores behind a network)."""
     if num_workers > 0:
         return ProcessReader(store, num_workers, context, worker_init_fn, spare)
-    return ThreadReader(store, threads=2, spare=spare)
+    return ThreadReader(store, threads=getattr(store, "read_threads", 2), spare=spare)
 
 

@@ -56,10 +56,15 @@ def available_backends() -> list[str]:
     return sorted(names)
 
 
-def open_store(path: str | os.PathLike, *, verify: str = "first") -> ChunkStore:
+def open_store(path: str | os.PathLike, *, verify: str = "first", storage_options: dict | None = None) -> ChunkStore:
     """Open the store at ``path`` read-only; the manifest names its backend. ``verify``: when
     chunk checksums are checked (``"first"`` read of each chunk in this process, ``"always"``,
-    ``"never"``)."""
+    ``"never"``). ``path`` may be a URL (``s3://bucket/store``, ``memory://...``) of a Zarr
+    store, opened through fsspec with ``storage_options``."""
+    from datalflash.store.remote import is_url, open_remote_store
+
+    if is_url(path):
+        return open_remote_store(path, verify=verify, storage_options=storage_options)
     manifest = read_manifest(path)
     cls = get_backend(manifest.backend_id)
     cls.validate_config(manifest.backend_config)

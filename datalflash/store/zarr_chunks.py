@@ -94,29 +94,35 @@ class DirectChunkIO:
         except FileNotFoundError:
             raise StoreReadError(f"{path}: chunk file is missing") from None
         try:
-            payload = np.frombuffer(frame, dtype=np.uint8)
+            self.decode(np.frombuffer(frame, dtype=np.uint8), out, verify, str(path))
+        finally:
+            frame.close()
+
+    def decode(self, encoded: np.ndarray, out: np.ndarray, verify: bool, where: str) -> None:
+        """Check (when ``verify``) and decode the stored bytes of one chunk into ``out``."""
+        payload = encoded
+        try:
             if self.checksum:
-                if size < CRC_BYTES:
-                    raise StoreReadError(f"{path}: chunk file is truncated ({size} bytes)")
-                payload, stored = payload[:-CRC_BYTES], int.from_bytes(payload[-CRC_BYTES:].tobytes(), "little")
+                if len(encoded) < CRC_BYTES:
+                    raise StoreReadError(f"{where}: chunk file is truncated ({len(encoded)} bytes)")
+                payload, stored = encoded[:-CRC_BYTES], int.from_bytes(encoded[-CRC_BYTES:].tobytes(), "little")
                 if verify and crc32c(payload) != stored:
-                    raise ChecksumError(f"{path}: CRC-32C mismatch: stored {stored:#010x}, data {crc32c(payload):#010x}")
+                    raise ChecksumError(f"{where}: CRC-32C mismatch: stored {stored:#010x}, data {crc32c(payload):#010x}")
             full = len(out) == self.chunk_shape[0]
             target = out if full else np.empty((self.chunk_shape[0], *out.shape[1:]), dtype=out.dtype)
             if self.blosc is None:
                 flat = target.reshape(-1).view(np.uint8)
                 if len(payload) != flat.nbytes:
-                    raise StoreReadError(f"{path}: chunk holds {len(payload)} bytes, expected {flat.nbytes} (truncated?)")
+                    raise StoreReadError(f"{where}: chunk holds {len(payload)} bytes, expected {flat.nbytes} (truncated?)")
                 flat[...] = payload
             else:
                 self.blosc.decode(payload, out=target)
             if not full:  # a partial last chunk is stored padded to the full chunk shape
                 out[...] = target[: len(out)]
         except (RuntimeError, ValueError) as e:
-            raise StoreReadError(f"{path}: cannot decode chunk: {e}") from None
+            raise StoreReadError(f"{where}: cannot decode chunk: {e}") from None
         finally:
-            del payload
-            frame.close()
+            del payload, encoded
 
     def write(self, chunk: int, data: np.ndarray) -> None:
         """Encode ``data`` (the chunk's rows; a short last chunk is zero-padded) and write it."""

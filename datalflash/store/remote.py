@@ -1,0 +1,124 @@
+"""Zarr stores opened by URL (``s3://``, ``gs://``, ``http(s)://``, ``memory://``...), read-only,
+through fsspec and zarr's own ``FsspecStore``.
+
+The manifest and the arrays' metadata are read through zarr; each chunk is fetched with one
+``cat_file`` request and decoded (CRC-32C checked) by the same code as local chunks. The
+filesystem packages are optional: ``pip install 'datalflash[remote]'`` (fsspec, s3fs).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from datalflash.errors import BackendError, StoreFormatError, StoreReadError
+from datalflash.store.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, parse_manifest
+from datalflash.store.zarr_chunks import direct_io
+from datalflash.store.zarr_store import ZarrChunkStore, check_codecs
+
+REMOTE_READ_THREADS = 8  # requests in flight: enough to hide tens of milliseconds per request
+
+
+def is_url(path: Any) -> bool:
+    """Whether ``path`` names a store by URL (``scheme://...``, not a local file path)."""
+    return isinstance(path, str) and "://" in path and not path.startswith("file://")
+
+
+def _filesystem(url: str, storage_options: dict | None):
+    try:
+        import fsspec
+    except ImportError:
+        raise BackendError("opening stores by URL needs fsspec: pip install 'datalflash[remote]'") from None
+    try:
+        fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    except (ImportError, ValueError) as e:
+        raise BackendError(f"{url}: no filesystem for this URL ({e}); pip install 'datalflash[remote]'") from None
+    return fs, root.rstrip("/")
+
+
+def open_remote_store(url: str, *, verify: str = "first", storage_options: dict | None = None) -> "RemoteZarrChunkStore":
+    """Open the Zarr store at ``url`` read-only; ``storage_options`` go to fsspec (endpoint, keys)."""
+    fs, root = _filesystem(url, storage_options)
+    where = f"{url.rstrip('/')}/{MANIFEST_NAME}"
+    try:
+        raw = fs.cat_file(f"{root}/{MANIFEST_NAME}")
+    except FileNotFoundError:
+        raise StoreFormatError(f"{url}: not a datalflash store (no {MANIFEST_NAME})") from None
+    except OSError as e:
+        raise StoreReadError(f"{where}: cannot read the manifest: {e}") from e
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise StoreFormatError(f"{where}: manifest larger than {MAX_MANIFEST_BYTES} bytes")
+    try:
+        manifest = parse_manifest(json.loads(raw.decode("utf-8")))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise StoreFormatError(f"{where}: manifest is not valid: {e}") from None
+    if manifest.backend_id != "zarr":
+        raise BackendError(f"{url}: only zarr stores open by URL, this one is {manifest.backend_id!r}")
+    store = RemoteZarrChunkStore(url, manifest, verify=verify)
+    store.fs, store.root, store.storage_options = fs, root, dict(storage_options or {})
+    return store
+
+
+class RemoteZarrChunkStore(ZarrChunkStore):
+    """A Zarr store behind a URL (see :func:`open_remote_store`); read-only."""
+
+    read_threads = REMOTE_READ_THREADS
+
+    def __init__(self, url: str, manifest, *, writable: bool = False, verify: str = "first"):
+        if writable:
+            raise BackendError(f"{url}: stores opened by URL are read-only")
+        super().__init__(url, manifest, verify=verify)
+        self.path = url.rstrip("/")  # a URL, not a local Path
+        self.fs, self.root, self.storage_options = None, "", {}
+
+    def split_path(self, split: str) -> str:
+        return f"{self.path}/{split}.zarr"
+
+    def _open_split(self, split: str):
+        import zarr
+        from zarr.storage import FsspecStore
+
+        # this process's filesystem: fsspec caches one per process, and s3fs's cannot cross a fork
+        self.fs, self.root = _filesystem(self.path, self.storage_options)
+        where = self.split_path(split)
+        try:
+            store = FsspecStore.from_url(where, storage_options=self.storage_options or None, read_only=True)
+            group = zarr.open_group(store, mode="r", zarr_format=3)
+        except Exception as e:  # zarr and fsspec raise many types for a missing or bad group
+            raise StoreFormatError(f"{where}: split {split!r} is missing or not a Zarr v3 group: {e}") from None
+        handles = {}
+        for name, spec in self.fields.items():
+            try:
+                array = group[name]
+            except Exception as e:
+                raise StoreFormatError(f"{where}: split {split!r} has no usable array for field {name!r}: {e}") from None
+            check_codecs(array, f"{where}/{name}")
+            self.check_array(split, name, array.shape, array.dtype, f"{where}/{name}")
+            direct = None
+            for rows in {self._chunk_rows(split), self.chunk_size}:
+                direct = direct or direct_io(array, f"{self.root}/{split}.zarr/{name}", (rows, *spec.shape))
+            handles[name] = (array, direct)
+        return handles
+
+    def _read_rows(self, split: str, field: str, start: int, stop: int, out: np.ndarray) -> None:
+        array, direct = self._handle(split)[field]
+        if direct is None:
+            return super()._read_rows(split, field, start, stop, out)
+        for row in range(start, stop, self.chunk_size):
+            rows, chunk = min(self.chunk_size, stop - row), row // self.chunk_size
+            key = str(direct.chunk_path(chunk))
+            try:
+                encoded = self.fs.cat_file(key)
+            except FileNotFoundError:
+                raise StoreReadError(f"{self.path}: split {split!r} field {field!r} chunk {chunk}: {key} is missing") from None
+            direct.decode(np.frombuffer(encoded, dtype=np.uint8), out[row - start : row - start + rows],
+                          self.needs_check(split, chunk), f"{self.path}: {key}")
+
+    def __getstate__(self) -> dict:
+        return {**super().__getstate__(), "storage_options": self.storage_options}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"], parse_manifest(state["manifest"]), verify=state.get("verify", "first"))
+        self.storage_options = state.get("storage_options", {})
