@@ -96,3 +96,73 @@ def test_s3_store_trains_an_epoch_with_every_sample_checked(s3):
 
 def test_s3_store_in_worker_processes(s3):
     train_epoch_checking_every_sample(open_store("s3://bucket/store", storage_options=s3), num_workers=2)
+
+
+class CountingMemoryFS:
+    """Counts chunk requests to the memory filesystem."""
+
+    def __init__(self, monkeypatch):
+        from fsspec.implementations.memory import MemoryFileSystem
+
+        self.requests = 0
+        cat_file = MemoryFileSystem.cat_file
+
+        def counted(fs, path, *args, **kwargs):
+            if "/c/" in str(path):
+                self.requests += 1
+            return cat_file(fs, path, *args, **kwargs)
+
+        monkeypatch.setattr(MemoryFileSystem, "cat_file", counted)
+
+
+def test_chunk_cache_saves_requests_keeps_its_budget_and_drops_bad_objects(local_store, tmp_path, monkeypatch):
+    from datalflash.store.cache import ChunkCache
+
+    fsspec.filesystem("memory").put(str(local_store), "/cached", recursive=True)
+    counter = CountingMemoryFS(monkeypatch)
+    big = open_store("memory://cached", cache_dir=tmp_path / "cache", cache_bytes=2**30)
+    train_epoch_checking_every_sample(big)
+    first = counter.requests
+    assert first == 2 * 11  # two fields, 11 chunks
+    train_epoch_checking_every_sample(open_store("memory://cached", cache_dir=tmp_path / "cache", cache_bytes=2**30))
+    assert counter.requests == first, "a second store over the same cache fetched nothing"
+    cache = ChunkCache(tmp_path / "cache", 2**30)
+    victim = next(p for p in sorted((tmp_path / "cache").glob("??/*")) if p.stat().st_size > 10_000)
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 1
+    victim.write_bytes(bytes(data))
+    train_epoch_checking_every_sample(open_store("memory://cached", cache_dir=tmp_path / "cache", cache_bytes=2**30))
+    assert counter.requests == first + 1, "the corrupt cached object was fetched again, once"
+    budget = 3 * 64 * 192 + 4096
+    small = open_store("memory://cached", cache_dir=tmp_path / "small", cache_bytes=budget)
+    train_epoch_checking_every_sample(small)
+    assert 0 < cache.__class__(tmp_path / "small", budget).size() <= budget
+    with pytest.raises(ValueError, match="a chunk cache is for stores opened by URL"):
+        open_store(local_store, cache_dir=tmp_path / "x")
+
+
+def test_chunk_cache_shared_by_four_processes(local_store, tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import fsspec, sys
+        sys.path.insert(0, {str(tmp_path.parent)!r})
+        fsspec.filesystem("memory").put({str(local_store)!r}, "/shared", recursive=True)
+        from datalflash.store import open_store
+        sys.path.insert(0, {str(__import__('pathlib').Path(__file__).parent)!r})
+        from test_remote import train_epoch_checking_every_sample
+        for _ in range(2):
+            train_epoch_checking_every_sample(open_store("memory://shared", cache_dir={str(tmp_path / 'c')!r},
+                                                         cache_bytes=200_000))
+        print("ok")
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0 and out.strip() == "ok", err[-2000:]
+    from datalflash.store.cache import ChunkCache
+
+    assert ChunkCache(tmp_path / "c", 200_000).size() <= 200_000

@@ -56,15 +56,23 @@ def available_backends() -> list[str]:
     return sorted(names)
 
 
-def open_store(path: str | os.PathLike, *, verify: str = "first", storage_options: dict | None = None) -> ChunkStore:
+def open_store(
+    path: str | os.PathLike, *, verify: str = "first", storage_options: dict | None = None,
+    cache_dir: str | os.PathLike | None = None, cache_bytes: int = 10 * 2**30,
+) -> ChunkStore:
     """Open the store at ``path`` read-only; the manifest names its backend. ``verify``: when
     chunk checksums are checked (``"first"`` read of each chunk in this process, ``"always"``,
     ``"never"``). ``path`` may be a URL (``s3://bucket/store``, ``memory://...``) of a Zarr
-    store, opened through fsspec with ``storage_options``."""
+    store, opened through fsspec with ``storage_options``; its chunks are then kept in
+    ``cache_dir`` (if given, at most ``cache_bytes``)."""
     from datalflash.store.remote import is_url, open_remote_store
 
     if is_url(path):
-        return open_remote_store(path, verify=verify, storage_options=storage_options)
+        return open_remote_store(
+            path, verify=verify, storage_options=storage_options, cache_dir=cache_dir, cache_bytes=cache_bytes
+        )
+    if cache_dir is not None:
+        raise ValueError(f"{path}: a chunk cache is for stores opened by URL; a local store needs none")
     manifest = read_manifest(path)
     cls = get_backend(manifest.backend_id)
     cls.validate_config(manifest.backend_config)

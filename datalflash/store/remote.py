@@ -8,13 +8,16 @@ filesystem packages are optional: ``pip install 'datalflash[remote]'`` (fsspec, 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import threading
 from typing import Any
 
 import numpy as np
 
 from datalflash.errors import BackendError, StoreFormatError, StoreReadError
+from datalflash.store.cache import ChunkCache
 from datalflash.store.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, parse_manifest
 from datalflash.store.zarr_chunks import direct_io
 from datalflash.store.zarr_store import ZarrChunkStore, check_codecs
@@ -39,8 +42,13 @@ def _filesystem(url: str, storage_options: dict | None):
     return fs, root.rstrip("/")
 
 
-def open_remote_store(url: str, *, verify: str = "first", storage_options: dict | None = None) -> "RemoteZarrChunkStore":
-    """Open the Zarr store at ``url`` read-only; ``storage_options`` go to fsspec (endpoint, keys)."""
+def open_remote_store(
+    url: str, *, verify: str = "first", storage_options: dict | None = None,
+    cache_dir: str | os.PathLike | None = None, cache_bytes: int = 10 * 2**30,
+) -> "RemoteZarrChunkStore":
+    """Open the Zarr store at ``url`` read-only; ``storage_options`` go to fsspec (endpoint, keys).
+    With ``cache_dir``, chunk objects are kept there (at most ``cache_bytes``, shared safely by
+    processes; see :mod:`datalflash.store.cache`)."""
     fs, root = _filesystem(url, storage_options)
     where = f"{url.rstrip('/')}/{MANIFEST_NAME}"
     try:
@@ -59,6 +67,7 @@ def open_remote_store(url: str, *, verify: str = "first", storage_options: dict 
         raise BackendError(f"{url}: only zarr stores open by URL, this one is {manifest.backend_id!r}")
     store = RemoteZarrChunkStore(url, manifest, verify=verify)
     store.fs, store.root, store.storage_options = fs, root, dict(storage_options or {})
+    store.use_cache(cache_dir, cache_bytes)
     return store
 
 
@@ -74,6 +83,15 @@ class RemoteZarrChunkStore(ZarrChunkStore):
         self.path = url.rstrip("/")  # a URL, not a local Path
         self.fs, self.root, self.storage_options = None, "", {}
         self._fetched = threading.local()  # objects fetched for the read_chunks call of this thread
+        self.cache: ChunkCache | None = None
+        self._cache_args: tuple = (None, 0)
+
+    def use_cache(self, directory: str | os.PathLike | None, budget_bytes: int) -> None:
+        """Keep chunk objects in a local :class:`ChunkCache` at ``directory`` (None: no cache)."""
+        self._cache_args = (str(directory) if directory is not None else None, budget_bytes)
+        self.cache = ChunkCache(directory, budget_bytes) if directory is not None else None
+        doc = json.dumps(self.manifest.to_json(), sort_keys=True)
+        self._namespace = f"{self.path}\0{hashlib.sha256(doc.encode()).hexdigest()}"
 
     def split_path(self, split: str) -> str:
         return f"{self.path}/{split}.zarr"
@@ -108,11 +126,23 @@ class RemoteZarrChunkStore(ZarrChunkStore):
         """Fetch the chunks' objects of every field in one ``fs.cat`` (concurrent requests on
         async filesystems such as s3fs), then decode them as :meth:`ChunkStore.read_chunks` does."""
         keys = [str(direct.chunk_path(c)) for _, direct in self._handle(split).values() if direct is not None for c in chunks]
+        objects, cached = {}, set()
+        if self.cache is not None:
+            for key in keys:
+                data = self.cache.get(self._namespace, key.lstrip("/"))
+                if data is not None:
+                    objects[key.lstrip("/")] = data
+                    cached.add(key.lstrip("/"))
+        missing = [k for k in keys if k.lstrip("/") not in objects]
         try:
-            fetched = self.fs.cat(keys, on_error="omit") if keys else {}
+            fetched = self.fs.cat(missing, on_error="omit") if missing else {}
         except Exception:  # a failed batch: each chunk is fetched alone, with retries, below
             fetched = {}
-        self._fetched.objects = {k.lstrip("/"): v for k, v in fetched.items()}
+        for key, data in fetched.items():
+            objects[key.lstrip("/")] = data
+            if self.cache is not None:
+                self.cache.put(self._namespace, key.lstrip("/"), bytes(data))
+        self._fetched.objects, self._fetched.cached = objects, cached
         try:
             return super().read_chunks(split, chunks, out)
         finally:
@@ -132,12 +162,20 @@ class RemoteZarrChunkStore(ZarrChunkStore):
                     encoded = self.fs.cat_file(key)
             except FileNotFoundError:
                 raise StoreReadError(f"{self.path}: split {split!r} field {field!r} chunk {chunk}: {key} is missing") from None
-            direct.decode(np.frombuffer(encoded, dtype=np.uint8), out[row - start : row - start + rows],
-                          self.needs_check(split, chunk), f"{self.path}: {key}")
+            dest = out[row - start : row - start + rows]
+            if key.lstrip("/") in getattr(self._fetched, "cached", ()):
+                try:  # from the local cache: always checked, dropped and fetched again if bad
+                    direct.decode(np.frombuffer(encoded, dtype=np.uint8), dest, True, f"{self.path}: {key}")
+                    continue
+                except StoreReadError:
+                    self.cache.drop(self._namespace, key.lstrip("/"))
+                    encoded = self.fs.cat_file(key)
+            direct.decode(np.frombuffer(encoded, dtype=np.uint8), dest, self.needs_check(split, chunk), f"{self.path}: {key}")
 
     def __getstate__(self) -> dict:
-        return {**super().__getstate__(), "storage_options": self.storage_options}
+        return {**super().__getstate__(), "storage_options": self.storage_options, "cache": self._cache_args}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["path"], parse_manifest(state["manifest"]), verify=state.get("verify", "first"))
         self.storage_options = state.get("storage_options", {})
+        self.use_cache(*state.get("cache", (None, 0)))
