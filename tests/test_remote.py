@@ -166,3 +166,16 @@ def test_chunk_cache_shared_by_four_processes(local_store, tmp_path):
     from datalflash.store.cache import ChunkCache
 
     assert ChunkCache(tmp_path / "c", 200_000).size() <= 200_000
+
+
+def test_get_dataloaders_by_url(local_store, tmp_path):
+    from datalflash.core import get_dataloaders
+
+    fsspec.filesystem("memory").put(str(local_store), "/by-url", recursive=True)
+    loaders = get_dataloaders("memory://by-url", 64, cache_dir=tmp_path / "cache")
+    rows = expected()
+    seen = []
+    for images, index in loaders["train"]:
+        assert torch.equal(images, rows[index])
+        seen.extend(index.tolist())
+    assert sorted(seen) == list(range(N)) and any((tmp_path / "cache").glob("??/*"))

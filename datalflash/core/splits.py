@@ -23,6 +23,8 @@ def get_dataloaders(
     pin_memory: bool = False,
     device: Any = None,
     verify: str = "first",
+    storage_options: Mapping[str, Any] | None = None,
+    cache_dir: str | os.PathLike | None = None,
     **loader_kwargs: Any,
 ) -> dict[str, FlashDataLoader]:
     """``{split: FlashDataLoader}`` for every split of the store at ``chunks_dir``.
@@ -30,9 +32,11 @@ def get_dataloaders(
     ``train`` shuffles by default, other splits do not (``shuffle`` overrides: a bool for all, or
     a dict per split). ``augmentations={"train": fn}`` applies ``fn`` to each batch's features
     after the device transfer. ``verify``: when chunk checksums are checked (``"first"`` read of
-    each chunk per process, ``"always"``, ``"never"``). Further keywords go to :class:`FlashDataLoader`.
+    each chunk per process, ``"always"``, ``"never"``). ``chunks_dir`` may be a URL of a Zarr store
+    (``storage_options`` for fsspec; ``cache_dir`` keeps its chunks locally, see
+    :func:`~datalflash.store.open_store`). Further keywords go to :class:`FlashDataLoader`.
     """
-    store = open_store(chunks_dir, verify=verify)
+    store = open_store(chunks_dir, verify=verify, storage_options=dict(storage_options or {}) or None, cache_dir=cache_dir)
     augmentations = dict(augmentations or {})
     unknown = set(augmentations) - set(store.splits)
     if unknown:
