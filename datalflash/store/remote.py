@@ -146,7 +146,7 @@ class RemoteZarrChunkStore(ZarrChunkStore):
         try:
             return super().read_chunks(split, chunks, out)
         finally:
-            self._fetched.objects = {}
+            self._fetched.objects, self._fetched.cached = {}, set()
 
     def _read_rows(self, split: str, field: str, start: int, stop: int, out: np.ndarray) -> None:
         array, direct = self._handle(split)[field]

@@ -167,7 +167,8 @@ class DatasetConverter:
 
         Under ``torch.distributed`` (or with ``rank`` / ``world_size``), each rank writes its
         share of the chunks and rank 0 publishes the store, which is the one a single process
-        would write (see :mod:`datalflash.utils.ranks`); every rank must call this.
+        would write (see :mod:`datalflash.utils.ranks`); every rank must call this. To convert
+        on one process of a distributed job (``if rank == 0: ...``), pass ``rank=0, world_size=1``.
         """
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
             raise ConversionError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
