@@ -62,10 +62,12 @@ def test_a_dead_rank_publishes_nothing_and_a_rerun_finishes(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["dist"], "the dead run's staging directory was removed"
 
 
-def test_ranks_need_torch_distributed_and_a_concurrent_backend():
+def test_ranks_need_torch_distributed_and_a_concurrent_backend(tmp_path):
     from datalflash.errors import ConversionError
 
     with pytest.raises(ConversionError, match="needs torch.distributed initialized"):
         DatasetConverter.create_chunked_dataset(Samples(), "/nonexistent/x", rank=0, world_size=2)
     with pytest.raises(ConversionError, match="rank"):
         DatasetConverter.create_chunked_dataset(Samples(), "/nonexistent/x", rank=3, world_size=2)
+    out = DatasetConverter.create_chunked_dataset(Samples(), tmp_path / "one", rank=0, world_size=1, progress=False)
+    assert DatasetConverter.verify(out, progress=False).ok  # one process of a job converting alone
