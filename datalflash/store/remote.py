@@ -19,8 +19,7 @@ import numpy as np
 from datalflash.errors import BackendError, StoreFormatError, StoreReadError
 from datalflash.store.cache import ChunkCache
 from datalflash.store.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, parse_manifest
-from datalflash.store.zarr_chunks import direct_io
-from datalflash.store.zarr_store import ZarrChunkStore, check_codecs
+from datalflash.store.zarr_store import ZarrChunkStore
 
 REMOTE_READ_THREADS = 32  # chunk reads in flight (threads wait on the network, not the CPU)
 
@@ -96,7 +95,7 @@ class RemoteZarrChunkStore(ZarrChunkStore):
     def split_path(self, split: str) -> str:
         return f"{self.path}/{split}.zarr"
 
-    def _open_split(self, split: str):
+    def _open_group(self, split: str):
         import zarr
         from zarr.storage import FsspecStore
 
@@ -105,22 +104,12 @@ class RemoteZarrChunkStore(ZarrChunkStore):
         where = self.split_path(split)
         try:
             store = FsspecStore.from_url(where, storage_options=self.storage_options or None, read_only=True)
-            group = zarr.open_group(store, mode="r", zarr_format=3)
+            return zarr.open_group(store, mode="r", zarr_format=3)
         except Exception as e:  # zarr and fsspec raise many types for a missing or bad group
             raise StoreFormatError(f"{where}: split {split!r} is missing or not a Zarr v3 group: {e}") from None
-        handles = {}
-        for name, spec in self.fields.items():
-            try:
-                array = group[name]
-            except Exception as e:
-                raise StoreFormatError(f"{where}: split {split!r} has no usable array for field {name!r}: {e}") from None
-            check_codecs(array, f"{where}/{name}")
-            self.check_array(split, name, array.shape, array.dtype, f"{where}/{name}")
-            direct = None
-            for rows in {self._chunk_rows(split), self.chunk_size}:
-                direct = direct or direct_io(array, f"{self.root}/{split}.zarr/{name}", (rows, *spec.shape))
-            handles[name] = (array, direct)
-        return handles
+
+    def _chunk_dir(self, split: str, field: str) -> tuple[str, None]:
+        return f"{self.root}/{split}.zarr/{field}", None  # object keys: no local links to follow
 
     def read_chunks(self, split, chunks, out=None):
         """Fetch the chunks' objects of every field in one ``fs.cat`` (concurrent requests on

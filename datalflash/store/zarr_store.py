@@ -91,24 +91,33 @@ class ZarrChunkStore(ChunkStore):
         (no padding to store for a split that is one short chunk)."""
         return max(1, min(self.chunk_size, self.num_samples(split)))
 
+    def _chunk_dir(self, split: str, field: str) -> tuple[Path, Path | None]:
+        """Where ``field``'s chunk files of ``split`` are, and the root they must resolve inside."""
+        return Path(self.inside(Path(self.split_path(split)) / field)), self.path
+
     def _direct(self, split: str, field: str, array: zarr.Array) -> DirectChunkIO | None:
         spec = self.fields[field]
-        path = Path(self.split_path(split)) / field
+        path, root = self._chunk_dir(split, field)
         # Stores written before small splits got short chunks hold chunk_size rows there.
         for rows in {self._chunk_rows(split), self.chunk_size}:
-            direct = direct_io(array, path, (rows, *spec.shape), root=self.path)
+            direct = direct_io(array, path, (rows, *spec.shape), root=root)
             if direct is not None:
                 return direct
         return None
 
-    def _open_split(self, split: str) -> dict[str, tuple[zarr.Array, DirectChunkIO | None]]:
-        """``{field: (zarr array, direct chunk I/O or None)}``."""
+    def _open_group(self, split: str) -> zarr.Group:
+        """The Zarr group of ``split``, opened for this process."""
         path = self.inside(self.split_path(split))
         try:
             store = LocalStore(path, read_only=not self.writable)
-            group = zarr.open_group(store, mode="r+" if self.writable else "r", zarr_format=3)
+            return zarr.open_group(store, mode="r+" if self.writable else "r", zarr_format=3)
         except (FileNotFoundError, ValueError, KeyError) as e:
             raise StoreFormatError(f"{path}: split {split!r} is missing or not a Zarr v3 group: {e}") from None
+
+    def _open_split(self, split: str) -> dict[str, tuple[zarr.Array, DirectChunkIO | None]]:
+        """``{field: (zarr array, direct chunk I/O or None)}``, each array checked against the
+        manifest and the codec allow-list."""
+        group, path = self._open_group(split), self.split_path(split)
         handles = {}
         for name in self.fields:
             try:
@@ -117,10 +126,10 @@ class ZarrChunkStore(ChunkStore):
                 raise StoreFormatError(f"{path}: split {split!r} has no array for field {name!r}") from None
             except Exception as e:  # metadata zarr cannot parse (e.g. an unknown codec)
                 raise StoreFormatError(f"{path}/{name}: split {split!r} field {name!r}: unusable Zarr metadata: {e}") from None
-            self.inside(f"{path}/{name}")
+            direct = self._direct(split, name, array)
             check_codecs(array, f"{path}/{name}")
             self.check_array(split, name, array.shape, array.dtype, f"{path}/{name}")
-            handles[name] = (array, self._direct(split, name, array))
+            handles[name] = (array, direct)
         return handles
 
     def _close(self, handle: Any) -> None:
