@@ -4,6 +4,7 @@ the speed side on a CIFAR-10-shaped synthetic set (20,000 x 3x32x32 uint8)."""
 
 from __future__ import annotations
 
+import math
 import statistics
 import tempfile
 import time
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from datalflash.bench import bench_store, timed_rate
 from datalflash.core import get_dataloaders
 from datalflash.utils import DatasetConverter
 
@@ -27,14 +29,6 @@ def digits_dataset() -> TensorDataset:
     digits = load_digits()
     images = torch.from_numpy(digits.images.astype(np.float32) / 16.0).unsqueeze(1)
     return TensorDataset(images, torch.from_numpy(digits.target.astype(np.int64)))
-
-
-def _epoch_rate(loader) -> float:
-    """Samples per second of one pass over ``loader``."""
-    start, n = time.perf_counter(), 0
-    for batch in loader:
-        n += len(batch[1])
-    return n / (time.perf_counter() - start)
 
 
 def run(workdir: str | None = None, epochs: int = 15, batch_size: int = 64, seed: int = 0) -> float:
@@ -65,9 +59,9 @@ def run(workdir: str | None = None, epochs: int = 15, batch_size: int = 64, seed
         accuracy = correct / total
         print(f"test accuracy after {epochs} epochs: {accuracy:.3f}")
         train = loaders["train"].dataset
-        flash = statistics.median(_epoch_rate(loaders["train"]) for _ in range(5))
+        flash = statistics.median(timed_rate(loaders["train"], math.inf)[0] for _ in range(5))
         plain = TensorDataset(*[torch.from_numpy(a) for a in train.store.read_chunks("train", range(train.store.num_chunks("train"))).values()])
-        baseline = statistics.median(_epoch_rate(DataLoader(plain, batch_size, shuffle=True)) for _ in range(5))
+        baseline = statistics.median(timed_rate(DataLoader(plain, batch_size, shuffle=True), math.inf)[0] for _ in range(5))
         print(f"loading the train split: FlashDataLoader {flash:,.0f} samples/s, torch DataLoader "
               f"(same data in RAM) {baseline:,.0f} samples/s ({flash / baseline:.1f}x)")
         speed_check(Path(workdir or tmp) / "cifar_shaped_store", seed)
@@ -76,8 +70,6 @@ def run(workdir: str | None = None, epochs: int = 15, batch_size: int = 64, seed
 
 def speed_check(path: Path, seed: int = 0, n: int = 20_000) -> None:
     """Convert a CIFAR-10-shaped synthetic set and compare loaders on it (``datalflash bench``)."""
-    from datalflash.bench import bench_store
-
     g = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, 10, (n,), generator=g)

@@ -127,6 +127,11 @@ def read_manifest(directory: str | os.PathLike) -> Manifest:
         raise StoreFormatError(f"{directory}: not a datalflash store (no {MANIFEST_NAME})") from None
     except OSError as e:
         raise StoreFormatError(f"{path}: cannot read manifest: {e}") from e
+    return manifest_from_bytes(raw, path)
+
+
+def manifest_from_bytes(raw: bytes, path: Any) -> Manifest:
+    """Decode and validate the bytes of a manifest read from ``path`` (named in errors)."""
     if len(raw) > MAX_MANIFEST_BYTES:
         raise StoreFormatError(f"{path}: manifest larger than {MAX_MANIFEST_BYTES} bytes")
     try:

@@ -18,7 +18,7 @@ import numpy as np
 
 from datalflash.errors import BackendError, StoreFormatError, StoreReadError
 from datalflash.store.cache import ChunkCache
-from datalflash.store.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, parse_manifest
+from datalflash.store.manifest import MANIFEST_NAME, manifest_from_bytes, parse_manifest
 from datalflash.store.zarr_store import ZarrChunkStore
 
 REMOTE_READ_THREADS = 32  # chunk reads in flight (threads wait on the network, not the CPU)
@@ -56,12 +56,7 @@ def open_remote_store(
         raise StoreFormatError(f"{url}: not a datalflash store (no {MANIFEST_NAME})") from None
     except OSError as e:
         raise StoreReadError(f"{where}: cannot read the manifest: {e}") from e
-    if len(raw) > MAX_MANIFEST_BYTES:
-        raise StoreFormatError(f"{where}: manifest larger than {MAX_MANIFEST_BYTES} bytes")
-    try:
-        manifest = parse_manifest(json.loads(raw.decode("utf-8")))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise StoreFormatError(f"{where}: manifest is not valid: {e}") from None
+    manifest = manifest_from_bytes(raw, where)
     if manifest.backend_id != "zarr":
         raise BackendError(f"{url}: only zarr stores open by URL, this one is {manifest.backend_id!r}")
     store = RemoteZarrChunkStore(url, manifest, verify=verify)
