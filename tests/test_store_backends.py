@@ -115,3 +115,79 @@ def test_zarr_missing_chunk_is_an_error(tmp_path):
     store = open_store(tmp_path / "s")
     with pytest.raises(StoreReadError, match=r"train.zarr/1/c/2: chunk file is missing"):
         store.read_chunks("train", [2])
+
+
+@pytest.mark.parametrize("compression", ["lz4", "zstd", "none"])
+def test_zarr_metadata_is_what_zarr_itself_writes(tmp_path, compression):
+    """We write zarr.json files without zarr's store machinery; zarr.create_array with the same
+    arguments must give the same documents (every dtype family, an empty split included)."""
+    import json
+
+    from zarr.codecs import BloscCodec, Crc32cCodec
+
+    from datalflash.store import open_store
+    from datalflash.store.testing import DictSamples
+    from datalflash.utils import DatasetConverter
+
+    DatasetConverter.create_chunked_dataset(
+        DictSamples(21), tmp_path / "s", chunk_size=4, split_ratios={"train": 0.9, "val": 0.1, "none": 0.0},
+        backend="zarr", compression=compression, progress=False,
+    )
+    store = open_store(tmp_path / "s")
+    config = store.manifest.backend_config
+    codecs = (Crc32cCodec(),)
+    if compression != "none":
+        codecs = (BloscCodec(cname=compression, clevel=config["clevel"], shuffle=config["shuffle"]), *codecs)
+    for split in store.splits:
+        ours = tmp_path / "s" / f"{split}.zarr"
+        group = zarr.open_group(str(tmp_path / "zarr" / f"{split}.zarr"), mode="w-", zarr_format=3)
+        assert json.loads((ours / "zarr.json").read_text()) == json.loads(
+            (tmp_path / "zarr" / f"{split}.zarr" / "zarr.json").read_text()
+        )
+        for name, spec in store.fields.items():
+            rows = max(1, min(4, store.num_samples(split)))
+            group.create_array(
+                name, shape=(store.num_samples(split), *spec.shape), chunks=(rows, *spec.shape),
+                dtype=spec.storage_dtype, compressors=codecs, fill_value=0, attributes={"datalflash_dtype": spec.dtype},
+            )
+            theirs = json.loads((tmp_path / "zarr" / f"{split}.zarr" / name / "zarr.json").read_text())
+            assert json.loads((ours / name / "zarr.json").read_text()) == theirs, f"{split}/{name}"
+
+
+@pytest.mark.parametrize("compressible", [True, False])
+def test_zarr_large_chunk_stored_as_is_only_when_the_codec_cannot_shrink_it(tmp_path, compressible):
+    """A large chunk whose sample Blosc cannot compress is stored as the Blosc frame Blosc makes
+    at level 0 (no compression attempted on the whole). A TensorDataset's chunks stream to the
+    file piece by piece, other sources' are encoded whole: both give the same bytes, and zarr,
+    numcodecs and datalflash read them back exactly (a short, zero-padded last chunk included)."""
+    import numcodecs
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from datalflash.store import open_store
+    from datalflash.utils import DatasetConverter
+
+    g = torch.Generator().manual_seed(0)
+    n, chunk = 700, 600  # 600 x 8 KiB = 4.9 MB a chunk; the last one holds 100 rows
+    noise = torch.randint(0, 256, (n, 8192), dtype=torch.uint8, generator=g)
+    images = (noise // 64) * 64 if compressible else noise  # 4 levels compress well; noise does not
+    for name, source in (("items", list(zip(images, torch.arange(n)))), ("tensors", TensorDataset(images, torch.arange(n)))):
+        DatasetConverter.create_chunked_dataset(
+            source, tmp_path / name, chunk_size=chunk, split_ratios={"train": 1.0}, shuffle=False, progress=False,
+        )
+    for c in (0, 1):
+        files = [(tmp_path / name / "train.zarr" / "0" / "c" / str(c) / "0").read_bytes() for name in ("items", "tensors")]
+        assert files[0] == files[1]
+        frame = files[0][:-4]  # less the CRC-32C
+        as_is = not compressible and c == 0  # the short last chunk's zero padding compresses
+        assert bool(frame[2] & 0x02) == as_is  # Blosc header flag BLOSC_MEMCPYED
+        assert (len(frame) >= 0.9 * chunk * 8192) == as_is
+        rows = np.zeros((chunk, 8192), np.uint8)
+        rows[: min(chunk, n - c * chunk)] = images[c * chunk : (c + 1) * chunk].numpy()
+        assert numcodecs.Blosc().decode(frame, np.empty(rows.size, np.uint8)).tobytes() == rows.tobytes()
+        if as_is:
+            assert frame == numcodecs.Blosc(cname="lz4", clevel=0, shuffle=numcodecs.Blosc.SHUFFLE).encode(rows)
+    for name in ("items", "tensors"):
+        np.testing.assert_array_equal(zarr.open_group(str(tmp_path / name / "train.zarr"), mode="r")["0"][...], images.numpy())
+        store = open_store(tmp_path / name, verify="always")
+        np.testing.assert_array_equal(store.read_chunks("train", [1, 0])["0"], np.concatenate([images[chunk:], images[:chunk]]))

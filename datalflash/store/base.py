@@ -12,7 +12,7 @@ import os
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -37,11 +37,12 @@ def inside(root: str | os.PathLike, path: str | os.PathLike) -> str:
     return str(path)
 
 
-def crc32c(data: np.ndarray | memoryview | bytes) -> int:
-    """CRC-32C of the bytes of ``data`` (a C-contiguous array or a buffer)."""
+def crc32c(data: np.ndarray | memoryview | bytes, crc: int = 0) -> int:
+    """CRC-32C of the bytes of ``data`` (a C-contiguous array or a buffer); pass the CRC of
+    the bytes before them as ``crc`` to checksum a sequence of pieces."""
     if isinstance(data, np.ndarray):
-        return google_crc32c.value(data.reshape(-1).view(np.uint8))
-    return google_crc32c.value(np.frombuffer(data, dtype=np.uint8))
+        return google_crc32c.extend(crc, data.reshape(-1).view(np.uint8))
+    return google_crc32c.extend(crc, np.frombuffer(data, dtype=np.uint8))
 
 
 def chunk_runs(chunks: Sequence[int]) -> list[tuple[int, int]]:
@@ -300,19 +301,59 @@ class ChunkStore(ABC):
             store._create_split(split)
         return store
 
+    streams_writes: ClassVar[bool] = False
+    """Whether :meth:`write_chunk_pieces` writes rows as they come (else it gathers the chunk)."""
+
     def write_chunk(self, split: str, chunk: int, arrays: Mapping[str, np.ndarray]) -> None:
         """Write one whole chunk: ``arrays[field]`` holds its rows in storage dtype."""
+        start, stop = self._writable_chunk(split, chunk)
+        for name in self.fields:
+            self._write_rows(split, name, start, self._checked_rows(split, chunk, name, arrays, stop - start))
+
+    def write_chunk_pieces(self, split: str, chunk: int, pieces: Iterable[Mapping[str, np.ndarray]]) -> None:
+        """Write one whole chunk given as consecutive pieces of its rows (a piece may be
+        overwritten once the next one is asked for). This gathers them and calls
+        :meth:`write_chunk`; backends with :attr:`streams_writes` write each piece as it comes.
+        Too many or too few rows raise ValueError; the chunk must then be written again."""
+        start, stop = self._writable_chunk(split, chunk)
+        buffer = self.allocate(stop - start)
+        for offset, arrays in self._checked_pieces(split, chunk, pieces):
+            for name, data in arrays.items():
+                buffer[name][offset : offset + len(data)] = data
+        self.write_chunk(split, chunk, buffer)
+
+    def _checked_pieces(
+        self, split: str, chunk: int, pieces: Iterable[Mapping[str, np.ndarray]]
+    ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        """``(first row within the chunk, {field: its rows})`` of each piece, checked; raises
+        ValueError when the pieces hold more or fewer rows than the chunk."""
+        start, stop = self.chunk_bounds(split, chunk)
+        offset = 0
+        for piece in pieces:
+            rows = len(next(iter(piece.values())))
+            if offset + rows > stop - start:
+                raise ValueError(f"chunk {chunk} of split {split!r}: pieces hold more than its {stop - start} rows")
+            yield offset, {name: self._checked_rows(split, chunk, name, piece, rows) for name in self.fields}
+            offset += rows
+        if offset != stop - start:
+            raise ValueError(f"chunk {chunk} of split {split!r}: pieces hold {offset} rows, expected {stop - start}")
+
+    def _writable_chunk(self, split: str, chunk: int) -> tuple[int, int]:
+        """``(start, stop)`` rows of ``chunk``, or BackendError if the store is read-only."""
         if not self.writable:
             raise BackendError(f"{self.path}: store is open read-only")
-        start, stop = self.chunk_bounds(split, chunk)
-        for name, spec in self.fields.items():
-            data = np.ascontiguousarray(arrays[name])
-            if data.shape != (stop - start, *spec.shape) or data.dtype != spec.storage_dtype:
-                raise ValueError(
-                    f"chunk {chunk} of split {split!r} field {name!r}: got {data.shape} {data.dtype}, "
-                    f"expected ({stop - start}, *{spec.shape}) {spec.storage_dtype}"
-                )
-            self._write_rows(split, name, start, data)
+        return self.chunk_bounds(split, chunk)
+
+    def _checked_rows(self, split: str, chunk: int, name: str, arrays: Mapping[str, np.ndarray], rows: int) -> np.ndarray:
+        """``arrays[name]`` as a C-contiguous array, or ValueError if it is not ``rows`` rows of the field."""
+        spec = self.fields[name]
+        data = np.ascontiguousarray(arrays[name])
+        if data.shape != (rows, *spec.shape) or data.dtype != spec.storage_dtype:
+            raise ValueError(
+                f"chunk {chunk} of split {split!r} field {name!r}: got {data.shape} {data.dtype}, "
+                f"expected ({rows}, *{spec.shape}) {spec.storage_dtype}"
+            )
+        return data
 
     def finish(self) -> None:
         """Flush data, close handles and write the manifest (last, so it marks completeness)."""

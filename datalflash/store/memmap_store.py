@@ -7,7 +7,7 @@ Files are plain ``.npy`` (``numpy.load(path, mmap_mode="r")`` reads them). Rows 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -113,8 +113,26 @@ class MemmapChunkStore(ChunkStore):
         for fd, _ in handle.values():
             os.close(fd)
 
+    streams_writes = True
+
+    def write_chunk_pieces(self, split: str, chunk: int, pieces: Iterable[Mapping[str, np.ndarray]]) -> None:
+        """Write each piece of the chunk's rows at its place as it comes, checksumming as it goes
+        (a piece is written while it is still in the CPU's cache)."""
+        start, _ = self._writable_chunk(split, chunk)
+        sums = dict.fromkeys(self.fields, 0)
+        for offset, arrays in self._checked_pieces(split, chunk, pieces):
+            for name, data in arrays.items():
+                sums[name] = crc32c(data, sums[name])
+                self._write_rows(split, name, start + offset, data)
+        slots = self._checksum_slots(split)
+        for name, crc in sums.items():
+            slots[name][chunk] = crc
+
+    def write_chunk(self, split: str, chunk: int, arrays: Mapping[str, np.ndarray]) -> None:
+        """Write one whole chunk: ``arrays[field]`` holds its rows in storage dtype."""
+        self.write_chunk_pieces(split, chunk, [arrays])
+
     def _write_rows(self, split: str, field: str, start: int, data: np.ndarray) -> None:
-        self._checksum_slots(split)[field][start // self.chunk_size] = crc32c(data)
         fd, offset = self._handle(split)[field]
         view = memoryview(data.reshape(-1).view(np.uint8))
         position = offset + start * self.fields[field].sample_nbytes

@@ -7,6 +7,7 @@ library; every test then runs against your backend. zarr ships ``zarr.testing.st
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from pathlib import Path
 from typing import Any, ClassVar
@@ -18,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from datalflash.store import ChunkStore, open_store
 from datalflash.store.dtypes import as_storage
+from datalflash.store.manifest import parse_manifest
 from datalflash.utils import DatasetConverter
 
 
@@ -145,6 +147,32 @@ class ChunkStoreTests:
             store.read_chunks("train", [7])
         with pytest.raises(KeyError, match="no split 'nope'"):
             store.read_chunks("nope", [0])
+
+    def test_chunks_written_in_pieces(self, tmp_path: Path) -> None:
+        data = DictSamples(29)
+        reference = self.convert(data, tmp_path / "ref", chunk_size=8, seed=1)
+        manifest = dataclasses.replace(parse_manifest(reference.manifest.to_json()), checksums={})  # computed anew
+        store = type(reference).create(tmp_path / "s", manifest)
+        with pytest.raises(ValueError, match="pieces hold 2 rows, expected 8"):
+            store.write_chunk_pieces("train", 0, [{k: v[:2] for k, v in reference.read_chunks("train", [0]).items()}])
+        with pytest.raises(ValueError, match="more than"):
+            store.write_chunk_pieces("train", 0, [reference.read_chunks("train", [0, 1])])
+        for split in store.splits:  # (a failed call leaves its chunk to be written again)
+            for chunk in range(store.num_chunks(split)):
+                rows = reference.read_chunks(split, [chunk])
+                n = len(rows["label"])
+                pieces = [{k: v[a : a + 3] for k, v in rows.items()} for a in range(0, n, 3)]
+                store.write_chunk_pieces(split, chunk, iter(pieces))
+        store.finish()
+        reference.close()
+        copy = open_store(tmp_path / "s", verify="always")
+        assert copy.manifest.checksums == reference.manifest.checksums
+        for split, index in self.split_order(copy, 29, seed=1, shuffle=True).items():
+            got = copy.read_chunks(split, range(copy.num_chunks(split)))
+            copy.close()
+            for name, values in data.expected(index).items():
+                np.testing.assert_array_equal(got[name], values, err_msg=f"{split}/{name}")
+                np.testing.assert_array_equal(self.read_plain(tmp_path / "s", split, name), values)
 
     def test_pickles_by_path(self, tmp_path: Path) -> None:
         store = self.convert(DictSamples(20), tmp_path / "s", chunk_size=4)

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import mmap
 import os
+import struct
 from pathlib import Path
+from typing import Any
 
 import numcodecs
 import numpy as np
@@ -24,22 +26,30 @@ from datalflash.errors import ChecksumError, StoreReadError
 from datalflash.store.base import crc32c, inside
 
 CRC_BYTES = 4
+BLOSC_HEADER_BYTES = 16
+BLOSC_MEMCPYED = 0x02  # header flag: the frame holds the bytes as they are
+MIN_HEADER_SAMPLE = 64 * 1024  # Blosc sizes the blocks of anything this large alike
+PROBES = 4  # runs of rows a large chunk's compressibility is judged by
+PROBE_BYTES = 256 * 1024  # bytes in those runs together
+MIN_PROBED_BYTES = 4 * 2**20  # smaller chunks are simply compressed
+INCOMPRESSIBLE = 0.98  # a sample the codec cannot shrink below this fraction: store the chunk as is
 
 _SHUFFLE = {"noshuffle": numcodecs.Blosc.NOSHUFFLE, "shuffle": numcodecs.Blosc.SHUFFLE, "bitshuffle": numcodecs.Blosc.BITSHUFFLE}
 
 
-def direct_io(array: zarr.Array, path: Path, expected_chunks: tuple[int, ...], root: Path | None = None) -> "DirectChunkIO | None":
-    """A :class:`DirectChunkIO` for ``array`` stored at ``path`` if its chunks are
-    ``expected_chunks`` (rows per chunk, then the per-sample shape) and its codecs are ours; else None."""
-    meta = array.metadata
+def direct_io(meta: Any, path: Path, expected_chunks: tuple[int, ...], root: Path | None = None) -> "DirectChunkIO | None":
+    """A :class:`DirectChunkIO` for the array with metadata ``meta`` (an array's ``.metadata``)
+    stored at ``path`` if its chunks are ``expected_chunks`` (rows per chunk, then the
+    per-sample shape) and its codecs are ours; else None."""
+    if getattr(meta, "zarr_format", None) != 3:
+        return None
     codecs = tuple(meta.codecs)
     checksum = bool(codecs) and isinstance(codecs[-1], Crc32cCodec)
     if checksum:
         codecs = codecs[:-1]
-    chunk_shape = tuple(array.chunks)
+    chunk_shape = tuple(getattr(meta.chunk_grid, "chunk_shape", ()))
     if (
-        getattr(meta, "zarr_format", None) != 3
-        or type(meta.chunk_key_encoding).__name__ != "DefaultChunkKeyEncoding"
+        type(meta.chunk_key_encoding).__name__ != "DefaultChunkKeyEncoding"
         or chunk_shape != expected_chunks
         or 0 in expected_chunks
         or not codecs
@@ -133,8 +143,113 @@ class DirectChunkIO:
         data = np.ascontiguousarray(data)
         path = self.chunk_path(chunk)
         path.parent.mkdir(parents=True, exist_ok=True)
-        encoded = data.reshape(-1).view(np.uint8) if self.blosc is None else np.frombuffer(self.blosc.encode(data), np.uint8)
+        encoded = data.reshape(-1).view(np.uint8) if self.blosc is None else np.frombuffer(self.encode(data), np.uint8)
         with open(path, "wb") as f:
             f.write(encoded)
             if self.checksum:
                 f.write(crc32c(encoded).to_bytes(CRC_BYTES, "little"))
+
+    def encode(self, data: np.ndarray) -> bytes:
+        """One Blosc frame of ``data``. A large chunk whose sample (:data:`PROBES` runs of rows
+        spread through it) the codec cannot shrink below :data:`INCOMPRESSIBLE` of its size is
+        stored as Blosc stores what it cannot compress (a frame flagged as a plain copy, which
+        every Blosc decoder reads), without compressing it all in vain (~4x the time)."""
+        if data.nbytes < MIN_PROBED_BYTES or self._compressible(data):
+            return self.blosc.encode(data)
+        return self._copier().encode(data)
+
+    def start(self, chunk: int, rows: int, first: np.ndarray) -> "StreamedChunk | GatheredChunk":
+        """A writer of chunk ``chunk`` (``rows`` rows) that takes its rows piece by piece,
+        ``first`` being the first piece. Chunks stored as they are (no Blosc; or full, large
+        ones whose first piece the codec cannot shrink, see :meth:`encode`) go to the file as
+        the pieces come; the others are gathered and compressed by :meth:`write` at the end."""
+        nbytes = first.nbytes // max(len(first), 1) * self.chunk_shape[0]
+        if self.blosc is None:
+            return StreamedChunk(self, chunk, b"", nbytes)
+        if (
+            rows == self.chunk_shape[0]  # (a short chunk's zero padding may well compress)
+            and nbytes >= MIN_PROBED_BYTES
+            and first.nbytes >= MIN_HEADER_SAMPLE
+            and not self._compressible(first)
+        ):
+            return StreamedChunk(self, chunk, self._copy_frame_header(first, nbytes), nbytes)
+        return GatheredChunk(self, chunk, first)
+
+    def _compressible(self, data: np.ndarray) -> bool:
+        """Whether the codec shrinks a sample of ``data`` (runs of rows spread through it)
+        below :data:`INCOMPRESSIBLE` of its size."""
+        rows = len(data)
+        run = max(1, PROBE_BYTES // PROBES // max(data.nbytes // max(rows, 1), 1))
+        if rows > 2 * PROBES * run:
+            data = np.concatenate([data[s : s + run] for s in np.linspace(0, rows - run, PROBES).astype(np.int64)])
+        return len(self.blosc.encode(data)) < INCOMPRESSIBLE * data.nbytes
+
+    def _copier(self) -> numcodecs.Blosc:
+        """The codec with compression level 0: Blosc frames holding the bytes as they are."""
+        b = self.blosc
+        return numcodecs.Blosc(cname=b.cname, clevel=0, shuffle=b.shuffle, blocksize=b.blocksize)
+
+    def _copy_frame_header(self, sample: np.ndarray, nbytes: int) -> bytes:
+        """The 16-byte header Blosc gives a plain-copy frame of ``nbytes`` bytes like ``sample``
+        (taken from Blosc's own frame of ``sample``, its sizes set to ``nbytes``)."""
+        header = bytearray(self._copier().encode(sample)[:BLOSC_HEADER_BYTES])
+        if not header[2] & BLOSC_MEMCPYED:
+            raise RuntimeError("Blosc at level 0 did not produce a plain-copy frame")
+        struct.pack_into("<I", header, 4, nbytes)  # uncompressed size
+        struct.pack_into("<I", header, 12, nbytes + BLOSC_HEADER_BYTES)  # frame size
+        return bytes(header)
+
+
+class StreamedChunk:
+    """Writes one chunk's file as its rows come: ``header``, the rows, zeros up to ``nbytes``
+    (a short last chunk's padding), then the CRC-32C of all that when the array has one."""
+
+    def __init__(self, io: DirectChunkIO, chunk: int, header: bytes, nbytes: int):
+        path = io.chunk_path(chunk)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(path, "wb")
+        self._file.write(header)
+        self._crc = crc32c(header)
+        self._left = nbytes
+        self._checksum = io.checksum
+
+    def add(self, rows: np.ndarray) -> None:
+        """Append the next C-contiguous rows."""
+        flat = rows.reshape(-1).view(np.uint8)
+        if len(flat) > self._left:
+            raise ValueError(f"{self._file.name}: more rows than the chunk holds")
+        self._crc = crc32c(flat, self._crc)
+        self._file.write(flat)
+        self._left -= len(flat)
+
+    def finish(self) -> None:
+        """Pad, append the checksum and close the file."""
+        if self._left:
+            self.add(np.zeros(self._left, np.uint8))
+        if self._checksum:
+            self._file.write(self._crc.to_bytes(CRC_BYTES, "little"))
+        self._file.close()
+
+    def close(self) -> None:
+        """Close the file (after :meth:`finish`, or leaving a partial chunk after an error)."""
+        self._file.close()
+
+
+class GatheredChunk:
+    """Gathers one chunk's rows as they come, then writes it with :meth:`DirectChunkIO.write`."""
+
+    def __init__(self, io: DirectChunkIO, chunk: int, first: np.ndarray):
+        self._io, self._chunk, self._filled = io, chunk, 0
+        self._rows = np.empty((io.chunk_shape[0], *first.shape[1:]), dtype=first.dtype)
+
+    def add(self, rows: np.ndarray) -> None:
+        """Append the next rows (copied: the caller may reuse them)."""
+        self._rows[self._filled : self._filled + len(rows)] = rows
+        self._filled += len(rows)
+
+    def finish(self) -> None:
+        """Encode and write the chunk."""
+        self._io.write(self._chunk, self._rows[: self._filled])
+
+    def close(self) -> None:
+        """Nothing to release."""

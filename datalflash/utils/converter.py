@@ -254,7 +254,7 @@ class DatasetConverter:
 
         n = _dataset_length(pytorch_dataset)
         structure, fields = infer_schema(_first_sample(pytorch_dataset, 0), 0)
-        blocks = _blocks(range(n), block_size(pytorch_dataset, fields, n), n)
+        blocks = _blocks(np.arange(n), block_size(pytorch_dataset, fields, n), n)
         reader = BlockReader(pytorch_dataset, blocks, structure, fields, num_workers)
         if memory_optimized:
             storage, filled = allocate(fields, n), 0
@@ -269,17 +269,18 @@ class DatasetConverter:
         return FlashDataset.from_fields(tensors_from_storage(storage, fields), structure)
 
 
-def _blocks(indices: Any, block: int, chunk_size: int) -> list[list[int]]:
+def _blocks(indices: np.ndarray, block: int, chunk_size: int) -> list[np.ndarray]:
     """Cut ``indices`` into read blocks of at most ``block`` samples that never straddle a chunk."""
-    indices = [int(i) for i in indices]
-    blocks = []
-    for chunk_start in range(0, len(indices), chunk_size):
-        chunk = indices[chunk_start : chunk_start + chunk_size]
-        blocks.extend(chunk[i : i + block] for i in range(0, len(chunk), block))
-    return blocks
+    indices = np.asarray(indices, dtype=np.int64)
+    return [
+        indices[start : min(start + block, chunk_start + chunk_size)]
+        for chunk_start in range(0, len(indices), chunk_size)
+        for start in range(chunk_start, min(chunk_start + chunk_size, len(indices)), block)
+    ]
 
 
 WRITERS = 2  # chunks compressed and written at once, by threads (codecs and writes release the GIL)
+PIECE_BYTES = 2 * 2**20  # rows handed to a streaming store at a time: they stay in cache from gather to write
 
 
 def _fill(
@@ -290,7 +291,9 @@ def _fill(
 
     Up to ``WRITERS`` threads compress and write chunks while the next one is read (a
     TensorDataset's chunks are also gathered by those threads); ``WRITERS + 1`` chunk buffers
-    rotate, so a buffer is refilled only after its write finished.
+    rotate, so a buffer is refilled only after its write finished. A store that
+    :attr:`~datalflash.store.base.ChunkStore.streams_writes` gets a TensorDataset's chunks as
+    small pieces instead, each gathered, checksummed and written while it is in cache.
     """
     chunk_size = store.chunk_size
     block = block_size(dataset, store.fields, chunk_size)
@@ -305,15 +308,16 @@ def _fill(
     chunks = [c for k, c in enumerate(chunks) if owner(k, world_size) == rank]
     reader = BlockReader(dataset, [b for *_, blocks in chunks for b in blocks], store.structure, store.fields, num_workers)
     largest = min(chunk_size, max(info.num_samples for info in store.splits.values()))
+    piece_rows = max(1, PIECE_BYTES // max(1, sum(spec.sample_nbytes for spec in store.fields.values())))
     buffers: list[dict[str, np.ndarray]] = []
 
-    def fill(blocks: list[list[int]], buffer: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def fill(blocks: list[np.ndarray], buffer: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         filled = 0
         for b in blocks:
             filled += reader.read(b, buffer, filled)
         return {name: values[:filled] for name, values in buffer.items()}
 
-    def gather_and_write(split: str, chunk: int, blocks: list[list[int]], buffer: dict[str, np.ndarray]) -> None:
+    def gather_and_write(split: str, chunk: int, blocks: list[np.ndarray], buffer: dict[str, np.ndarray]) -> None:
         store.write_chunk(split, chunk, fill(blocks, buffer))
 
     pending: deque = deque()
@@ -326,8 +330,12 @@ def _fill(
             for k, (split, chunk, blocks) in enumerate(chunks):
                 while len(pending) >= WRITERS:
                     pending.popleft().result()
-                view = reader.view(blocks[0]) if len(blocks) == 1 else None
-                if view is not None:  # an unshuffled TensorDataset chunk: written from the source
+                streamed = reader.vectorized and store.streams_writes
+                view = reader.view(blocks[0]) if len(blocks) == 1 and not streamed else None
+                if streamed:
+                    pieces = reader.pieces(blocks, piece_rows)
+                    pending.append(writers.submit(store.write_chunk_pieces, split, chunk, pieces))
+                elif view is not None:  # an unshuffled TensorDataset chunk: written from the source
                     pending.append(writers.submit(store.write_chunk, split, chunk, view))
                 else:
                     if len(buffers) <= WRITERS:

@@ -143,7 +143,7 @@ class BlockReader:
     def __init__(
         self,
         dataset: Dataset,
-        blocks: Sequence[Sequence[int]],
+        blocks: Sequence[np.ndarray],
         structure: dict,
         fields: dict[str, FieldSpec],
         num_workers: int = 0,
@@ -157,7 +157,7 @@ class BlockReader:
             self._stream = iter(
                 DataLoader(
                     IndexedDataset(dataset),
-                    batch_sampler=blocks,
+                    batch_sampler=[b.tolist() for b in blocks],
                     num_workers=num_workers,
                     collate_fn=BlockCollator(structure, fields),
                     prefetch_factor=2 if num_workers > 0 else None,
@@ -169,28 +169,44 @@ class BlockReader:
         """Whether blocks can be read in any order and from several threads."""
         return self._tensors is not None
 
-    def view(self, block: Sequence[int]) -> dict[str, np.ndarray] | None:
+    def view(self, block: np.ndarray) -> dict[str, np.ndarray] | None:
         """``block`` as read-only views of the source tensors, when it is an ascending run of
         indices of a vectorized source (an unshuffled conversion); else None."""
         if (
             not self.vectorized
-            or not block
+            or len(block) == 0
             or block[-1] - block[0] != len(block) - 1
-            or any(b - a != 1 for a, b in zip(block, block[1:]))
+            or not np.all(np.diff(block) == 1)
             or not all(t.is_contiguous() for t in self._tensors)
         ):
             return None
-        start, stop = block[0], block[-1] + 1
+        start, stop = int(block[0]), int(block[-1]) + 1
         return {
             name: as_storage(tensor[start:stop], spec.dtype)
             for (name, spec), tensor in zip(self.fields.items(), self._tensors)
         }
 
-    def read(self, block: Sequence[int], out: dict[str, np.ndarray], offset: int = 0) -> int:
+    def pieces(self, blocks: Sequence[np.ndarray], rows: int) -> Iterator[dict[str, np.ndarray]]:
+        """The samples of ``blocks``, in order, as pieces of at most ``rows`` samples: views of
+        the source where indices ascend, else gathered into one small buffer that the next piece
+        overwrites (use each piece before asking for the next). Vectorized sources only."""
+        if not self.vectorized:
+            raise TypeError("pieces() needs a vectorized source (a TensorDataset)")
+        buffer = allocate(self.fields, rows)
+        for block in blocks:
+            for start in range(0, len(block), rows):
+                piece = block[start : start + rows]
+                view = self.view(piece)
+                if view is None:
+                    self.read(piece, buffer)
+                    view = {name: values[: len(piece)] for name, values in buffer.items()}
+                yield view
+
+    def read(self, block: np.ndarray, out: dict[str, np.ndarray], offset: int = 0) -> int:
         """Read ``block`` into rows ``offset:`` of ``out``; returns the number of rows."""
         rows = len(block)
         if self._tensors is not None:
-            index = torch.as_tensor(np.asarray(block, dtype=np.int64))
+            index = torch.from_numpy(np.ascontiguousarray(block, dtype=np.int64))
             for (name, spec), tensor in zip(self.fields.items(), self._tensors):
                 dest = from_storage(out[name][offset : offset + rows], spec.dtype)
                 torch.index_select(tensor, 0, index, out=dest)
