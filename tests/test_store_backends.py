@@ -191,3 +191,22 @@ def test_zarr_large_chunk_stored_as_is_only_when_the_codec_cannot_shrink_it(tmp_
         np.testing.assert_array_equal(zarr.open_group(str(tmp_path / name / "train.zarr"), mode="r")["0"][...], images.numpy())
         store = open_store(tmp_path / name, verify="always")
         np.testing.assert_array_equal(store.read_chunks("train", [1, 0])["0"], np.concatenate([images[chunk:], images[:chunk]]))
+
+
+def test_preallocate_reserves_blocks_without_changing_the_file(tmp_path):
+    import os
+
+    from datalflash.store.files import preallocate
+
+    path = tmp_path / "f"
+    path.write_bytes(b"abc")
+    fd = os.open(path, os.O_RDWR)
+    try:
+        reserved = preallocate(fd, 3, 8 * 2**20)
+        assert os.fstat(fd).st_size == 3
+        if reserved:  # ext4, xfs, tmpfs...; elsewhere a no-op
+            assert os.fstat(fd).st_blocks * 512 >= 8 * 2**20
+        assert preallocate(fd, 0, 0) is False
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"abc"

@@ -14,6 +14,7 @@ import numpy as np
 
 from datalflash.errors import BackendError, StoreFormatError, StoreReadError
 from datalflash.store.base import ChunkStore, crc32c
+from datalflash.store.files import preallocate
 
 
 def read_npy_header(fd: int, path: str) -> tuple[np.dtype, tuple[int, ...], int]:
@@ -69,6 +70,7 @@ class MemmapChunkStore(ChunkStore):
             }
             with open(self.field_path(split, name), "wb") as f:
                 np.lib.format.write_array_header_1_0(f, header)
+                preallocate(f.fileno(), f.tell(), n * spec.sample_nbytes)
                 f.truncate(f.tell() + n * spec.sample_nbytes)
 
     def _open_split(self, split: str) -> dict[str, tuple[int, int]]:

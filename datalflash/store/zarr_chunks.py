@@ -24,6 +24,7 @@ from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec
 
 from datalflash.errors import ChecksumError, StoreReadError
 from datalflash.store.base import crc32c, inside
+from datalflash.store.files import preallocate
 
 CRC_BYTES = 4
 BLOSC_HEADER_BYTES = 16
@@ -145,6 +146,7 @@ class DirectChunkIO:
         path.parent.mkdir(parents=True, exist_ok=True)
         encoded = data.reshape(-1).view(np.uint8) if self.blosc is None else np.frombuffer(self.encode(data), np.uint8)
         with open(path, "wb") as f:
+            preallocate(f.fileno(), 0, len(encoded) + CRC_BYTES * self.checksum)
             f.write(encoded)
             if self.checksum:
                 f.write(crc32c(encoded).to_bytes(CRC_BYTES, "little"))
@@ -208,6 +210,7 @@ class StreamedChunk:
         path = io.chunk_path(chunk)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(path, "wb")
+        preallocate(self._file.fileno(), 0, len(header) + nbytes + CRC_BYTES * io.checksum)
         self._file.write(header)
         self._crc = crc32c(header)
         self._left = nbytes

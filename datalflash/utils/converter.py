@@ -326,28 +326,32 @@ def _fill(
         tqdm(total=sum(len(b) for *_, blocks in chunks for b in blocks), unit="sample", desc="converting",
              disable=not progress) as bar,
     ):
+        def collect() -> None:  # the oldest write: its errors raise here, its samples count as done
+            future, samples = pending.popleft()
+            future.result()
+            bar.update(samples)
+
+        streamed = reader.vectorized and store.streams_writes
         try:
             for k, (split, chunk, blocks) in enumerate(chunks):
-                while len(pending) >= WRITERS:
-                    pending.popleft().result()
-                streamed = reader.vectorized and store.streams_writes
+                while len(pending) >= WRITERS and not streamed:  # streamed writes share no buffer: all queue
+                    collect()
                 view = reader.view(blocks[0]) if len(blocks) == 1 and not streamed else None
                 if streamed:
-                    pieces = reader.pieces(blocks, piece_rows)
-                    pending.append(writers.submit(store.write_chunk_pieces, split, chunk, pieces))
+                    future = writers.submit(store.write_chunk_pieces, split, chunk, reader.pieces(blocks, piece_rows))
                 elif view is not None:  # an unshuffled TensorDataset chunk: written from the source
-                    pending.append(writers.submit(store.write_chunk, split, chunk, view))
+                    future = writers.submit(store.write_chunk, split, chunk, view)
                 else:
                     if len(buffers) <= WRITERS:
                         buffers.append(store.allocate(largest))
                     buffer = buffers[k % (WRITERS + 1)]
                     if reader.vectorized:
-                        pending.append(writers.submit(gather_and_write, split, chunk, blocks, buffer))
+                        future = writers.submit(gather_and_write, split, chunk, blocks, buffer)
                     else:  # blocks come in order from torch's DataLoader, in this thread
-                        pending.append(writers.submit(store.write_chunk, split, chunk, fill(blocks, buffer)))
-                bar.update(sum(map(len, blocks)))
+                        future = writers.submit(store.write_chunk, split, chunk, fill(blocks, buffer))
+                pending.append((future, sum(map(len, blocks))))
             while pending:
-                pending.popleft().result()
+                collect()
         finally:
-            for future in pending:
+            for future, _ in pending:
                 future.cancel()
