@@ -16,12 +16,14 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def cifar_like(n: int = 50_000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` x 3x32x32 uint8 images with image-like local correlation, and int64 labels 0..9."""
+def cifar_like(n: int = 50_000, seed: int = 0, noise: float = 8.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` x 3x32x32 uint8 images with image-like local correlation plus Gaussian pixel
+    ``noise`` (sd 8 by default, which leaves LZ4 nothing to compress, as with photographs;
+    ``noise=0`` gives smooth images it does compress), and int64 labels 0..9."""
     g = torch.Generator().manual_seed(seed)
     coarse = torch.rand(n, 3, 8, 8, generator=g) * 255
     images = torch.nn.functional.interpolate(coarse, scale_factor=4, mode="bilinear", align_corners=False)
-    images = (images + torch.randn(images.shape, generator=g) * 8).clamp(0, 255).to(torch.uint8)
+    images = (images + torch.randn(images.shape, generator=g) * noise).clamp(0, 255).to(torch.uint8)
     labels = torch.randint(0, 10, (n,), generator=g, dtype=torch.int64)
     return images, labels
 
