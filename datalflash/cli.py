@@ -10,7 +10,9 @@ import argparse
 import json
 import sys
 
-from datalflash.errors import DataLFlashError
+from datalflash.errors import ConversionError, DataLFlashError
+
+LEVEL_OPTION = {"zarr": "clevel", "hdf5": "level"}  # each backend's name for a compression level
 
 
 def _fail(command: str, error: Exception) -> int:
@@ -32,10 +34,15 @@ def _convert(args: argparse.Namespace) -> int:
     from datalflash.utils.sources import load_source
 
     try:
+        compression = args.compression
+        if args.level is not None:
+            if args.backend not in LEVEL_OPTION:
+                raise ConversionError(f"--level: backend {args.backend!r} takes no compression level")
+            compression = {"compression": compression, LEVEL_OPTION[args.backend]: args.level}
         dataset = load_source(args.source)
         out = DatasetConverter.create_chunked_dataset(
             dataset, args.output, chunk_size=args.chunk_size, split_ratios=args.splits, shuffle=not args.no_shuffle,
-            seed=args.seed, backend=args.backend, compression=args.compression, num_workers=args.workers,
+            seed=args.seed, backend=args.backend, compression=compression, num_workers=args.workers,
             overwrite=args.overwrite, progress=not args.quiet,
         )
     except (DataLFlashError, FileExistsError) as e:
@@ -102,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("output")
     convert.add_argument("--backend", default="zarr", help="zarr (default), hdf5 or memmap")
     convert.add_argument("--compression", default="default", help="zarr: lz4 (default), zstd, none; hdf5: none, gzip, lzf")
+    convert.add_argument("--level", type=int, default=None, help="compression level: zarr Blosc 0-9 (default 5), hdf5 gzip 0-9 (default 4)")
     convert.add_argument("--chunk-size", type=int, default=10_000)
     convert.add_argument("--splits", type=_splits, default=None, help="e.g. train=0.8,val=0.1,test=0.1 (the default)")
     convert.add_argument("--seed", type=int, default=0)

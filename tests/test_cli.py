@@ -58,6 +58,10 @@ def test_convert_options(sources, tmp_path):
     assert cli(["convert", "x.npy,y.npy", "s", "-q"]) == 2  # exists, no --overwrite
     assert cli(["convert", "x.npy,y.npy", "s", "--overwrite", "--backend", "hdf5", "--compression", "gzip", "-q"]) == 0
     assert open_store(tmp_path / "s").manifest.backend_config["compression"] == "gzip"
+    assert cli(["convert", "x.npy,y.npy", "s", "--overwrite", "--compression", "zstd", "--level", "1", "-q"]) == 0
+    assert open_store(tmp_path / "s").manifest.backend_config == {"compression": "zstd", "clevel": 1, "shuffle": "shuffle"}
+    assert cli(["convert", "x.npy,y.npy", "s", "--overwrite", "--backend", "hdf5", "--compression", "gzip", "--level", "7", "-q"]) == 0
+    assert open_store(tmp_path / "s").manifest.backend_config == {"compression": "gzip", "level": 7}
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -68,6 +72,8 @@ def test_convert_options(sources, tmp_path):
     (["convert", "x.npy,y.npy", "o", "--splits", "train=0.7"], "sum"),
     (["convert", "x.npy,y.npy", "o", "--chunk-size", "0"], "chunk_size"),
     (["convert", "notasource", "o"], "not a source"),
+    (["convert", "x.npy,y.npy", "o", "--backend", "memmap", "--level", "3"], "backend 'memmap' takes no compression level"),
+    (["convert", "x.npy,y.npy", "o", "--level", "12"], "clevel 12 is not an integer in 0..9"),
     (["info", "nowhere"], "not a datalflash store"),
     (["verify", "nowhere"], "not a datalflash store"),
     (["bench", "nowhere"], "not a datalflash store"),

@@ -235,3 +235,37 @@ def test_tensor_dataset_in_pieces_matches_item_by_item(tmp_path, monkeypatch, ba
     if backend == "zarr":  # chunk files byte for byte, checksums included
         files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("c/*/*"))
         assert files and all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)
+
+
+@pytest.mark.parametrize("backend, options", [
+    ("zarr", {"compression": "zstd", "clevel": 1}),
+    ("zarr", {"compression": "lz4", "clevel": 9, "shuffle": "bitshuffle"}),
+    ("hdf5", {"compression": "gzip", "level": 6}),
+])
+def test_compression_options_in_full(tmp_path, backend, options):
+    """``compression`` may be the backend's options as a manifest lists them; the files use them."""
+    import h5py
+    import zarr
+
+    store = open_store(convert(tensors(40), tmp_path / "s", chunk_size=8, backend=backend, compression=options, progress=False))
+    assert all(store.manifest.backend_config[k] == v for k, v in options.items())
+    if backend == "zarr":
+        codec = zarr.open_group(str(tmp_path / "s" / "train.zarr"), mode="r")["0"].metadata.codecs[1]
+        assert (codec.cname.value, codec.clevel, codec.shuffle.value) == (
+            options["compression"], options["clevel"], options.get("shuffle", "shuffle"))
+    else:
+        with h5py.File(tmp_path / "s" / "train.h5", "r") as f:
+            assert (f["0"].compression, f["0"].compression_opts) == ("gzip", 6)
+    np.testing.assert_array_equal(np.sort(np.concatenate(
+        [store.read_chunks(s, range(store.num_chunks(s)))["1"] for s in store.splits])), np.arange(40))
+
+
+@pytest.mark.parametrize("backend, options, message", [
+    ("zarr", {"compression": "zstd", "clevel": 11}, "clevel 11"),
+    ("zarr", {"compression": "zstd", "speed": 3}, "speed"),
+    ("hdf5", {"compression": "lzf", "level": 3}, "takes no level"),
+])
+def test_bad_compression_options_are_conversion_errors(tmp_path, backend, options, message):
+    with pytest.raises(ConversionError, match=message):
+        convert(tensors(), tmp_path / "s", backend=backend, compression=options, progress=False)
+    assert not (tmp_path / "s").exists()

@@ -163,7 +163,10 @@ class DatasetConverter:
         Samples are permuted with ``seed`` when ``shuffle`` and cut into splits by
         ``split_ratios`` (default 80/10/10 train/val/test); each split is stored in chunks of
         ``chunk_size`` samples with ``backend`` (``"zarr"``, ``"hdf5"``, ``"memmap"`` or a
-        registered third-party id) and its ``compression`` option.
+        registered third-party id) and its ``compression``: a name (zarr: ``"lz4"``, ``"zstd"``,
+        ``"none"``; hdf5: ``"none"``, ``"gzip"``, ``"lzf"``) or the backend's options in full,
+        as a store's manifest lists them (``{"compression": "zstd", "clevel": 1}``,
+        ``{"compression": "gzip", "level": 6}``).
 
         Under ``torch.distributed`` (or with ``rank`` / ``world_size``), each rank writes its
         share of the chunks and rank 0 publishes the store, which is the one a single process
@@ -178,7 +181,10 @@ class DatasetConverter:
         sizes = split_sizes(n, DEFAULT_SPLITS if split_ratios is None else split_ratios)
         try:
             backend_cls = get_backend(backend)
-            config = backend_cls.normalize_config(compression)
+            if isinstance(compression, Mapping):
+                config = backend_cls.validate_config(compression)
+            else:
+                config = backend_cls.normalize_config(compression)
         except BackendError as e:
             raise ConversionError(str(e)) from None
         output_dir = Path(output_dir)
