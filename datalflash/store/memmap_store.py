@@ -38,6 +38,7 @@ class MemmapChunkStore(ChunkStore):
     field is kept in the manifest (``checksums``) and checked on reading."""
 
     backend_id = "memmap"
+    streams_writes = True
 
     @classmethod
     def normalize_config(cls, compression: Any = "default") -> dict:
@@ -114,8 +115,6 @@ class MemmapChunkStore(ChunkStore):
     def _close(self, handle: dict[str, tuple[int, int]]) -> None:
         for fd, _ in handle.values():
             os.close(fd)
-
-    streams_writes = True
 
     def write_chunk_pieces(self, split: str, chunk: int, pieces: Iterable[Mapping[str, np.ndarray]]) -> None:
         """Write each piece of the chunk's rows at its place as it comes, checksumming as it goes

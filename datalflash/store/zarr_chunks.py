@@ -29,6 +29,7 @@ from datalflash.store.files import preallocate
 CRC_BYTES = 4
 BLOSC_HEADER_BYTES = 16
 BLOSC_MEMCPYED = 0x02  # header flag: the frame holds the bytes as they are
+BLOSC_MAX_BYTES = 2**31 - 1 - BLOSC_HEADER_BYTES  # the most a Blosc frame holds
 MIN_HEADER_SAMPLE = 64 * 1024  # Blosc sizes the blocks of anything this large alike
 PROBES = 4  # runs of rows a large chunk's compressibility is judged by
 PROBE_BYTES = 256 * 1024  # bytes in those runs together
@@ -170,11 +171,13 @@ class DirectChunkIO:
             return StreamedChunk(self, chunk, b"", nbytes)
         if (
             rows == self.chunk_shape[0]  # (a short chunk's zero padding may well compress)
-            and nbytes >= MIN_PROBED_BYTES
+            and MIN_PROBED_BYTES <= nbytes <= BLOSC_MAX_BYTES
             and first.nbytes >= MIN_HEADER_SAMPLE
             and not self._compressible(first)
         ):
-            return StreamedChunk(self, chunk, self._copy_frame_header(first, nbytes), nbytes)
+            header = self._copy_frame_header(first, nbytes)
+            if header is not None:
+                return StreamedChunk(self, chunk, header, nbytes)
         return GatheredChunk(self, chunk, first)
 
     def _compressible(self, data: np.ndarray) -> bool:
@@ -191,12 +194,13 @@ class DirectChunkIO:
         b = self.blosc
         return numcodecs.Blosc(cname=b.cname, clevel=0, shuffle=b.shuffle, blocksize=b.blocksize)
 
-    def _copy_frame_header(self, sample: np.ndarray, nbytes: int) -> bytes:
+    def _copy_frame_header(self, sample: np.ndarray, nbytes: int) -> bytes | None:
         """The 16-byte header Blosc gives a plain-copy frame of ``nbytes`` bytes like ``sample``
-        (taken from Blosc's own frame of ``sample``, its sizes set to ``nbytes``)."""
+        (taken from Blosc's own frame of ``sample``, its sizes set to ``nbytes``); None if
+        Blosc did not make ``sample`` a plain-copy frame."""
         header = bytearray(self._copier().encode(sample)[:BLOSC_HEADER_BYTES])
         if not header[2] & BLOSC_MEMCPYED:
-            raise RuntimeError("Blosc at level 0 did not produce a plain-copy frame")
+            return None
         struct.pack_into("<I", header, 4, nbytes)  # uncompressed size
         struct.pack_into("<I", header, 12, nbytes + BLOSC_HEADER_BYTES)  # frame size
         return bytes(header)

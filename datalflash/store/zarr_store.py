@@ -47,6 +47,7 @@ class ZarrChunkStore(ChunkStore):
     """Zarr v3 arrays, readable with plain ``zarr.open_group(store / f"{split}.zarr")``."""
 
     backend_id = "zarr"
+    streams_writes = True
 
     @classmethod
     def normalize_config(
@@ -160,8 +161,6 @@ class ZarrChunkStore(ChunkStore):
 
     def _close(self, handle: Any) -> None:
         pass  # zarr arrays and DirectChunkIO hold no open files
-
-    streams_writes = True
 
     def write_chunk_pieces(self, split: str, chunk: int, pieces: Iterable[Mapping[str, np.ndarray]]) -> None:
         """Write the chunk's rows as they come: a field's chunk file is streamed when it is
