@@ -113,6 +113,47 @@ def test_failed_conversion_leaves_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("backend", ["zarr", "memmap"])
+def test_write_failing_mid_chunk_leaves_nothing(tmp_path, monkeypatch, backend):
+    """A TensorDataset streams its chunks to the store, all queued at once; a write failing in
+    the middle (a full disk) fails the conversion with that error, and nothing is left."""
+    import errno
+    import os
+
+    import datalflash.utils.converter as converter
+
+    monkeypatch.setattr(converter, "PIECE_BYTES", 64)  # several pieces a chunk
+    real_pwrite, real_open, calls = os.pwrite, open, {"n": 0}
+
+    def pwrite(fd, data, offset):
+        calls["n"] += 1
+        if calls["n"] == 9:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_pwrite(fd, data, offset)
+
+    class FullFile:  # a chunk file whose 9th write finds the disk full
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            calls["n"] += 1
+            if calls["n"] == 9:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    if backend == "memmap":
+        monkeypatch.setattr("datalflash.store.memmap_store.os.pwrite", pwrite)
+    else:
+        monkeypatch.setattr("datalflash.store.zarr_chunks.open", lambda *a, **k: FullFile(real_open(*a, **k)), raising=False)
+    with pytest.raises(OSError, match="No space left"):
+        convert(tensors(200), tmp_path / "s", chunk_size=16, backend=backend, compression="none" if backend == "zarr" else "default", progress=False)
+    assert calls["n"] >= 9
+    assert list(tmp_path.iterdir()) == []
+
+
 BAD_INPUTS = [
     # (samples, kwargs, message pattern)
     ([torch.zeros(3), torch.zeros(4)], {}, r"sample 1 field 'data': got float32 \(4,\).*float32 \(3,\)"),
