@@ -330,7 +330,10 @@ class ChunkStore(ABC):
         start, stop = self.chunk_bounds(split, chunk)
         offset = 0
         for piece in pieces:
-            rows = len(next(iter(piece.values())))
+            missing = [name for name in self.fields if name not in piece]
+            if missing:
+                raise ValueError(f"chunk {chunk} of split {split!r}: no rows for field {missing[0]!r}")
+            rows = len(piece[next(iter(self.fields))])
             if offset + rows > stop - start:
                 raise ValueError(f"chunk {chunk} of split {split!r}: pieces hold more than its {stop - start} rows")
             yield offset, {name: self._checked_rows(split, chunk, name, piece, rows) for name in self.fields}
@@ -347,6 +350,8 @@ class ChunkStore(ABC):
     def _checked_rows(self, split: str, chunk: int, name: str, arrays: Mapping[str, np.ndarray], rows: int) -> np.ndarray:
         """``arrays[name]`` as a C-contiguous array, or ValueError if it is not ``rows`` rows of the field."""
         spec = self.fields[name]
+        if name not in arrays:
+            raise ValueError(f"chunk {chunk} of split {split!r}: no rows for field {name!r}")
         data = np.ascontiguousarray(arrays[name])
         if data.shape != (rows, *spec.shape) or data.dtype != spec.storage_dtype:
             raise ValueError(

@@ -157,6 +157,11 @@ class ChunkStoreTests:
             store.write_chunk_pieces("train", 0, [{k: v[:2] for k, v in reference.read_chunks("train", [0]).items()}])
         with pytest.raises(ValueError, match="more than"):
             store.write_chunk_pieces("train", 0, [reference.read_chunks("train", [0, 1])])
+        without_label = {k: v for k, v in reference.read_chunks("train", [0]).items() if k != "label"}
+        with pytest.raises(ValueError, match="no rows for field 'label'"):
+            store.write_chunk_pieces("train", 0, [without_label])
+        with pytest.raises(ValueError, match="no rows for field 'label'"):
+            store.write_chunk("train", 0, without_label)
         for split in store.splits:  # (a failed call leaves its chunk to be written again)
             for chunk in range(store.num_chunks(split)):
                 rows = reference.read_chunks(split, [chunk])
