@@ -342,10 +342,10 @@ def _fill(
             for k, (split, chunk, blocks) in enumerate(chunks):
                 while len(pending) >= WRITERS and not streamed:  # streamed writes share no buffer: all queue
                     collect()
-                view = reader.view(blocks[0]) if len(blocks) == 1 and not streamed else None
                 if streamed:
                     future = writers.submit(store.write_chunk_pieces, split, chunk, reader.pieces(blocks, piece_rows))
-                elif view is not None:  # an unshuffled TensorDataset chunk: written from the source
+                elif len(blocks) == 1 and (view := reader.view(blocks[0])) is not None:
+                    # an unshuffled TensorDataset chunk: written from the source
                     future = writers.submit(store.write_chunk, split, chunk, view)
                 else:
                     if len(buffers) <= WRITERS:
