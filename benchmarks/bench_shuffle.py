@@ -23,7 +23,7 @@ from torch.utils.data import TensorDataset
 from common import save_results
 from datalflash import shuffle_quality
 from datalflash.core import ChunkedDataset, FlashDataLoader
-from datalflash.core.loader import DEFAULT_READ_AHEAD
+from datalflash.loading.loader import DEFAULT_READ_AHEAD
 from datalflash.utils import DatasetConverter
 
 N, CLASSES, BATCH = 50_000, 10, 64

@@ -1,36 +1,46 @@
 """DataLFlash: chunked on-disk stores and a fast loader, so PyTorch training stops waiting for data.
 
 Importing this package touches no GPU and starts no thread.
+
+The data flows through five stages, each a subpackage: :mod:`~datalflash.store` (at rest, over
+the format in :mod:`~datalflash.format`), :mod:`~datalflash.ordering`, :mod:`~datalflash.reading`,
+:mod:`~datalflash.batching`, :mod:`~datalflash.transfer`; :mod:`~datalflash.loading` runs them and
+:mod:`~datalflash.convert` writes stores.
 """
 
-__version__ = "0.1.0"
-
-from datalflash.core import FlashDataset  # noqa: E402
-from datalflash.errors import (  # noqa: E402
+from datalflash.convert import DatasetConverter
+from datalflash.errors import (
     BackendError,
+    ChecksumError,
     ConversionError,
     DataLFlashError,
     StoreExistsError,
     StoreFormatError,
     StoreReadError,
 )
-from datalflash.ordering import ShuffleQuality, score_order, shuffle_quality  # noqa: E402
-from datalflash.store import ChunkStore, open_store  # noqa: E402
-from datalflash.utils import DatasetConverter  # noqa: E402
+from datalflash.loading import ChunkedDataset, FlashDataLoader, FlashDataset, get_dataloaders
+from datalflash.ordering import ShuffleQuality, score_order, shuffle_quality
+from datalflash.store import ChunkStore, open_store, verify_store
+from datalflash.version import __version__
 
 __all__ = [
     "BackendError",
+    "ChecksumError",
     "ChunkStore",
+    "ChunkedDataset",
     "ConversionError",
     "DataLFlashError",
     "DatasetConverter",
+    "FlashDataLoader",
     "FlashDataset",
     "ShuffleQuality",
     "StoreExistsError",
     "StoreFormatError",
     "StoreReadError",
     "__version__",
+    "get_dataloaders",
     "open_store",
     "score_order",
     "shuffle_quality",
+    "verify_store",
 ]

@@ -120,7 +120,7 @@ def test_write_failing_mid_chunk_leaves_nothing(tmp_path, monkeypatch, backend):
     import errno
     import os
 
-    import datalflash.utils.converter as converter
+    import datalflash.convert.converter as converter
 
     monkeypatch.setattr(converter, "PIECE_BYTES", 64)  # several pieces a chunk
     real_pwrite, real_open, calls = os.pwrite, open, {"n": 0}
@@ -145,9 +145,9 @@ def test_write_failing_mid_chunk_leaves_nothing(tmp_path, monkeypatch, backend):
             return getattr(self.f, name)
 
     if backend == "memmap":
-        monkeypatch.setattr("datalflash.store.memmap_store.os.pwrite", pwrite)
+        monkeypatch.setattr("datalflash.store.memmap.os.pwrite", pwrite)
     else:
-        monkeypatch.setattr("datalflash.store.zarr_chunks.open", lambda *a, **k: FullFile(real_open(*a, **k)), raising=False)
+        monkeypatch.setattr("datalflash.store.zarr.chunks.open", lambda *a, **k: FullFile(real_open(*a, **k)), raising=False)
     with pytest.raises(OSError, match="No space left"):
         convert(tensors(200), tmp_path / "s", chunk_size=16, backend=backend, compression="none" if backend == "zarr" else "default", progress=False)
     assert calls["n"] >= 9
@@ -257,7 +257,7 @@ def test_conversion_streams_with_bounded_memory(tmp_path):
 def test_tensor_dataset_in_pieces_matches_item_by_item(tmp_path, monkeypatch, backend, compression, shuffle):
     """A TensorDataset is gathered (or viewed) piece by piece; the store must equal the one
     written from the same samples read one by one through torch's DataLoader."""
-    import datalflash.utils.converter as converter
+    import datalflash.convert.converter as converter
 
     monkeypatch.setattr(converter, "PIECE_BYTES", 3 * 16)  # 3 samples (8 + 8 bytes) a piece: 3 per chunk
     data = TensorDataset(torch.randn(61, 2), torch.arange(61) * 3)

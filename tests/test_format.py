@@ -12,8 +12,8 @@ import torch
 
 from datalflash.errors import BackendError, StoreFormatError
 from datalflash.store import open_store
-from datalflash.store.dtypes import from_storage
-from datalflash.store.manifest import parse_manifest
+from datalflash.batching.tensors import from_storage
+from datalflash.format.manifest import parse_manifest
 
 FORMATS = Path(__file__).resolve().parents[1] / "formats"
 FIXTURES = FORMATS / "fixtures" / "v1"

@@ -13,7 +13,7 @@ from torch.utils.data import TensorDataset
 
 from datalflash.errors import StoreFormatError
 from datalflash.store import open_store
-from datalflash.store.manifest import parse_manifest, read_manifest
+from datalflash.format.manifest import parse_manifest, read_manifest
 from datalflash.utils import DatasetConverter
 
 json_values = st.recursive(

@@ -225,7 +225,7 @@ KILL_SCRIPT = textwrap.dedent("""
     import torch
     from torch.utils.data import Dataset
     from datalflash.utils import DatasetConverter
-    import datalflash.utils.converter as conv
+    import datalflash.convert.converter as conv
 
     out, point = sys.argv[1], sys.argv[2]
     die = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)

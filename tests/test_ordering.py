@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from torch.utils.data import BatchSampler, SequentialSampler
 
 from datalflash.ordering import batch_bounds, plan_epoch, sample_order, schedule
-from datalflash.ordering.shard import rank_share, served, subtract, take, total
+from datalflash.ordering.ranges import rank_share, served, subtract, take, total
 
 
 def positions(ranges):

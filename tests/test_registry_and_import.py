@@ -23,7 +23,7 @@ def test_register_backend_rejects_non_stores():
 
 PLUGIN = textwrap.dedent(
     """
-    from datalflash.store.memmap_store import MemmapChunkStore
+    from datalflash.store.memmap import MemmapChunkStore
 
     class RawStore(MemmapChunkStore):
         backend_id = "raw-plugin"

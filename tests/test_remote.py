@@ -116,7 +116,7 @@ class CountingMemoryFS:
 
 
 def test_chunk_cache_saves_requests_keeps_its_budget_and_drops_bad_objects(local_store, tmp_path, monkeypatch):
-    from datalflash.store.cache import ChunkCache
+    from datalflash.store.zarr.cache import ChunkCache
 
     fsspec.filesystem("memory").put(str(local_store), "/cached", recursive=True)
     counter = CountingMemoryFS(monkeypatch)
@@ -163,7 +163,7 @@ def test_chunk_cache_shared_by_four_processes(local_store, tmp_path):
     for p in procs:
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0 and out.strip() == "ok", err[-2000:]
-    from datalflash.store.cache import ChunkCache
+    from datalflash.store.zarr.cache import ChunkCache
 
     assert ChunkCache(tmp_path / "c", 200_000).size() <= 200_000
 

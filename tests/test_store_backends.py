@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import zarr
 
-from datalflash.store.testing import ChunkStoreTests
+from datalflash.testing import ChunkStoreTests
 
 
 class TestZarrLz4(ChunkStoreTests):
@@ -126,7 +126,7 @@ def test_zarr_metadata_is_what_zarr_itself_writes(tmp_path, compression):
     from zarr.codecs import BloscCodec, Crc32cCodec
 
     from datalflash.store import open_store
-    from datalflash.store.testing import DictSamples
+    from datalflash.testing import DictSamples
     from datalflash.utils import DatasetConverter
 
     DatasetConverter.create_chunked_dataset(

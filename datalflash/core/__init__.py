@@ -1,8 +1,9 @@
-"""The loading side: ``from datalflash.core import FlashDataset, FlashDataLoader, get_dataloaders``."""
+"""The original import path of the loading side, kept for good:
+``from datalflash.core import FlashDataset, FlashDataLoader, get_dataloaders``.
 
-from datalflash.core.chunked import ChunkedDataset
-from datalflash.core.dataset import FlashDataset
-from datalflash.core.loader import FlashDataLoader
-from datalflash.core.splits import get_dataloaders
+The code lives in :mod:`datalflash.loading`.
+"""
+
+from datalflash.loading import ChunkedDataset, FlashDataLoader, FlashDataset, get_dataloaders
 
 __all__ = ["ChunkedDataset", "FlashDataLoader", "FlashDataset", "get_dataloaders"]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from datalflash.ordering.plan import EpochPlan, batch_bounds
-from datalflash.ordering.shard import total
+from datalflash.ordering.ranges import total
 
 
 @dataclass

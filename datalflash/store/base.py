@@ -21,7 +21,7 @@ import numpy as np
 import google_crc32c
 
 from datalflash.errors import BackendError, ChecksumError, DataLFlashError, StoreFormatError, StoreReadError
-from datalflash.store.manifest import FieldSpec, Manifest, SplitInfo, allocate, write_manifest
+from datalflash.format.manifest import FieldSpec, Manifest, SplitInfo, allocate, write_manifest
 
 VERIFY_MODES = ("first", "always", "never")
 TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.EAGAIN, errno.ESTALE, errno.EINTR})
@@ -119,7 +119,7 @@ class ChunkStore(ABC):
 
     @property
     def structure(self) -> dict:
-        """How fields form a sample (see :mod:`datalflash.structure`)."""
+        """How fields form a sample (see :mod:`datalflash.format.structure`)."""
         return self.manifest.structure
 
     def num_samples(self, split: str) -> int:
@@ -396,6 +396,6 @@ class ChunkStore(ABC):
         return {"path": str(self.path), "manifest": self.manifest.to_json(), "verify": self.verify}
 
     def __setstate__(self, state: dict) -> None:
-        from datalflash.store.manifest import parse_manifest
+        from datalflash.format.manifest import parse_manifest
 
         self.__init__(state["path"], parse_manifest(state["manifest"]), verify=state.get("verify", "first"))

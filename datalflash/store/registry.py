@@ -8,13 +8,13 @@ from importlib.metadata import entry_points
 
 from datalflash.errors import BackendError
 from datalflash.store.base import ChunkStore
-from datalflash.store.manifest import read_manifest
+from datalflash.format.manifest import read_manifest
 
 ENTRY_POINT_GROUP = "datalflash.stores"
 _BUILTIN = {
-    "zarr": "datalflash.store.zarr_store:ZarrChunkStore",
-    "hdf5": "datalflash.store.hdf5_store:HDF5ChunkStore",
-    "memmap": "datalflash.store.memmap_store:MemmapChunkStore",
+    "zarr": "datalflash.store.zarr.store:ZarrChunkStore",
+    "hdf5": "datalflash.store.hdf5:HDF5ChunkStore",
+    "memmap": "datalflash.store.memmap:MemmapChunkStore",
 }
 _registry: dict[str, type[ChunkStore]] = {}
 
@@ -65,7 +65,7 @@ def open_store(
     ``"never"``). ``path`` may be a URL (``s3://bucket/store``, ``memory://...``) of a Zarr
     store, opened through fsspec with ``storage_options``; its chunks are then kept in
     ``cache_dir`` (if given, at most ``cache_bytes``)."""
-    from datalflash.store.remote import is_url, open_remote_store
+    from datalflash.store.zarr.remote import is_url, open_remote_store
 
     if is_url(path):
         return open_remote_store(

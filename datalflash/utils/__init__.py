@@ -1,5 +1,8 @@
-"""Conversion utilities: ``from datalflash.utils import DatasetConverter``."""
+"""The original import path of conversion, kept for good: ``from datalflash.utils import DatasetConverter``.
 
-from datalflash.utils.converter import DatasetConverter, split_sizes
+The code lives in :mod:`datalflash.convert`.
+"""
+
+from datalflash.convert import DatasetConverter, split_sizes
 
 __all__ = ["DatasetConverter", "split_sizes"]

@@ -16,15 +16,15 @@ from typing import Any
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
-from datalflash.core.chunked import ChunkedDataset
-from datalflash.core.dataset import FlashDataset
-from datalflash.core.distributed import resolve_ranks, shared_seed
-from datalflash.core.resume import fingerprint, make_state, resume_point
-from datalflash.core.sources import memory_batches, planned_chunk_batches, planned_memory_batches, sampled_chunk_batches
+from datalflash.loading.chunked import ChunkedDataset
+from datalflash.loading.memory import FlashDataset
+from datalflash.distributed import resolve_ranks, shared_seed
+from datalflash.loading.resume import fingerprint, make_state, resume_point
+from datalflash.loading.batches import memory_batches, planned_chunk_batches, planned_memory_batches, sampled_chunk_batches
 from datalflash.ordering import memory_plan, plan_epoch, schedule
-from datalflash.ordering.shard import Ranges, rank_share, share_size, take, total
+from datalflash.ordering.ranges import Ranges, rank_share, share_size, take, total
 from datalflash.reading import ThreadReader, make_reader
-from datalflash.structure import rebuild
+from datalflash.format.structure import rebuild
 from datalflash.transfer import DeviceTransfer, resolve_device
 
 DEFAULT_READ_AHEAD = 512 * 2**20
@@ -58,7 +58,7 @@ class FlashDataLoader:
     followed as given (it shards itself, e.g. ``DistributedSampler``).
 
     ``state_dict()`` / ``load_state_dict()`` resume an epoch exactly where it stopped, on any
-    world size (see :mod:`datalflash.core.resume`).
+    world size (see :mod:`datalflash.loading.resume`).
     """
 
     def __init__(

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from datalflash.errors import StoreFormatError
-from datalflash.store.dtypes import SUPPORTED_DTYPES, storage_dtype
-from datalflash.structure import is_valid_field_name, validate_structure
+from datalflash.format.dtypes import SUPPORTED_DTYPES, storage_dtype
+from datalflash.format.structure import is_valid_field_name, validate_structure
 
 FORMAT_NAME = "datalflash-store"
 FORMAT_VERSION = 1

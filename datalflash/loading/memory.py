@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datalflash.structure import field_names, rebuild, validate_structure
+from datalflash.format.structure import field_names, rebuild, validate_structure
 
 
 class FlashDataset(Dataset):
@@ -34,7 +34,7 @@ class FlashDataset(Dataset):
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, torch.Tensor], structure: dict) -> "FlashDataset":
-        """Build from ``{field name: tensor}`` and a structure spec (see :mod:`datalflash.structure`)."""
+        """Build from ``{field name: tensor}`` and a structure spec (see :mod:`datalflash.format.structure`)."""
         self = cls.__new__(cls)
         self._init(dict(fields), structure)
         return self

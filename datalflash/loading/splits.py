@@ -6,8 +6,8 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from datalflash.core.chunked import ChunkedDataset
-from datalflash.core.loader import FlashDataLoader
+from datalflash.loading.chunked import ChunkedDataset
+from datalflash.loading.loader import FlashDataLoader
 from datalflash.store.registry import open_store
 
 

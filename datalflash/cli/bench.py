@@ -29,7 +29,7 @@ def bench_store(
     """Samples/s of: FlashDataLoader on the split; torch's DataLoader reading items from the store
     (``ChunkedDataset``, what a per-item pipeline would do); torch's DataLoader over the split
     loaded into RAM (``TensorDataset``). Shuffled; the best of ``epochs`` passes each."""
-    from datalflash.core import ChunkedDataset, FlashDataLoader
+    from datalflash.loading import ChunkedDataset, FlashDataLoader
 
     store = open_store(path)
     data = ChunkedDataset(store, split)

@@ -24,17 +24,17 @@ import numpy as np
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from datalflash import __version__
+from datalflash.version import __version__
 from datalflash.errors import BackendError, ConversionError, StoreExistsError
-from datalflash.store.manifest import MANIFEST_NAME, Manifest, SplitInfo, allocate
+from datalflash.format.manifest import MANIFEST_NAME, Manifest, SplitInfo, allocate
 from datalflash.store.registry import get_backend
 from datalflash.store.verify import VerifyReport, verify_store
-from datalflash.utils.ranks import convert_across_ranks, conversion_ranks, owner
-from datalflash.structure import is_valid_field_name
-from datalflash.utils.samples import BlockReader, block_size, infer_schema
+from datalflash.convert.ranks import convert_across_ranks, conversion_ranks, owner
+from datalflash.format.structure import is_valid_field_name
+from datalflash.convert.samples import BlockReader, block_size, infer_schema
 
 if TYPE_CHECKING:
-    from datalflash.core.dataset import FlashDataset
+    from datalflash.loading.memory import FlashDataset
 
 DEFAULT_SPLITS = {"train": 0.8, "val": 0.1, "test": 0.1}
 
@@ -170,7 +170,7 @@ class DatasetConverter:
 
         Under ``torch.distributed`` (or with ``rank`` / ``world_size``), each rank writes its
         share of the chunks and rank 0 publishes the store, which is the one a single process
-        would write (see :mod:`datalflash.utils.ranks`); every rank must call this. To convert
+        would write (see :mod:`datalflash.convert.ranks`); every rank must call this. To convert
         on one process of a distributed job (``if rank == 0: ...``), pass ``rank=0, world_size=1``.
         """
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
@@ -255,8 +255,8 @@ class DatasetConverter:
         tensors (peak memory = the data's size); without it, blocks are concatenated at the end
         (peak about twice that).
         """
-        from datalflash.core.dataset import FlashDataset
-        from datalflash.store.dtypes import tensors_from_storage
+        from datalflash.loading.memory import FlashDataset
+        from datalflash.batching.tensors import tensors_from_storage
 
         n = _dataset_length(pytorch_dataset)
         structure, fields = infer_schema(_first_sample(pytorch_dataset, 0), 0)
@@ -293,7 +293,7 @@ def _fill(
     store, dataset: Dataset, order: np.ndarray, num_workers: int, progress: bool, rank: int = 0, world_size: int = 1
 ) -> None:
     """Read every sample in ``order`` and write each split chunk by chunk (of the chunk list,
-    only those :func:`~datalflash.utils.ranks.owner` gives to ``rank``).
+    only those :func:`~datalflash.convert.ranks.owner` gives to ``rank``).
 
     Up to ``WRITERS`` threads compress and write chunks while the next one is read (a
     TensorDataset's chunks are also gathered by those threads); ``WRITERS + 1`` chunk buffers

@@ -16,15 +16,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from datalflash.errors import ConversionError
-from datalflash.store.dtypes import (
-    as_storage,
-    from_storage,
-    numpy_dtype_name,
-    storage_dtype,
-    torch_dtype_name,
-)
-from datalflash.store.manifest import FieldSpec, allocate
-from datalflash.structure import field_names, flatten, infer_structure
+from datalflash.batching.tensors import as_storage, from_storage, torch_dtype_name
+from datalflash.format.dtypes import numpy_dtype_name, storage_dtype
+from datalflash.format.manifest import FieldSpec, allocate
+from datalflash.format.structure import field_names, flatten, infer_structure
 
 
 def leaf_signature(value: Any) -> tuple[str, tuple[int, ...]] | None:

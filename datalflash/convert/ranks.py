@@ -20,14 +20,14 @@ import torch.distributed as dist
 
 from datalflash.errors import ConversionError
 from datalflash.store.base import ChunkStore
-from datalflash.store.manifest import Manifest
+from datalflash.format.manifest import Manifest
 
 SINGLE_WRITER_BACKENDS = frozenset({"hdf5"})  # one file per split: HDF5 has no concurrent writers
 
 
 def conversion_ranks(rank: int | None, world_size: int | None, backend: str) -> tuple[int, int]:
     """``(rank, world_size)`` of a conversion: the arguments, else torch.distributed's, else one rank."""
-    from datalflash.core.distributed import resolve_ranks
+    from datalflash.distributed import resolve_ranks
 
     try:
         rank, world_size = resolve_ranks(rank, world_size)

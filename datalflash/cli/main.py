@@ -30,8 +30,8 @@ def _splits(text: str) -> dict[str, float]:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from datalflash.utils import DatasetConverter
-    from datalflash.utils.sources import load_source
+    from datalflash.convert import DatasetConverter
+    from datalflash.convert.sources import load_source
 
     try:
         compression = args.compression
@@ -74,7 +74,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from datalflash.bench import bench_store
+    from datalflash.cli.bench import bench_store
 
     try:
         rows = bench_store(args.store, args.split, args.batch_size, args.epochs, args.workers, args.max_seconds)
@@ -89,7 +89,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from datalflash.demo import run
+    from datalflash.cli.demo import run
 
     accuracy = run(workdir=args.workdir, epochs=args.epochs)
     return 0 if accuracy >= 0.9 else 1

@@ -19,11 +19,11 @@ import numpy as np
 import torch
 
 from datalflash.batching import gather
-from datalflash.core.chunked import ChunkedDataset
-from datalflash.core.dataset import FlashDataset, checked_index
+from datalflash.loading.chunked import ChunkedDataset
+from datalflash.loading.memory import FlashDataset, checked_index
 from datalflash.ordering import EpochPlan, Schedule
 from datalflash.reading import ThreadReader, WindowPrefetcher
-from datalflash.store.dtypes import tensors_from_storage
+from datalflash.batching.tensors import tensors_from_storage
 
 Batch = dict[str, torch.Tensor]
 

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from datalflash.errors import BackendError, StoreFormatError, StoreReadError
-from datalflash.store.cache import ChunkCache
-from datalflash.store.manifest import MANIFEST_NAME, manifest_from_bytes, parse_manifest
-from datalflash.store.zarr_store import ZarrChunkStore
+from datalflash.store.zarr.cache import ChunkCache
+from datalflash.format.manifest import MANIFEST_NAME, manifest_from_bytes, parse_manifest
+from datalflash.store.zarr.store import ZarrChunkStore
 
 REMOTE_READ_THREADS = 32  # chunk reads in flight (threads wait on the network, not the CPU)
 
@@ -47,7 +47,7 @@ def open_remote_store(
 ) -> "RemoteZarrChunkStore":
     """Open the Zarr store at ``url`` read-only; ``storage_options`` go to fsspec (endpoint, keys).
     With ``cache_dir``, chunk objects are kept there (at most ``cache_bytes``, shared safely by
-    processes; see :mod:`datalflash.store.cache`)."""
+    processes; see :mod:`datalflash.store.zarr.cache`)."""
     fs, root = _filesystem(url, storage_options)
     where = f"{url.rstrip('/')}/{MANIFEST_NAME}"
     try:

@@ -18,9 +18,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from datalflash.store import ChunkStore, open_store
-from datalflash.store.dtypes import as_storage
-from datalflash.store.manifest import parse_manifest
-from datalflash.utils import DatasetConverter
+from datalflash.batching.tensors import as_storage
+from datalflash.format.manifest import parse_manifest
+from datalflash.convert import DatasetConverter
 
 
 class ChunkReaderDataset(Dataset):

@@ -19,8 +19,8 @@ from zarr.storage import LocalStore
 
 from datalflash.errors import BackendError, StoreFormatError
 from datalflash.store.base import ChunkStore
-from datalflash.store.manifest import FieldSpec
-from datalflash.store.zarr_chunks import DirectChunkIO, GatheredChunk, StreamedChunk, direct_io
+from datalflash.format.manifest import FieldSpec
+from datalflash.store.zarr.chunks import DirectChunkIO, GatheredChunk, StreamedChunk, direct_io
 
 COMPRESSIONS = ("lz4", "zstd", "none")
 ALLOWED_CODECS = frozenset({"bytes", "blosc", "crc32c", "zstd", "gzip", "transpose"})

@@ -15,9 +15,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from datalflash.bench import bench_store, timed_rate
-from datalflash.core import get_dataloaders
-from datalflash.utils import DatasetConverter
+from datalflash.cli.bench import bench_store, timed_rate
+from datalflash.loading import get_dataloaders
+from datalflash.convert import DatasetConverter
 
 
 def digits_dataset() -> TensorDataset:

@@ -10,9 +10,9 @@ import torch
 from torch.utils.data import Dataset
 
 from datalflash.store.base import ChunkStore
-from datalflash.store.dtypes import tensors_from_storage
+from datalflash.batching.tensors import tensors_from_storage
 from datalflash.store.registry import open_store
-from datalflash.structure import rebuild
+from datalflash.format.structure import rebuild
 
 
 class ChunkedDataset(Dataset):
@@ -34,7 +34,7 @@ class ChunkedDataset(Dataset):
 
     @property
     def structure(self) -> dict:
-        """How fields form a sample (see :mod:`datalflash.structure`)."""
+        """How fields form a sample (see :mod:`datalflash.format.structure`)."""
         return self.store.structure
 
     def __len__(self) -> int:

@@ -15,9 +15,9 @@ import hashlib
 import json
 from typing import Any
 
-from datalflash.core.chunked import ChunkedDataset
-from datalflash.core.dataset import FlashDataset
-from datalflash.ordering.shard import Ranges, normalize, served, subtract, total
+from datalflash.loading.chunked import ChunkedDataset
+from datalflash.loading.memory import FlashDataset
+from datalflash.ordering.ranges import Ranges, normalize, served, subtract, total
 
 STATE_VERSION = 1
 ORDER_KEYS = ("data", "num_samples", "shuffle", "window_chunks")
