@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import cifar_like, dir_bytes, save_results
 from torch.utils.data import TensorDataset
 
-from common import cifar_like, dir_bytes, save_results
 from datalflash.utils import DatasetConverter
 
 CONFIGS = [  # (backend, compression, shuffle, data)
@@ -65,13 +65,22 @@ def main() -> None:
             times["np.save"].append(time.perf_counter() - start)
             shutil.rmtree(tmp / "npsave")
             for backend, compression, shuffle, data in CONFIGS:
-                key = f"{backend}-{compression}" + ("" if shuffle else " (shuffle=False)") + ("" if data == "noisy" else f" ({data} images)")
+                key = (
+                    f"{backend}-{compression}"
+                    + ("" if shuffle else " (shuffle=False)")
+                    + ("" if data == "noisy" else f" ({data} images)")
+                )
                 if compression == "gzip" and key in times:
                     continue  # 4 s a run: once is enough
                 start = time.perf_counter()
                 DatasetConverter.create_chunked_dataset(
-                    datasets[data], tmp / key, chunk_size=args.chunk_size, backend=backend,
-                    compression=compression, shuffle=shuffle, progress=False,
+                    datasets[data],
+                    tmp / key,
+                    chunk_size=args.chunk_size,
+                    backend=backend,
+                    compression=compression,
+                    shuffle=shuffle,
+                    progress=False,
                 )
                 times.setdefault(key, []).append(time.perf_counter() - start)
                 sizes[key] = dir_bytes(tmp / key)
@@ -81,14 +90,16 @@ def main() -> None:
     rows = []
     for key, runs in times.items():
         t = statistics.median(runs)
-        rows.append({
-            "writer": key,
-            "seconds": round(t, 4),
-            "samples_per_s": round(args.samples / t),
-            "MB_per_s": round(nbytes / t / 1e6, 1),
-            "ratio_to_np_save": round(limit / t, 3),
-            "compression_ratio": round(nbytes / sizes[key], 2) if key in sizes else 1.0,
-        })
+        rows.append(
+            {
+                "writer": key,
+                "seconds": round(t, 4),
+                "samples_per_s": round(args.samples / t),
+                "MB_per_s": round(nbytes / t / 1e6, 1),
+                "ratio_to_np_save": round(limit / t, 3),
+                "compression_ratio": round(nbytes / sizes[key], 2) if key in sizes else 1.0,
+            }
+        )
     lines = [
         f"Conversion of {args.samples} CIFAR-shaped samples ({nbytes / 1e6:.0f} MB), median of {args.repeat}",
         "",

@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 
 import torch
+from common import cifar_like, save_results
 from torch.utils.data import DataLoader, TensorDataset
 
-from common import cifar_like, save_results
 from datalflash.core import ChunkedDataset, FlashDataLoader, FlashDataset
 from datalflash.utils import DatasetConverter
 
@@ -106,21 +106,27 @@ def main() -> None:
             stores[backend] = ChunkedDataset(path, "train")
         runs = {
             "limit: index_select(out=) loop": lambda: limit_epoch(x, y),
-            "torch DataLoader, TensorDataset": lambda: loader_epoch(DataLoader(TensorDataset(x, y), batch_size=BATCH, shuffle=True)),
-            "FlashDataLoader, FlashDataset (RAM)": lambda: loader_epoch(FlashDataLoader(FlashDataset(x, y), batch_size=BATCH, shuffle=True)),
-            "torch DataLoader, FlashDataset (__getitems__)": lambda: loader_epoch(DataLoader(FlashDataset(x, y), batch_size=BATCH, shuffle=True)),
+            "torch DataLoader, TensorDataset": lambda: loader_epoch(
+                DataLoader(TensorDataset(x, y), batch_size=BATCH, shuffle=True)
+            ),
+            "FlashDataLoader, FlashDataset (RAM)": lambda: loader_epoch(
+                FlashDataLoader(FlashDataset(x, y), batch_size=BATCH, shuffle=True)
+            ),
+            "torch DataLoader, FlashDataset (__getitems__)": lambda: loader_epoch(
+                DataLoader(FlashDataset(x, y), batch_size=BATCH, shuffle=True)
+            ),
         }
         for backend, data in stores.items():
-            runs[f"FlashDataLoader, {backend} store (warm)"] = (
-                lambda data=data: loader_epoch(FlashDataLoader(data, batch_size=BATCH, shuffle=True))
+            runs[f"FlashDataLoader, {backend} store (warm)"] = lambda data=data: loader_epoch(
+                FlashDataLoader(data, batch_size=BATCH, shuffle=True)
             )
         workers = {}
         for backend in ("zarr", "hdf5"):  # processes started once (persistent_workers), as torch users run them
             workers[backend] = FlashDataLoader(
                 stores[backend], batch_size=BATCH, shuffle=True, num_workers=2, persistent_workers=True
             )
-            runs[f"FlashDataLoader, {backend} store (warm), 2 worker processes"] = (
-                lambda loader=workers[backend]: loader_epoch(loader)
+            runs[f"FlashDataLoader, {backend} store (warm), 2 worker processes"] = lambda loader=workers[backend]: (
+                loader_epoch(loader)
             )
         times = {name: [] for name in runs}
         for _ in range(args.repeat):
@@ -143,7 +149,9 @@ def main() -> None:
         big = DatasetConverter.create_chunked_dataset(
             TensorDataset(x.repeat(4, 1, 1, 1), y.repeat(4)), tmp / "big", split_ratios={"train": 1.0}, progress=False
         )
-        rss = subprocess.run([sys.executable, "-c", RSS_SCRIPT, str(big), str(budget)], capture_output=True, text=True, check=True)
+        rss = subprocess.run(
+            [sys.executable, "-c", RSS_SCRIPT, str(big), str(budget)], capture_output=True, text=True, check=True
+        )
         rss_growth = int(rss.stdout.strip())
 
     limit = n / statistics.median(times["limit: index_select(out=) loop"])
@@ -153,9 +161,15 @@ def main() -> None:
         rows.append({"loader": name, "samples_per_s": round(rate), "ratio_to_limit": round(rate / limit, 3)})
     disk_bw = nbytes / statistics.median(disk)
     cold_bw = nbytes / statistics.median(cold)
-    rows.append({"loader": "FlashDataLoader, memmap store (cold)", "samples_per_s": round(n / statistics.median(cold)),
-                 "ratio_to_limit": round(n / statistics.median(cold) / limit, 3),
-                 "MB_per_s": round(cold_bw / 1e6), "ratio_to_disk": round(cold_bw / disk_bw, 3)})
+    rows.append(
+        {
+            "loader": "FlashDataLoader, memmap store (cold)",
+            "samples_per_s": round(n / statistics.median(cold)),
+            "ratio_to_limit": round(n / statistics.median(cold) / limit, 3),
+            "MB_per_s": round(cold_bw / 1e6),
+            "ratio_to_disk": round(cold_bw / disk_bw, 3),
+        }
+    )
     torch_rate = rows[1]["samples_per_s"]
     lines = [
         f"{n} CIFAR-shaped samples, batch {BATCH}, shuffled, median of {args.repeat}",
@@ -163,7 +177,10 @@ def main() -> None:
         "| loader | samples/s | x limit | x torch DataLoader |",
         "|---|---|---|---|",
     ]
-    lines += [f"| {r['loader']} | {r['samples_per_s']:,} | {r['ratio_to_limit']:.2f} | {r['samples_per_s'] / torch_rate:.1f} |" for r in rows]
+    lines += [
+        f"| {r['loader']} | {r['samples_per_s']:,} | {r['ratio_to_limit']:.2f} | {r['samples_per_s'] / torch_rate:.1f} |"
+        for r in rows
+    ]
     lines += [
         "",
         f"Cold cache: memmap epoch at {cold_bw / 1e6:.0f} MB/s = {cold_bw / disk_bw:.2f} x the disk's "
@@ -171,7 +188,14 @@ def main() -> None:
         f"Memory: streaming a {4 * nbytes / 2**20:.0f} MiB zarr store with a {budget / 2**20:.0f} MiB read-ahead "
         f"budget grew peak RSS by {rss_growth / 2**20:.0f} MiB (target: budget + 300 MiB).",
     ]
-    rows.append({"loader": "rss", "store_MiB": round(4 * nbytes / 2**20), "budget_MiB": budget // 2**20, "rss_growth_MiB": round(rss_growth / 2**20)})
+    rows.append(
+        {
+            "loader": "rss",
+            "store_MiB": round(4 * nbytes / 2**20),
+            "budget_MiB": budget // 2**20,
+            "rss_growth_MiB": round(rss_growth / 2**20),
+        }
+    )
     table = "\n".join(lines)
     print(table)
     save_results("loader", rows, table)

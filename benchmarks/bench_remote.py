@@ -19,10 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import fsspec
+from common import cifar_like, save_results
 from fsspec.implementations.memory import MemoryFileSystem
 from torch.utils.data import TensorDataset
 
-from common import cifar_like, save_results
 from datalflash.core import ChunkedDataset, FlashDataLoader
 from datalflash.store import open_store
 from datalflash.utils import DatasetConverter
@@ -40,7 +40,7 @@ class SlowMemoryFileSystem(MemoryFileSystem):
     @classmethod
     def _strip_protocol(cls, path):
         if isinstance(path, str) and path.startswith("slowmem://"):
-            path = "memory://" + path[len("slowmem://"):]
+            path = "memory://" + path[len("slowmem://") :]
         return super()._strip_protocol(path)
 
     def cat_file(self, path, start=None, end=None, **kwargs):
@@ -88,21 +88,38 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=Path.home()) as tmp:
         for chunk_size in args.chunk_sizes:
             local = DatasetConverter.create_chunked_dataset(
-                TensorDataset(x, y), Path(tmp) / f"c{chunk_size}", chunk_size=chunk_size,
-                split_ratios={"train": 1.0}, progress=False)
+                TensorDataset(x, y),
+                Path(tmp) / f"c{chunk_size}",
+                chunk_size=chunk_size,
+                split_ratios={"train": 1.0},
+                progress=False,
+            )
             fsspec.filesystem("slowmem").put(str(local), f"/c{chunk_size}", recursive=True)
             local_rate = epoch_rate(open_store(local), args.samples, args.repeat)
             before = SlowMemoryFileSystem.requests
             remote_rate = epoch_rate(open_store(f"slowmem://c{chunk_size}"), args.samples, args.repeat)
             requests = (SlowMemoryFileSystem.requests - before) / args.repeat
-            rows.append({"chunk_size": chunk_size, "requests_per_epoch": round(requests),
-                         "local_samples_per_s": round(local_rate), "remote_samples_per_s": round(remote_rate),
-                         "ratio": round(remote_rate / local_rate, 3)})
-    lines = [f"{args.samples} CIFAR-shaped samples, batch {BATCH}, shuffled, {args.delay * 1e3:.0f} ms per request, "
-             f"median of {args.repeat}", "",
-             "| chunk size | requests / epoch | local samples/s | remote samples/s | remote / local |", "|---|---|---|---|---|"]
-    lines += [f"| {r['chunk_size']:,} | {r['requests_per_epoch']} | {r['local_samples_per_s']:,} | "
-              f"{r['remote_samples_per_s']:,} | {r['ratio']:.2f} |" for r in rows]
+            rows.append(
+                {
+                    "chunk_size": chunk_size,
+                    "requests_per_epoch": round(requests),
+                    "local_samples_per_s": round(local_rate),
+                    "remote_samples_per_s": round(remote_rate),
+                    "ratio": round(remote_rate / local_rate, 3),
+                }
+            )
+    lines = [
+        f"{args.samples} CIFAR-shaped samples, batch {BATCH}, shuffled, {args.delay * 1e3:.0f} ms per request, "
+        f"median of {args.repeat}",
+        "",
+        "| chunk size | requests / epoch | local samples/s | remote samples/s | remote / local |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['chunk_size']:,} | {r['requests_per_epoch']} | {r['local_samples_per_s']:,} | "
+        f"{r['remote_samples_per_s']:,} | {r['ratio']:.2f} |"
+        for r in rows
+    ]
     table = "\n".join(lines)
     print(table)
     save_results("remote", rows, table)

@@ -18,9 +18,9 @@ import tempfile
 from pathlib import Path
 
 import torch
+from common import save_results
 from torch.utils.data import TensorDataset
 
-from common import save_results
 from datalflash import shuffle_quality
 from datalflash.core import ChunkedDataset, FlashDataLoader
 from datalflash.loading.loader import DEFAULT_READ_AHEAD
@@ -46,12 +46,16 @@ def score(path: Path, window: int | None) -> dict:
     chunk_bytes = store.chunk_size * sum(f.sample_nbytes for f in store.fields.values())
     windows = -(-store.num_chunks("train") // loader.window_chunks)  # one buffer if a single window
     return {
-        "chunk_size": store.chunk_size, "window_chunks": loader.window_chunks,
+        "chunk_size": store.chunk_size,
+        "window_chunks": loader.window_chunks,
         "default": window is None,
         "memory_MiB": round(min(2, windows) * loader.window_chunks * chunk_bytes / 2**20, 1),
-        "distinct_labels": round(q.distinct_labels, 2), "iid_distinct_labels": round(q.iid_distinct_labels, 2),
-        "label_mixing_ratio": round(q.label_mixing_ratio, 3), "displacement_ratio": round(q.displacement_ratio, 3),
-        "max_reads_per_chunk": max(reads.values()), "chunks": store.num_chunks("train"),
+        "distinct_labels": round(q.distinct_labels, 2),
+        "iid_distinct_labels": round(q.iid_distinct_labels, 2),
+        "label_mixing_ratio": round(q.label_mixing_ratio, 3),
+        "displacement_ratio": round(q.displacement_ratio, 3),
+        "max_reads_per_chunk": max(reads.values()),
+        "chunks": store.num_chunks("train"),
     }
 
 
@@ -65,8 +69,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=Path.home()) as tmp:
         for chunk_size in args.chunk_sizes:
             path = DatasetConverter.create_chunked_dataset(
-                TensorDataset(images, labels, torch.arange(N)), Path(tmp) / f"c{chunk_size}",
-                chunk_size=chunk_size, shuffle=False, backend="memmap", progress=False,
+                TensorDataset(images, labels, torch.arange(N)),
+                Path(tmp) / f"c{chunk_size}",
+                chunk_size=chunk_size,
+                shuffle=False,
+                backend="memmap",
+                progress=False,
             )
             chunks = ChunkedDataset(path, "train").store.num_chunks("train")
             windows = sorted({1, 2, 4, 8, 16, 32, chunks} & set(range(1, chunks + 1)))

@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 import torch
+from common import cifar_like, save_results
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from common import cifar_like, save_results
 from datalflash.core import ChunkedDataset, FlashDataLoader, FlashDataset
 from datalflash.utils import DatasetConverter
 
@@ -27,9 +27,13 @@ BATCH = 256
 def small_cnn() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU(),
-        nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
+        nn.Conv2d(3, 16, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 10),
     )
 
 
@@ -53,8 +57,13 @@ def train_epoch(loader) -> dict:
         optimizer.step()
         n += len(labels)
     total = time.perf_counter() - start
-    return {"epoch_s": round(total, 3), "data_wait_s": round(waited, 3), "wait_share": round(waited / total, 4),
-            "samples": n, "samples_per_s": round(n / total)}
+    return {
+        "epoch_s": round(total, 3),
+        "data_wait_s": round(waited, 3),
+        "wait_share": round(waited / total, 4),
+        "samples": n,
+        "samples_per_s": round(n / total),
+    }
 
 
 def measure(x: torch.Tensor, y: torch.Tensor, workdir: Path, workers: int = 2) -> list[dict]:
@@ -65,7 +74,8 @@ def measure(x: torch.Tensor, y: torch.Tensor, workdir: Path, workers: int = 2) -
     loaders = {
         "torch DataLoader, TensorDataset, 0 workers": DataLoader(TensorDataset(x, y), batch_size=BATCH, shuffle=True),
         f"torch DataLoader, TensorDataset, {workers} workers": DataLoader(
-            TensorDataset(x, y), batch_size=BATCH, shuffle=True, num_workers=workers, persistent_workers=True),
+            TensorDataset(x, y), batch_size=BATCH, shuffle=True, num_workers=workers, persistent_workers=True
+        ),
         "FlashDataLoader, FlashDataset (RAM)": FlashDataLoader(FlashDataset(x, y), batch_size=BATCH, shuffle=True),
         "FlashDataLoader, zarr store": FlashDataLoader(ChunkedDataset(store), batch_size=BATCH, shuffle=True),
     }
@@ -78,8 +88,11 @@ def measure(x: torch.Tensor, y: torch.Tensor, workdir: Path, workers: int = 2) -
 
 def table(rows: list[dict]) -> str:
     lines = ["| loader | epoch s | waiting for data | share of epoch | samples/s |", "|---|---|---|---|---|"]
-    lines += [f"| {r['loader']} | {r['epoch_s']:.2f} | {r['data_wait_s']:.2f} s | {100 * r['wait_share']:.1f}% "
-              f"| {r['samples_per_s']:,} |" for r in rows]
+    lines += [
+        f"| {r['loader']} | {r['epoch_s']:.2f} | {r['data_wait_s']:.2f} s | {100 * r['wait_share']:.1f}% "
+        f"| {r['samples_per_s']:,} |"
+        for r in rows
+    ]
     return "\n".join(lines)
 
 
@@ -90,7 +103,10 @@ def main() -> None:
     x, y = cifar_like(args.samples)
     with tempfile.TemporaryDirectory(dir=Path.home()) as tmp:
         rows = measure(x, y, Path(tmp))
-    text = f"Small CNN on CPU, {args.samples} CIFAR-shaped samples, batch {BATCH}, one epoch after a warm-up epoch\n\n" + table(rows)
+    text = (
+        f"Small CNN on CPU, {args.samples} CIFAR-shaped samples, batch {BATCH}, one epoch after a warm-up epoch\n\n"
+        + table(rows)
+    )
     print(text)
     save_results("training", rows, text)
 

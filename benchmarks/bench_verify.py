@@ -17,9 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import cifar_like, save_results
 from torch.utils.data import TensorDataset
 
-from common import cifar_like, save_results
 from datalflash.core import ChunkedDataset, FlashDataLoader
 from datalflash.utils import DatasetConverter
 
@@ -54,12 +54,26 @@ def main() -> None:
             base = n / statistics.median(first["never"])
             for mode in first:
                 r1, r2 = n / statistics.median(first[mode]), n / statistics.median(later[mode])
-                rows.append({"backend": backend, "verify": mode, "first_epoch_samples_per_s": round(r1),
-                             "later_epochs_samples_per_s": round(r2), "first_epoch_x_never": round(r1 / base, 3)})
-    lines = [f"{n} CIFAR-shaped samples, batch {BATCH}, shuffled, warm cache, median of {args.repeat}", "",
-             "| backend | verify | first epoch samples/s | x never | later epochs samples/s |", "|---|---|---|---|---|"]
-    lines += [f"| {r['backend']} | {r['verify']} | {r['first_epoch_samples_per_s']:,} | {r['first_epoch_x_never']:.2f} "
-              f"| {r['later_epochs_samples_per_s']:,} |" for r in rows]
+                rows.append(
+                    {
+                        "backend": backend,
+                        "verify": mode,
+                        "first_epoch_samples_per_s": round(r1),
+                        "later_epochs_samples_per_s": round(r2),
+                        "first_epoch_x_never": round(r1 / base, 3),
+                    }
+                )
+    lines = [
+        f"{n} CIFAR-shaped samples, batch {BATCH}, shuffled, warm cache, median of {args.repeat}",
+        "",
+        "| backend | verify | first epoch samples/s | x never | later epochs samples/s |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['backend']} | {r['verify']} | {r['first_epoch_samples_per_s']:,} | {r['first_epoch_x_never']:.2f} "
+        f"| {r['later_epochs_samples_per_s']:,} |"
+        for r in rows
+    ]
     table = "\n".join(lines)
     print(table)
     save_results("verify", rows, table)

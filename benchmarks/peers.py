@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import io
 import time
-from functools import partial
 from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -59,8 +59,9 @@ def measure_webdataset(x: torch.Tensor, y: torch.Tensor, workdir: Path, max_seco
 def measure_hf_datasets(x: torch.Tensor, y: torch.Tensor, workdir: Path, max_seconds: float) -> float:
     """Hugging Face datasets (Arrow on disk), torch format, a whole batch per fetch (its fast path)."""
     datasets = _need("datasets")
-    features = datasets.Features({"image": datasets.Array3D(shape=tuple(x.shape[1:]), dtype="uint8"),
-                                  "label": datasets.Value("int64")})  # fixed-shape arrays: HF's fast layout
+    features = datasets.Features(
+        {"image": datasets.Array3D(shape=tuple(x.shape[1:]), dtype="uint8"), "label": datasets.Value("int64")}
+    )  # fixed-shape arrays: HF's fast layout
     ds = datasets.Dataset.from_dict({"image": x.numpy(), "label": y.numpy()}, features=features)
     ds.save_to_disk(str(workdir))
     ds = datasets.load_from_disk(str(workdir)).with_format("torch")
@@ -75,8 +76,14 @@ def _lit_sample(images: np.ndarray, labels: np.ndarray, i: int) -> dict:
 def measure_litdata(x: torch.Tensor, y: torch.Tensor, workdir: Path, max_seconds: float) -> float:
     """LitData: ``optimize`` into chunks, then its StreamingDataLoader, 0 workers."""
     litdata = _need("litdata")
-    litdata.optimize(fn=partial(_lit_sample, x.numpy(), y.numpy()), inputs=list(range(len(x))),
-                     output_dir=str(workdir), chunk_bytes="64MB", num_workers=1, mode="overwrite")
+    litdata.optimize(
+        fn=partial(_lit_sample, x.numpy(), y.numpy()),
+        inputs=list(range(len(x))),
+        output_dir=str(workdir),
+        chunk_bytes="64MB",
+        num_workers=1,
+        mode="overwrite",
+    )
     dataset = litdata.StreamingDataset(str(workdir), shuffle=True)
     return _rate(litdata.StreamingDataLoader(dataset, batch_size=BATCH, num_workers=0), max_seconds)
 

@@ -19,15 +19,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-from torch.utils.data import DataLoader, TensorDataset
-
 import bench_training
+import torch
 from bench_loader import evict, limit_epoch, loader_epoch, sequential_read
 from common import cifar_like, machine
+from peers import PEERS, Skip
+from torch.utils.data import DataLoader, TensorDataset
+
 from datalflash.core import ChunkedDataset, FlashDataLoader, FlashDataset
 from datalflash.utils import DatasetConverter
-from peers import PEERS, Skip
 
 BATCH = 256
 REPORT = Path(__file__).resolve().parent / "report"
@@ -45,28 +45,49 @@ def median_rate(n: int, fn, repeat: int) -> float:
 def loading(x: torch.Tensor, y: torch.Tensor, tmp: Path, repeat: int, peer_seconds: float) -> list[dict]:
     n = len(x)
     stores = {
-        backend: ChunkedDataset(DatasetConverter.create_chunked_dataset(
-            TensorDataset(x, y), tmp / backend, split_ratios={"train": 1.0}, backend=backend, progress=False))
+        backend: ChunkedDataset(
+            DatasetConverter.create_chunked_dataset(
+                TensorDataset(x, y), tmp / backend, split_ratios={"train": 1.0}, backend=backend, progress=False
+            )
+        )
         for backend in ("zarr", "memmap", "hdf5")
     }
     runs = {
         "in-RAM limit (index_select loop)": lambda: limit_epoch(x, y),
-        "torch DataLoader, TensorDataset": lambda: loader_epoch(DataLoader(TensorDataset(x, y), batch_size=BATCH, shuffle=True)),
-        "FlashDataLoader, FlashDataset (RAM)": lambda: loader_epoch(FlashDataLoader(FlashDataset(x, y), batch_size=BATCH, shuffle=True)),
+        "torch DataLoader, TensorDataset": lambda: loader_epoch(
+            DataLoader(TensorDataset(x, y), batch_size=BATCH, shuffle=True)
+        ),
+        "FlashDataLoader, FlashDataset (RAM)": lambda: loader_epoch(
+            FlashDataLoader(FlashDataset(x, y), batch_size=BATCH, shuffle=True)
+        ),
     }
     for backend, data in stores.items():
-        runs[f"FlashDataLoader, {backend} store, warm"] = (
-            lambda data=data: loader_epoch(FlashDataLoader(data, batch_size=BATCH, shuffle=True)))
-    rows = [{"loader": name, "kind": "datalflash" if "Flash" in name else "baseline",
-             "samples_per_s": round(median_rate(n, fn, repeat))} for name, fn in runs.items()]
+        runs[f"FlashDataLoader, {backend} store, warm"] = lambda data=data: loader_epoch(
+            FlashDataLoader(data, batch_size=BATCH, shuffle=True)
+        )
+    rows = [
+        {
+            "loader": name,
+            "kind": "datalflash" if "Flash" in name else "baseline",
+            "samples_per_s": round(median_rate(n, fn, repeat)),
+        }
+        for name, fn in runs.items()
+    ]
     disk = statistics.median(sequential_read(tmp / "memmap") for _ in range(repeat))
     rows.append({"loader": "disk sequential read (memmap files)", "kind": "baseline", "samples_per_s": round(n / disk)})
     for backend, data in stores.items():
+
         def cold(path=tmp / backend, data=data):
             evict(path)
             loader_epoch(FlashDataLoader(data, batch_size=BATCH, shuffle=True))
-        rows.append({"loader": f"FlashDataLoader, {backend} store, cold", "kind": "datalflash",
-                     "samples_per_s": round(median_rate(n, cold, repeat))})
+
+        rows.append(
+            {
+                "loader": f"FlashDataLoader, {backend} store, cold",
+                "kind": "datalflash",
+                "samples_per_s": round(median_rate(n, cold, repeat)),
+            }
+        )
     for name, measure in PEERS.items():
         try:
             rate = measure(x, y, tmp / f"peer-{len(rows)}", peer_seconds)
@@ -132,10 +153,14 @@ def main() -> None:
     where = f"{info['processor']}, {info['cpus']} CPUs, torch {info['torch']}, {'CUDA' if info['cuda'] else 'no GPU'}"
     title = f"{args.samples:,} CIFAR-shaped samples, batch {BATCH}, shuffled ({where})"
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "report.json").write_text(json.dumps({"machine": info, "loading": load_rows, "training": train_rows}, indent=2) + "\n")
-    text = (f"## Loading\n\n{title}; median of {args.repeat}; peers capped at {args.peer_seconds:g} s\n\n{loading_table(load_rows)}\n\n"
-            f"## Training\n\nSmall CNN on CPU, {args.train_samples:,} samples, one epoch after a warm-up epoch\n\n"
-            f"{bench_training.table(train_rows)}\n")
+    (args.out / "report.json").write_text(
+        json.dumps({"machine": info, "loading": load_rows, "training": train_rows}, indent=2) + "\n"
+    )
+    text = (
+        f"## Loading\n\n{title}; median of {args.repeat}; peers capped at {args.peer_seconds:g} s\n\n{loading_table(load_rows)}\n\n"
+        f"## Training\n\nSmall CNN on CPU, {args.train_samples:,} samples, one epoch after a warm-up epoch\n\n"
+        f"{bench_training.table(train_rows)}\n"
+    )
     (args.out / "report.md").write_text(text)
     graph(load_rows, args.out / "report.png", title)
     print(text)

@@ -17,10 +17,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from datalflash.store import ChunkStore, open_store
 from datalflash.batching.tensors import as_storage
-from datalflash.format.manifest import parse_manifest
 from datalflash.convert import DatasetConverter
+from datalflash.format.manifest import parse_manifest
+from datalflash.store import ChunkStore, open_store
 
 
 class ChunkReaderDataset(Dataset):
@@ -110,7 +110,15 @@ class ChunkStoreTests:
         data = DictSamples(53)
         store = self.convert(data, tmp_path / "s", chunk_size=8, seed=3)
         assert store.backend_id == self.backend
-        assert {f.dtype for f in store.fields.values()} >= {"uint8", "int64", "bool", "float16", "bfloat16", "float64", "int16"}
+        assert {f.dtype for f in store.fields.values()} >= {
+            "uint8",
+            "int64",
+            "bool",
+            "float16",
+            "bfloat16",
+            "float64",
+            "int16",
+        }
         assert store.fields["score"].shape == () and store.fields["image"].shape == (3, 4, 5)
         for split, index in self.split_order(store, 53, seed=3, shuffle=True).items():
             got = store.read_chunks(split, range(store.num_chunks(split)))
@@ -133,7 +141,9 @@ class ChunkStoreTests:
 
     def test_several_chunks_in_one_call_into_buffers(self, tmp_path: Path) -> None:
         x = torch.arange(40 * 3, dtype=torch.int32).reshape(40, 3)
-        store = self.convert(list(zip(x, torch.arange(40))), tmp_path / "s", chunk_size=6, split_ratios={"train": 1.0}, shuffle=False)
+        store = self.convert(
+            list(zip(x, torch.arange(40))), tmp_path / "s", chunk_size=6, split_ratios={"train": 1.0}, shuffle=False
+        )
         out = store.allocate(64)
         chunks = [6, 2, 3, 4, 0]  # out of order, a run in the middle, the partial last chunk first
         got = store.read_chunks("train", chunks, out=out)

@@ -7,11 +7,9 @@ import sys
 import h5py
 import numpy as np
 import pytest
-import torch
 import zarr
 
 from datalflash.cli import main as cli
-from datalflash.core import ChunkedDataset
 from datalflash.store import open_store
 
 
@@ -40,10 +38,18 @@ def sources(tmp_path, monkeypatch):
     return x, y
 
 
-@pytest.mark.parametrize("source, field, expected", [
-    ("x.npy,y.npy", "0", "x"), ("x.npy,y.npy", "1", "y"), ("d.npz", "image", "x"), ("d.h5", "label", "y"),
-    ("d.h5:image", "0", "x"), ("a.zarr", "0", "x"), ("factory_mod:make", "1", "y"),
-])
+@pytest.mark.parametrize(
+    "source, field, expected",
+    [
+        ("x.npy,y.npy", "0", "x"),
+        ("x.npy,y.npy", "1", "y"),
+        ("d.npz", "image", "x"),
+        ("d.h5", "label", "y"),
+        ("d.h5:image", "0", "x"),
+        ("a.zarr", "0", "x"),
+        ("factory_mod:make", "1", "y"),
+    ],
+)
 def test_convert_from_each_source_reads_back_the_source(sources, tmp_path, source, field, expected):
     x, y = sources
     assert cli(["convert", source, "store", "--no-shuffle", "--chunk-size", "64", "-q"]) == 0
@@ -51,33 +57,77 @@ def test_convert_from_each_source_reads_back_the_source(sources, tmp_path, sourc
 
 
 def test_convert_options(sources, tmp_path):
-    assert cli(["convert", "x.npy,y.npy", "s", "--backend", "memmap", "--splits", "a=0.5,b=0.5", "--chunk-size", "32",
-                "--seed", "3", "-q"]) == 0
+    assert (
+        cli(
+            [
+                "convert",
+                "x.npy,y.npy",
+                "s",
+                "--backend",
+                "memmap",
+                "--splits",
+                "a=0.5,b=0.5",
+                "--chunk-size",
+                "32",
+                "--seed",
+                "3",
+                "-q",
+            ]
+        )
+        == 0
+    )
     store = open_store(tmp_path / "s")
     assert store.backend_id == "memmap" and sorted(store.splits) == ["a", "b"] and store.chunk_size == 32
     assert cli(["convert", "x.npy,y.npy", "s", "-q"]) == 2  # exists, no --overwrite
     assert cli(["convert", "x.npy,y.npy", "s", "--overwrite", "--backend", "hdf5", "--compression", "gzip", "-q"]) == 0
     assert open_store(tmp_path / "s").manifest.backend_config["compression"] == "gzip"
     assert cli(["convert", "x.npy,y.npy", "s", "--overwrite", "--compression", "zstd", "--level", "1", "-q"]) == 0
-    assert open_store(tmp_path / "s").manifest.backend_config == {"compression": "zstd", "clevel": 1, "shuffle": "shuffle"}
-    assert cli(["convert", "x.npy,y.npy", "s", "--overwrite", "--backend", "hdf5", "--compression", "gzip", "--level", "7", "-q"]) == 0
+    assert open_store(tmp_path / "s").manifest.backend_config == {
+        "compression": "zstd",
+        "clevel": 1,
+        "shuffle": "shuffle",
+    }
+    assert (
+        cli(
+            [
+                "convert",
+                "x.npy,y.npy",
+                "s",
+                "--overwrite",
+                "--backend",
+                "hdf5",
+                "--compression",
+                "gzip",
+                "--level",
+                "7",
+                "-q",
+            ]
+        )
+        == 0
+    )
     assert open_store(tmp_path / "s").manifest.backend_config == {"compression": "gzip", "level": 7}
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["convert", "missing.npy", "o"], "missing.npy: no such file"),
-    (["convert", "nomodule:make", "o"], "cannot import module 'nomodule'"),
-    (["convert", "factory_mod:absent", "o"], "has no callable 'absent'"),
-    (["convert", "x.npy,y.npy", "o", "--backend", "parquet"], "unknown backend 'parquet'"),
-    (["convert", "x.npy,y.npy", "o", "--splits", "train=0.7"], "sum"),
-    (["convert", "x.npy,y.npy", "o", "--chunk-size", "0"], "chunk_size"),
-    (["convert", "notasource", "o"], "not a source"),
-    (["convert", "x.npy,y.npy", "o", "--backend", "memmap", "--level", "3"], "backend 'memmap' takes no compression level"),
-    (["convert", "x.npy,y.npy", "o", "--level", "12"], "clevel 12 is not an integer in 0..9"),
-    (["info", "nowhere"], "not a datalflash store"),
-    (["verify", "nowhere"], "not a datalflash store"),
-    (["bench", "nowhere"], "not a datalflash store"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["convert", "missing.npy", "o"], "missing.npy: no such file"),
+        (["convert", "nomodule:make", "o"], "cannot import module 'nomodule'"),
+        (["convert", "factory_mod:absent", "o"], "has no callable 'absent'"),
+        (["convert", "x.npy,y.npy", "o", "--backend", "parquet"], "unknown backend 'parquet'"),
+        (["convert", "x.npy,y.npy", "o", "--splits", "train=0.7"], "sum"),
+        (["convert", "x.npy,y.npy", "o", "--chunk-size", "0"], "chunk_size"),
+        (["convert", "notasource", "o"], "not a source"),
+        (
+            ["convert", "x.npy,y.npy", "o", "--backend", "memmap", "--level", "3"],
+            "backend 'memmap' takes no compression level",
+        ),
+        (["convert", "x.npy,y.npy", "o", "--level", "12"], "clevel 12 is not an integer in 0..9"),
+        (["info", "nowhere"], "not a datalflash store"),
+        (["verify", "nowhere"], "not a datalflash store"),
+        (["bench", "nowhere"], "not a datalflash store"),
+    ],
+)
 def test_bad_arguments_exit_2_with_a_message(sources, capsys, argv, message):
     assert cli(argv) == 2
     assert message in capsys.readouterr().err

@@ -8,12 +8,12 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from helpers import Samples
 from torch.utils.data import Dataset, IterableDataset, TensorDataset
 
 from datalflash.errors import ConversionError, DataLFlashError, StoreExistsError
 from datalflash.store import open_store
 from datalflash.utils import DatasetConverter, split_sizes
-from helpers import Samples
 
 convert = DatasetConverter.create_chunked_dataset
 
@@ -58,7 +58,9 @@ def test_split_sizes(n, ratios, expected):
 
 
 def test_empty_split_is_readable(tmp_path):
-    store = open_store(convert(tensors(3), tmp_path / "s", chunk_size=2, split_ratios={"x": 1.0, "y": 0.0}, progress=False))
+    store = open_store(
+        convert(tensors(3), tmp_path / "s", chunk_size=2, split_ratios={"x": 1.0, "y": 0.0}, progress=False)
+    )
     assert store.num_samples("y") == 0 and store.num_chunks("y") == 0
     assert store.read_chunks("y", [])["0"].shape == (0, 2)
 
@@ -147,9 +149,18 @@ def test_write_failing_mid_chunk_leaves_nothing(tmp_path, monkeypatch, backend):
     if backend == "memmap":
         monkeypatch.setattr("datalflash.store.memmap.os.pwrite", pwrite)
     else:
-        monkeypatch.setattr("datalflash.store.zarr.chunks.open", lambda *a, **k: FullFile(real_open(*a, **k)), raising=False)
+        monkeypatch.setattr(
+            "datalflash.store.zarr.chunks.open", lambda *a, **k: FullFile(real_open(*a, **k)), raising=False
+        )
     with pytest.raises(OSError, match="No space left"):
-        convert(tensors(200), tmp_path / "s", chunk_size=16, backend=backend, compression="none" if backend == "zarr" else "default", progress=False)
+        convert(
+            tensors(200),
+            tmp_path / "s",
+            chunk_size=16,
+            backend=backend,
+            compression="none" if backend == "zarr" else "default",
+            progress=False,
+        )
     assert calls["n"] >= 9
     assert list(tmp_path.iterdir()) == []
 
@@ -252,7 +263,9 @@ def test_conversion_streams_with_bounded_memory(tmp_path):
     assert sum(info.num_samples for info in store.splits.values()) == n
 
 
-@pytest.mark.parametrize("backend, compression", [("zarr", "lz4"), ("zarr", "none"), ("hdf5", "none"), ("memmap", "none")])
+@pytest.mark.parametrize(
+    "backend, compression", [("zarr", "lz4"), ("zarr", "none"), ("hdf5", "none"), ("memmap", "none")]
+)
 @pytest.mark.parametrize("shuffle", [True, False])
 def test_tensor_dataset_in_pieces_matches_item_by_item(tmp_path, monkeypatch, backend, compression, shuffle):
     """A TensorDataset is gathered (or viewed) piece by piece; the store must equal the one
@@ -278,34 +291,47 @@ def test_tensor_dataset_in_pieces_matches_item_by_item(tmp_path, monkeypatch, ba
         assert files and all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)
 
 
-@pytest.mark.parametrize("backend, options", [
-    ("zarr", {"compression": "zstd", "clevel": 1}),
-    ("zarr", {"compression": "lz4", "clevel": 9, "shuffle": "bitshuffle"}),
-    ("hdf5", {"compression": "gzip", "level": 6}),
-])
+@pytest.mark.parametrize(
+    "backend, options",
+    [
+        ("zarr", {"compression": "zstd", "clevel": 1}),
+        ("zarr", {"compression": "lz4", "clevel": 9, "shuffle": "bitshuffle"}),
+        ("hdf5", {"compression": "gzip", "level": 6}),
+    ],
+)
 def test_compression_options_in_full(tmp_path, backend, options):
     """``compression`` may be the backend's options as a manifest lists them; the files use them."""
     import h5py
     import zarr
 
-    store = open_store(convert(tensors(40), tmp_path / "s", chunk_size=8, backend=backend, compression=options, progress=False))
+    store = open_store(
+        convert(tensors(40), tmp_path / "s", chunk_size=8, backend=backend, compression=options, progress=False)
+    )
     assert all(store.manifest.backend_config[k] == v for k, v in options.items())
     if backend == "zarr":
         codec = zarr.open_group(str(tmp_path / "s" / "train.zarr"), mode="r")["0"].metadata.codecs[1]
         assert (codec.cname.value, codec.clevel, codec.shuffle.value) == (
-            options["compression"], options["clevel"], options.get("shuffle", "shuffle"))
+            options["compression"],
+            options["clevel"],
+            options.get("shuffle", "shuffle"),
+        )
     else:
         with h5py.File(tmp_path / "s" / "train.h5", "r") as f:
             assert (f["0"].compression, f["0"].compression_opts) == ("gzip", 6)
-    np.testing.assert_array_equal(np.sort(np.concatenate(
-        [store.read_chunks(s, range(store.num_chunks(s)))["1"] for s in store.splits])), np.arange(40))
+    np.testing.assert_array_equal(
+        np.sort(np.concatenate([store.read_chunks(s, range(store.num_chunks(s)))["1"] for s in store.splits])),
+        np.arange(40),
+    )
 
 
-@pytest.mark.parametrize("backend, options, message", [
-    ("zarr", {"compression": "zstd", "clevel": 11}, "clevel 11"),
-    ("zarr", {"compression": "zstd", "speed": 3}, "speed"),
-    ("hdf5", {"compression": "lzf", "level": 3}, "takes no level"),
-])
+@pytest.mark.parametrize(
+    "backend, options, message",
+    [
+        ("zarr", {"compression": "zstd", "clevel": 11}, "clevel 11"),
+        ("zarr", {"compression": "zstd", "speed": 3}, "speed"),
+        ("hdf5", {"compression": "lzf", "level": 3}, "takes no level"),
+    ],
+)
 def test_bad_compression_options_are_conversion_errors(tmp_path, backend, options, message):
     with pytest.raises(ConversionError, match=message):
         convert(tensors(), tmp_path / "s", backend=backend, compression=options, progress=False)

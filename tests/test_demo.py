@@ -8,7 +8,9 @@ import sys
 def test_demo_trains_on_real_digits(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "datalflash", "demo", "--workdir", str(tmp_path), "--epochs", "10"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     accuracy = float(re.search(r"test accuracy after 10 epochs: ([0-9.]+)", result.stdout).group(1))

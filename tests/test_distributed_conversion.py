@@ -12,7 +12,7 @@ import torch.distributed as dist
 from datalflash.utils import DatasetConverter
 
 sys.path.insert(0, str(Path(__file__).parent / "scripts"))
-from convert_dist import Samples  # noqa: E402
+from convert_dist import Samples
 
 SCRIPT = Path(__file__).parent / "scripts" / "convert_dist.py"
 pytestmark = pytest.mark.skipif(
@@ -21,8 +21,16 @@ pytestmark = pytest.mark.skipif(
 
 
 def torchrun(nproc, out, *args):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           str(SCRIPT), str(out), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        str(SCRIPT),
+        str(out),
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
@@ -38,8 +46,9 @@ def manifest_without_time(path):
 
 @pytest.mark.parametrize("backend", ["zarr", "memmap"])
 def test_two_ranks_write_the_store_one_process_writes(tmp_path, backend):
-    single = DatasetConverter.create_chunked_dataset(Samples(), tmp_path / "single", chunk_size=64, backend=backend,
-                                                     progress=False)
+    single = DatasetConverter.create_chunked_dataset(
+        Samples(), tmp_path / "single", chunk_size=64, backend=backend, progress=False
+    )
     run = torchrun(2, tmp_path / "dist", "--backend", backend)
     assert run.returncode == 0, run.stderr[-3000:]
     a, b = files(single), files(tmp_path / "dist")

@@ -67,8 +67,13 @@ def test_getitems_matches_getitem_for_every_structure():
     flat_dict = FlashDataset({"a": torch.arange(6), "b": torch.arange(6) * 2})
     nested = FlashDataset.from_fields(
         {"x": torch.arange(6), "p.0": torch.arange(6) + 10},
-        {"kind": "dict", "items": {"x": {"kind": "field", "name": "x"},
-                                   "p": {"kind": "tuple", "items": [{"kind": "field", "name": "p.0"}]}}},
+        {
+            "kind": "dict",
+            "items": {
+                "x": {"kind": "field", "name": "x"},
+                "p": {"kind": "tuple", "items": [{"kind": "field", "name": "p.0"}]},
+            },
+        },
     )
     for dataset in (FlashDataset(torch.arange(6), torch.ones(6)), flat_dict, nested):
         got = dataset.__getitems__([5, 0, 2])

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from datalflash.errors import BackendError, StoreFormatError
-from datalflash.store import open_store
 from datalflash.batching.tensors import from_storage
+from datalflash.errors import BackendError, StoreFormatError
 from datalflash.format.manifest import parse_manifest
+from datalflash.store import open_store
 
 FORMATS = Path(__file__).resolve().parents[1] / "formats"
 FIXTURES = FORMATS / "fixtures" / "v1"
@@ -140,7 +140,11 @@ def test_freshly_written_manifest_matches_schema(tmp_path, backend):
     from datalflash.utils import DatasetConverter
 
     path = DatasetConverter.create_chunked_dataset(
-        TensorDataset(torch.zeros(30, 2), torch.arange(30)), tmp_path / backend, chunk_size=8, backend=backend, progress=False
+        TensorDataset(torch.zeros(30, 2), torch.arange(30)),
+        tmp_path / backend,
+        chunk_size=8,
+        backend=backend,
+        progress=False,
     )
     doc = json.loads((path / "manifest.json").read_text())
     jsonschema.validate(doc, SCHEMA)

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from torch.utils.data import TensorDataset
 
 from datalflash.errors import StoreFormatError
-from datalflash.store import open_store
 from datalflash.format.manifest import parse_manifest, read_manifest
+from datalflash.store import open_store
 from datalflash.utils import DatasetConverter
 
 json_values = st.recursive(
@@ -25,9 +25,14 @@ json_values = st.recursive(
 
 def good_doc(tmp_path_factory=None):
     return {
-        "format": "datalflash-store", "format_version": 1,
-        "backend": {"id": "memmap", "config": {}}, "chunk_size": 4,
-        "fields": {"x": {"dtype": "float32", "storage_dtype": "<f4", "shape": [3]}, "y": {"dtype": "int64", "shape": []}},
+        "format": "datalflash-store",
+        "format_version": 1,
+        "backend": {"id": "memmap", "config": {}},
+        "chunk_size": 4,
+        "fields": {
+            "x": {"dtype": "float32", "storage_dtype": "<f4", "shape": [3]},
+            "y": {"dtype": "int64", "shape": []},
+        },
         "structure": {"kind": "tuple", "items": [{"kind": "field", "name": "x"}, {"kind": "field", "name": "y"}]},
         "splits": {"train": {"num_samples": 10, "num_chunks": 3}},
         "checksums": {"algorithm": "crc32c", "splits": {"train": {"x": [1, 2, 3], "y": [4, 5, 6]}}},

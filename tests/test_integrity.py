@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -20,8 +19,8 @@ from torch.utils.data import TensorDataset
 from datalflash.cli import main as cli
 from datalflash.core import ChunkedDataset, FlashDataLoader
 from datalflash.errors import ChecksumError, StoreFormatError, StoreReadError
-from datalflash.store import open_store
 from datalflash.store import base as store_base
+from datalflash.store import open_store
 from datalflash.utils import DatasetConverter
 
 BACKENDS = [("zarr", "default"), ("zarr", "none"), ("hdf5", "default"), ("memmap", "default")]
@@ -32,8 +31,14 @@ def make_store(tmp_path, backend, compression, name="store"):
     g = torch.Generator().manual_seed(0)
     data = TensorDataset(torch.randint(0, 2**16, (N, 64), generator=g, dtype=torch.int32), torch.arange(N))
     return DatasetConverter.create_chunked_dataset(
-        data, tmp_path / name, chunk_size=CHUNK, split_ratios={"train": 1.0}, shuffle=False,
-        backend=backend, compression=compression, progress=False,
+        data,
+        tmp_path / name,
+        chunk_size=CHUNK,
+        split_ratios={"train": 1.0},
+        shuffle=False,
+        backend=backend,
+        compression=compression,
+        progress=False,
     )
 
 
@@ -274,8 +279,13 @@ def test_killed_conversion_leaves_nothing_or_the_previous_store(tmp_path, point)
     assert leftovers, "a kill at this point leaves a staging or old directory behind"
     with pytest.warns(UserWarning, match="interrupted conversion"):
         DatasetConverter.create_chunked_dataset(
-            TensorDataset(torch.full((300, 8), 2, dtype=torch.int32), torch.arange(300)), out, chunk_size=32,
-            split_ratios={"train": 1.0}, shuffle=False, overwrite=True, progress=False,
+            TensorDataset(torch.full((300, 8), 2, dtype=torch.int32), torch.arange(300)),
+            out,
+            chunk_size=32,
+            split_ratios={"train": 1.0},
+            shuffle=False,
+            overwrite=True,
+            progress=False,
         )
     assert [p.name for p in tmp_path.iterdir()] == ["store"]
     assert int(open_store(out).read_chunks("train", [0])["0"][0, 0]) == 2

@@ -10,12 +10,12 @@ import time
 import numpy as np
 import pytest
 import torch
+from helpers import Samples
 from torch.utils.data import DataLoader, IterableDataset, RandomSampler, TensorDataset
 
 from datalflash.core import ChunkedDataset, FlashDataLoader, FlashDataset, get_dataloaders
 from datalflash.errors import StoreReadError
 from datalflash.utils import DatasetConverter
-from helpers import Samples
 
 
 def mixed_samples(n=45):
@@ -51,8 +51,13 @@ def assert_same(a, b, where=""):
 
 def store_split(tmp_path, samples, chunk_size=8, backend="zarr"):
     DatasetConverter.create_chunked_dataset(
-        Samples(samples), tmp_path / backend, chunk_size=chunk_size, split_ratios={"train": 1.0},
-        shuffle=False, backend=backend, progress=False,
+        Samples(samples),
+        tmp_path / backend,
+        chunk_size=chunk_size,
+        split_ratios={"train": 1.0},
+        shuffle=False,
+        backend=backend,
+        progress=False,
     )
     return ChunkedDataset(tmp_path / backend, "train")
 
@@ -139,11 +144,13 @@ def test_same_seed_same_order_in_a_new_process(tmp_path):
         f"""
         import torch
         from datalflash.core import get_dataloaders
-        loader = get_dataloaders({str(tmp_path / 'zarr')!r}, 16, seed=11)["train"]
+        loader = get_dataloaders({str(tmp_path / "zarr")!r}, 16, seed=11)["train"]
         print(torch.cat([b[1] for b in loader]).tolist())
         """
     )
-    runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120) for _ in range(2)]
+    runs = [
+        subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120) for _ in range(2)
+    ]
     assert runs[0].returncode == 0, runs[0].stderr
     assert runs[0].stdout == runs[1].stdout
     assert sorted(eval(runs[0].stdout)) == list(range(50))
@@ -176,7 +183,9 @@ def test_other_datasets_behave_exactly_like_torch():
         got, expected = list(FlashDataLoader(dataset, **kwargs)), list(DataLoader(dataset, **kwargs))
         assert_same(got, expected)
     sampler = RandomSampler(plain, generator=torch.Generator().manual_seed(1))
-    assert len(FlashDataLoader(plain, batch_size=4, sampler=sampler)) == len(DataLoader(plain, batch_size=4, sampler=sampler))
+    assert len(FlashDataLoader(plain, batch_size=4, sampler=sampler)) == len(
+        DataLoader(plain, batch_size=4, sampler=sampler)
+    )
     torch.manual_seed(7)  # shuffled batches too: the same global RNG draws as torch's own loader
     got = list(FlashDataLoader(plain, batch_size=4, shuffle=True))
     torch.manual_seed(7)
@@ -208,9 +217,13 @@ def test_pin_memory_and_device_without_cuda(source):
 
 def test_get_dataloaders(tmp_path):
     x = torch.randint(0, 256, (100, 3, 8, 8), dtype=torch.uint8)
-    DatasetConverter.create_chunked_dataset(TensorDataset(x, torch.arange(100)), tmp_path / "s", chunk_size=16, progress=False)
+    DatasetConverter.create_chunked_dataset(
+        TensorDataset(x, torch.arange(100)), tmp_path / "s", chunk_size=16, progress=False
+    )
     seen = []
-    loaders = get_dataloaders(tmp_path / "s", 10, augmentations={"train": lambda f: seen.append(f.shape) or f.float() / 255})
+    loaders = get_dataloaders(
+        tmp_path / "s", 10, augmentations={"train": lambda f: seen.append(f.shape) or f.float() / 255}
+    )
     assert set(loaders) == {"train", "val", "test"}
     train = list(loaders["train"])
     assert train[0][0].dtype == torch.float32 and len(seen) == len(train) == 8

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from torch.utils.data import BatchSampler, SequentialSampler
 
 from datalflash.ordering import batch_bounds, plan_epoch, sample_order, schedule
-from datalflash.ordering.ranges import rank_share, served, subtract, take, total
+from datalflash.ordering.ranges import rank_share, served, subtract, take
 
 
 def positions(ranges):
@@ -84,8 +84,12 @@ def test_rank_shares_cover_each_position_once(remaining, world_size, drop_last):
 
 @settings(max_examples=300, deadline=None)
 @given(
-    remaining=ranges_strategy, w1=st.integers(1, 6), w2=st.integers(1, 6), batch=st.integers(1, 40),
-    batches=st.integers(0, 30), drop_last=st.booleans(),
+    remaining=ranges_strategy,
+    w1=st.integers(1, 6),
+    w2=st.integers(1, 6),
+    batch=st.integers(1, 40),
+    batches=st.integers(0, 30),
+    drop_last=st.booleans(),
 )
 def test_resume_on_another_world_size_serves_the_rest_once(remaining, w1, w2, batch, batches, drop_last):
     """Ranks of w1 each serve `batches` batches, then w2 ranks serve the rest: every position of
@@ -115,8 +119,12 @@ def test_take_wraps_like_modular_indexing(remaining, start, length):
 
 @settings(max_examples=200, deadline=None)
 @given(
-    chunk_rows=st.lists(st.integers(1, 30), min_size=1, max_size=20), window=st.integers(1, 5),
-    world_size=st.integers(1, 4), batch=st.integers(1, 50), drop_last=st.booleans(), seed=st.integers(0, 99),
+    chunk_rows=st.lists(st.integers(1, 30), min_size=1, max_size=20),
+    window=st.integers(1, 5),
+    world_size=st.integers(1, 4),
+    batch=st.integers(1, 50),
+    drop_last=st.booleans(),
+    seed=st.integers(0, 99),
     data=st.data(),
 )
 def test_schedule_reads_only_needed_chunks_and_cuts_batches_like_torch(

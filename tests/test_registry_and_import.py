@@ -43,9 +43,9 @@ def test_third_party_backend_via_entry_point(tmp_path):
         from datalflash.store import available_backends, open_store
         from datalflash.utils import DatasetConverter
         assert "raw-plugin" in available_backends()
-        DatasetConverter.create_chunked_dataset([torch.ones(2)] * 5, {str(tmp_path / 's')!r},
+        DatasetConverter.create_chunked_dataset([torch.ones(2)] * 5, {str(tmp_path / "s")!r},
             chunk_size=2, backend="raw-plugin", progress=False)
-        store = open_store({str(tmp_path / 's')!r})
+        store = open_store({str(tmp_path / "s")!r})
         print(type(store).__name__, store.read_chunks("train", [0])["data"].sum())
         """
     )

@@ -2,7 +2,6 @@
 
 import socket
 
-import numpy as np
 import pytest
 import torch
 from torch.utils.data import TensorDataset
@@ -25,7 +24,8 @@ def expected():
 def local_store(tmp_path_factory):
     path = tmp_path_factory.mktemp("remote") / "store"
     return DatasetConverter.create_chunked_dataset(
-        TensorDataset(expected(), torch.arange(N)), path, chunk_size=64, split_ratios={"train": 1.0}, progress=False)
+        TensorDataset(expected(), torch.arange(N)), path, chunk_size=64, split_ratios={"train": 1.0}, progress=False
+    )
 
 
 def train_epoch_checking_every_sample(store, **kw):
@@ -60,8 +60,9 @@ def test_memory_url(local_store):
 
 
 def test_only_zarr_opens_by_url(tmp_path):
-    path = DatasetConverter.create_chunked_dataset(TensorDataset(torch.zeros(10, 2)), tmp_path / "m", backend="memmap",
-                                                   split_ratios={"train": 1.0}, progress=False)
+    path = DatasetConverter.create_chunked_dataset(
+        TensorDataset(torch.zeros(10, 2)), tmp_path / "m", backend="memmap", split_ratios={"train": 1.0}, progress=False
+    )
     fsspec.filesystem("memory").put(str(path), "/mm", recursive=True)
     with pytest.raises(BackendError, match="only zarr stores open by URL"):
         open_store("memory://mm")
@@ -79,9 +80,18 @@ def s3(local_store):
     server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
-    options = {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"}}
-    boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
-                 region_name="us-east-1").create_bucket(Bucket="bucket")
+    options = {
+        "key": "testing",
+        "secret": "testing",
+        "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
+    }
+    boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    ).create_bucket(Bucket="bucket")
     fs = fsspec.filesystem("s3", **options)
     fs.put(str(local_store), "bucket/store", recursive=True)
     yield options
@@ -151,15 +161,17 @@ def test_chunk_cache_shared_by_four_processes(local_store, tmp_path):
         sys.path.insert(0, {str(tmp_path.parent)!r})
         fsspec.filesystem("memory").put({str(local_store)!r}, "/shared", recursive=True)
         from datalflash.store import open_store
-        sys.path.insert(0, {str(__import__('pathlib').Path(__file__).parent)!r})
+        sys.path.insert(0, {str(__import__("pathlib").Path(__file__).parent)!r})
         from test_remote import train_epoch_checking_every_sample
         for _ in range(2):
-            train_epoch_checking_every_sample(open_store("memory://shared", cache_dir={str(tmp_path / 'c')!r},
+            train_epoch_checking_every_sample(open_store("memory://shared", cache_dir={str(tmp_path / "c")!r},
                                                          cache_bytes=200_000))
         print("ok")
     """)
-    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(4)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
     for p in procs:
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0 and out.strip() == "ok", err[-2000:]

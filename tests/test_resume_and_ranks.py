@@ -28,8 +28,13 @@ def dataset(tmp_root, kind, n, chunk_size):
     if key not in _stores:
         path = tmp_root / f"store-{n}-{chunk_size}"
         DatasetConverter.create_chunked_dataset(
-            TensorDataset(features, torch.arange(n)), path, chunk_size=chunk_size,
-            split_ratios={"train": 1.0}, shuffle=False, backend="memmap", progress=False,
+            TensorDataset(features, torch.arange(n)),
+            path,
+            chunk_size=chunk_size,
+            split_ratios={"train": 1.0},
+            shuffle=False,
+            backend="memmap",
+            progress=False,
         )
         _stores[key] = path
     return ChunkedDataset(_stores[key], "train")
@@ -58,15 +63,21 @@ def check_once(seen, n, world_size, drop_last, slack=0):
 
 settings_ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 config = dict(
-    kind=st.sampled_from(["memory", "store"]), n=st.sampled_from([1, 5, 64, 203]),
-    chunk_size=st.sampled_from([1, 7, 32]), batch_size=st.integers(1, 40), world_size=st.integers(1, 5),
-    drop_last=st.booleans(), seed=st.integers(0, 2**31),
+    kind=st.sampled_from(["memory", "store"]),
+    n=st.sampled_from([1, 5, 64, 203]),
+    chunk_size=st.sampled_from([1, 7, 32]),
+    batch_size=st.integers(1, 40),
+    world_size=st.integers(1, 5),
+    drop_last=st.booleans(),
+    seed=st.integers(0, 2**31),
 )
 
 
 @settings_
 @given(**config)
-def test_each_epoch_serves_every_sample_once_across_ranks(tmp_path_factory, kind, n, chunk_size, batch_size, world_size, drop_last, seed):
+def test_each_epoch_serves_every_sample_once_across_ranks(
+    tmp_path_factory, kind, n, chunk_size, batch_size, world_size, drop_last, seed
+):
     data = dataset(tmp_path_factory.getbasetemp(), kind, n, chunk_size)
     for epoch in range(2):
         per_rank = []
@@ -105,7 +116,9 @@ def test_resume_serves_the_rest_of_the_epoch_once_on_any_world_size(
         assert loader.state_dict() == state, "every rank's state describes all ranks"
     rest, counts = [], set()
     for rank in range(resumed_world):
-        resumed = make(data, rank=rank, world_size=resumed_world, batch_size=batch_size, drop_last=drop_last, seed=seed + 1)
+        resumed = make(
+            data, rank=rank, world_size=resumed_world, batch_size=batch_size, drop_last=drop_last, seed=seed + 1
+        )
         resumed.load_state_dict(state)
         assert resumed.seed == seed
         expected = len(resumed)
@@ -175,7 +188,9 @@ def test_incompatible_state_refused(tmp_path):
     with pytest.raises(ValueError, match="not a datalflash loader state"):
         FlashDataLoader(data, batch_size=4, shuffle=True, window_chunks=2).load_state_dict({"epoch": 1})
     with pytest.raises(ValueError, match="remaining"):
-        FlashDataLoader(data, batch_size=4, shuffle=True, window_chunks=2).load_state_dict({**state, "remaining": [[0, 999]]})
+        FlashDataLoader(data, batch_size=4, shuffle=True, window_chunks=2).load_state_dict(
+            {**state, "remaining": [[0, 999]]}
+        )
     ram = FlashDataset(torch.zeros(64, 3))
     with pytest.raises(ValueError, match="data"):
         FlashDataLoader(ram, batch_size=4, shuffle=True).load_state_dict(state)
@@ -216,7 +231,7 @@ def test_resume_in_a_new_process(tmp_path):
         import json, sys
         from datalflash.core import ChunkedDataset, FlashDataLoader
         loader = FlashDataLoader(ChunkedDataset({str(data.store.path)!r}), batch_size=9, shuffle=True, window_chunks=2)
-        loader.load_state_dict(json.load(open({str(tmp_path / 'state.json')!r})))
+        loader.load_state_dict(json.load(open({str(tmp_path / "state.json")!r})))
         print(json.dumps([i for b in loader for i in b[1].tolist()]))
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
@@ -225,9 +240,16 @@ def test_resume_in_a_new_process(tmp_path):
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    n=st.sampled_from([5, 64, 203]), chunk_size=st.sampled_from([7, 32]), batch_size=st.integers(1, 40),
-    world_size=st.integers(1, 3), workers=st.integers(1, 3), resumed_workers=st.integers(0, 2),
-    drop_last=st.booleans(), seed=st.integers(0, 2**31), stop=st.integers(0, 6), data=st.data(),
+    n=st.sampled_from([5, 64, 203]),
+    chunk_size=st.sampled_from([7, 32]),
+    batch_size=st.integers(1, 40),
+    world_size=st.integers(1, 3),
+    workers=st.integers(1, 3),
+    resumed_workers=st.integers(0, 2),
+    drop_last=st.booleans(),
+    seed=st.integers(0, 2**31),
+    stop=st.integers(0, 6),
+    data=st.data(),
 )
 def test_worker_counts_change_no_batch_and_no_resume(
     tmp_path_factory, n, chunk_size, batch_size, world_size, workers, resumed_workers, drop_last, seed, stop, data
@@ -252,8 +274,13 @@ def test_each_rank_reads_only_the_chunks_it_serves(tmp_path):
         ds = ChunkedDataset(data.store.path, "train")
         got = []
         original = ds.store.read_chunks
-        ds.store.read_chunks = lambda split, chunks, out=None, got=got, original=original: (got.extend(chunks), original(split, chunks, out))[1]
-        served = set(indices(FlashDataLoader(ds, batch_size=8, shuffle=True, seed=0, window_chunks=2, rank=rank, world_size=2)))
+        ds.store.read_chunks = lambda split, chunks, out=None, got=got, original=original: (
+            got.extend(chunks),
+            original(split, chunks, out),
+        )[1]
+        served = set(
+            indices(FlashDataLoader(ds, batch_size=8, shuffle=True, seed=0, window_chunks=2, rank=rank, world_size=2))
+        )
         assert set(got) == {i // 10 for i in served} and len(got) == len(set(got))
         reads.append(set(got))
     assert reads[0] | reads[1] == set(range(20))

@@ -29,8 +29,12 @@ def expected_rows():
 def store(request, tmp_path_factory):
     path = tmp_path_factory.mktemp(f"shared-{request.param}") / "store"
     DatasetConverter.create_chunked_dataset(
-        TensorDataset(expected_rows(), torch.arange(N)), path, chunk_size=64, split_ratios={"train": 1.0},
-        backend=request.param, progress=False,
+        TensorDataset(expected_rows(), torch.arange(N)),
+        path,
+        chunk_size=64,
+        split_ratios={"train": 1.0},
+        backend=request.param,
+        progress=False,
     )
     return path
 
@@ -93,8 +97,10 @@ def test_four_processes_read_one_store_at_once(store):
         train_epoch_checking_every_sample({str(store)!r})
         print("ok")
     """)
-    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(4)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
     results = [p.communicate(timeout=300) for p in procs]
     for p, (out, err) in zip(procs, results):
         assert p.returncode == 0 and out.strip() == "ok", err[-2000:]
@@ -124,18 +130,20 @@ def sshfs_mount(tmp_path):
     os.chmod(auth, 0o600)
     port = free_port()
     config = keys / "sshd_config"
-    config.write_text(textwrap.dedent(f"""
+    config.write_text(
+        textwrap.dedent(f"""
         Port {port}
         ListenAddress 127.0.0.1
-        HostKey {keys / 'host'}
+        HostKey {keys / "host"}
         AuthorizedKeysFile {auth}
         PasswordAuthentication no
         PermitRootLogin yes
         StrictModes no
         UsePAM no
         Subsystem sftp internal-sftp
-        PidFile {keys / 'sshd.pid'}
-    """))
+        PidFile {keys / "sshd.pid"}
+    """)
+    )
     Path("/run/sshd").mkdir(exist_ok=True)
     daemon = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE)
     remote, mnt = tmp_path / "remote", tmp_path / "mnt"
@@ -148,9 +156,15 @@ def sshfs_mount(tmp_path):
                     break
             time.sleep(0.1)
         user = os.environ.get("USER") or "root"
-        ssh_opts = f"IdentityFile={keys / 'client'},StrictHostKeyChecking=no,UserKnownHostsFile=/dev/null,port={port},ro"
-        mounted = subprocess.run(["sshfs", f"{user}@127.0.0.1:{remote}", str(mnt), "-o", ssh_opts],
-                                 capture_output=True, text=True, timeout=60)
+        ssh_opts = (
+            f"IdentityFile={keys / 'client'},StrictHostKeyChecking=no,UserKnownHostsFile=/dev/null,port={port},ro"
+        )
+        mounted = subprocess.run(
+            ["sshfs", f"{user}@127.0.0.1:{remote}", str(mnt), "-o", ssh_opts],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if mounted.returncode != 0:
             pytest.skip(f"sshfs could not mount here: {mounted.stderr.strip()[:300]}")
         yield remote, mnt

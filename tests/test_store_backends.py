@@ -49,12 +49,18 @@ class TestMemmap(ChunkStoreTests):
     [("zarr", "default", "lz4"), ("zarr", "zstd", "zstd")],
 )
 def test_zarr_uses_blosc(tmp_path, backend, compression, codec):
-    from datalflash.utils import DatasetConverter
     import torch
 
+    from datalflash.utils import DatasetConverter
+
     DatasetConverter.create_chunked_dataset(
-        [torch.zeros(4)] * 10, tmp_path / "s", chunk_size=5, split_ratios={"train": 1.0},
-        backend=backend, compression=compression, progress=False,
+        [torch.zeros(4)] * 10,
+        tmp_path / "s",
+        chunk_size=5,
+        split_ratios={"train": 1.0},
+        backend=backend,
+        compression=compression,
+        progress=False,
     )
     array = zarr.open_group(str(tmp_path / "s" / "train.zarr"), mode="r")["data"]
     blosc = [c for c in array.metadata.codecs if type(c).__name__ == "BloscCodec"]
@@ -63,12 +69,18 @@ def test_zarr_uses_blosc(tmp_path, backend, compression, codec):
 
 
 def test_hdf5_chunked_along_samples(tmp_path):
-    from datalflash.utils import DatasetConverter
     import torch
 
+    from datalflash.utils import DatasetConverter
+
     DatasetConverter.create_chunked_dataset(
-        [torch.zeros(4)] * 10, tmp_path / "s", chunk_size=3, split_ratios={"train": 1.0},
-        backend="hdf5", compression="gzip", progress=False,
+        [torch.zeros(4)] * 10,
+        tmp_path / "s",
+        chunk_size=3,
+        split_ratios={"train": 1.0},
+        backend="hdf5",
+        compression="gzip",
+        progress=False,
     )
     with h5py.File(tmp_path / "s" / "train.h5", "r") as f:
         assert f["data"].chunks == (3, 4)
@@ -76,13 +88,18 @@ def test_hdf5_chunked_along_samples(tmp_path):
 
 
 def _zarr_store(tmp_path):
-    from datalflash.utils import DatasetConverter
     import torch
+
+    from datalflash.utils import DatasetConverter
 
     x = torch.arange(30 * 4, dtype=torch.int32).reshape(30, 4)
     DatasetConverter.create_chunked_dataset(
-        list(zip(x, torch.arange(30))), tmp_path / "s", chunk_size=8,
-        split_ratios={"train": 1.0}, shuffle=False, progress=False,
+        list(zip(x, torch.arange(30))),
+        tmp_path / "s",
+        chunk_size=8,
+        split_ratios={"train": 1.0},
+        shuffle=False,
+        progress=False,
     )
     return x.numpy()
 
@@ -130,8 +147,13 @@ def test_zarr_metadata_is_what_zarr_itself_writes(tmp_path, compression):
     from datalflash.utils import DatasetConverter
 
     DatasetConverter.create_chunked_dataset(
-        DictSamples(21), tmp_path / "s", chunk_size=4, split_ratios={"train": 0.9, "val": 0.1, "none": 0.0},
-        backend="zarr", compression=compression, progress=False,
+        DictSamples(21),
+        tmp_path / "s",
+        chunk_size=4,
+        split_ratios={"train": 0.9, "val": 0.1, "none": 0.0},
+        backend="zarr",
+        compression=compression,
+        progress=False,
     )
     store = open_store(tmp_path / "s")
     config = store.manifest.backend_config
@@ -147,8 +169,13 @@ def test_zarr_metadata_is_what_zarr_itself_writes(tmp_path, compression):
         for name, spec in store.fields.items():
             rows = max(1, min(4, store.num_samples(split)))
             group.create_array(
-                name, shape=(store.num_samples(split), *spec.shape), chunks=(rows, *spec.shape),
-                dtype=spec.storage_dtype, compressors=codecs, fill_value=0, attributes={"datalflash_dtype": spec.dtype},
+                name,
+                shape=(store.num_samples(split), *spec.shape),
+                chunks=(rows, *spec.shape),
+                dtype=spec.storage_dtype,
+                compressors=codecs,
+                fill_value=0,
+                attributes={"datalflash_dtype": spec.dtype},
             )
             theirs = json.loads((tmp_path / "zarr" / f"{split}.zarr" / name / "zarr.json").read_text())
             assert json.loads((ours / name / "zarr.json").read_text()) == theirs, f"{split}/{name}"
@@ -171,12 +198,22 @@ def test_zarr_large_chunk_stored_as_is_only_when_the_codec_cannot_shrink_it(tmp_
     n, chunk = 700, 600  # 600 x 8 KiB = 4.9 MB a chunk; the last one holds 100 rows
     noise = torch.randint(0, 256, (n, 8192), dtype=torch.uint8, generator=g)
     images = (noise // 64) * 64 if compressible else noise  # 4 levels compress well; noise does not
-    for name, source in (("items", list(zip(images, torch.arange(n)))), ("tensors", TensorDataset(images, torch.arange(n)))):
+    for name, source in (
+        ("items", list(zip(images, torch.arange(n)))),
+        ("tensors", TensorDataset(images, torch.arange(n))),
+    ):
         DatasetConverter.create_chunked_dataset(
-            source, tmp_path / name, chunk_size=chunk, split_ratios={"train": 1.0}, shuffle=False, progress=False,
+            source,
+            tmp_path / name,
+            chunk_size=chunk,
+            split_ratios={"train": 1.0},
+            shuffle=False,
+            progress=False,
         )
     for c in (0, 1):
-        files = [(tmp_path / name / "train.zarr" / "0" / "c" / str(c) / "0").read_bytes() for name in ("items", "tensors")]
+        files = [
+            (tmp_path / name / "train.zarr" / "0" / "c" / str(c) / "0").read_bytes() for name in ("items", "tensors")
+        ]
         assert files[0] == files[1]
         frame = files[0][:-4]  # less the CRC-32C
         as_is = not compressible and c == 0  # the short last chunk's zero padding compresses
@@ -188,9 +225,13 @@ def test_zarr_large_chunk_stored_as_is_only_when_the_codec_cannot_shrink_it(tmp_
         if as_is:
             assert frame == numcodecs.Blosc(cname="lz4", clevel=0, shuffle=numcodecs.Blosc.SHUFFLE).encode(rows)
     for name in ("items", "tensors"):
-        np.testing.assert_array_equal(zarr.open_group(str(tmp_path / name / "train.zarr"), mode="r")["0"][...], images.numpy())
+        np.testing.assert_array_equal(
+            zarr.open_group(str(tmp_path / name / "train.zarr"), mode="r")["0"][...], images.numpy()
+        )
         store = open_store(tmp_path / name, verify="always")
-        np.testing.assert_array_equal(store.read_chunks("train", [1, 0])["0"], np.concatenate([images[chunk:], images[:chunk]]))
+        np.testing.assert_array_equal(
+            store.read_chunks("train", [1, 0])["0"], np.concatenate([images[chunk:], images[:chunk]])
+        )
 
 
 def test_preallocate_reserves_blocks_without_changing_the_file(tmp_path):

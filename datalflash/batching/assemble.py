@@ -25,7 +25,9 @@ def gather(
         if not pin_memory:
             return {name: torch.index_select(t, 0, index) for name, t in source.items()}
         return {
-            name: torch.index_select(t, 0, index, out=torch.empty((len(index), *t.shape[1:]), dtype=t.dtype, pin_memory=True))
+            name: torch.index_select(
+                t, 0, index, out=torch.empty((len(index), *t.shape[1:]), dtype=t.dtype, pin_memory=True)
+            )
             for name, t in source.items()
         }
     sizes = [len(index) for _, index in segments]

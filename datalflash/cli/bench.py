@@ -23,8 +23,12 @@ def timed_rate(loader: Iterable, max_seconds: float) -> tuple[float, int]:
 
 
 def bench_store(
-    path: str | os.PathLike, split: str = "train", batch_size: int = 256, epochs: int = 3,
-    num_workers: int = 0, max_seconds: float = 20.0,
+    path: str | os.PathLike,
+    split: str = "train",
+    batch_size: int = 256,
+    epochs: int = 3,
+    num_workers: int = 0,
+    max_seconds: float = 20.0,
 ) -> list[dict]:
     """Samples/s of: FlashDataLoader on the split; torch's DataLoader reading items from the store
     (``ChunkedDataset``, what a per-item pipeline would do); torch's DataLoader over the split
@@ -33,18 +37,25 @@ def bench_store(
 
     store = open_store(path)
     data = ChunkedDataset(store, split)
-    flash = FlashDataLoader(data, batch_size=batch_size, shuffle=True, num_workers=num_workers,
-                            persistent_workers=num_workers > 0)
+    flash = FlashDataLoader(
+        data, batch_size=batch_size, shuffle=True, num_workers=num_workers, persistent_workers=num_workers > 0
+    )
     per_item = DataLoader(ChunkedDataset(path, split), batch_size=batch_size, shuffle=True, num_workers=num_workers)
     arrays = store.read_chunks(split, range(store.num_chunks(split)))
-    in_ram = DataLoader(TensorDataset(*[torch.from_numpy(a) for a in arrays.values()]), batch_size=batch_size,
-                        shuffle=True, num_workers=num_workers)
+    in_ram = DataLoader(
+        TensorDataset(*[torch.from_numpy(a) for a in arrays.values()]),
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=num_workers,
+    )
     rows = []
-    for name, loader in [("FlashDataLoader (store)", flash), ("torch DataLoader, items from the store", per_item),
-                         ("torch DataLoader, split in RAM (TensorDataset)", in_ram)]:
+    for name, loader in [
+        ("FlashDataLoader (store)", flash),
+        ("torch DataLoader, items from the store", per_item),
+        ("torch DataLoader, split in RAM (TensorDataset)", in_ram),
+    ]:
         runs = [timed_rate(loader, max_seconds) for _ in range(epochs)]
         rate, n = max(runs)
-        rows.append({"loader": name, "samples_per_s": round(rate), "samples": n,
-                     "full_epoch": n >= len(data)})
+        rows.append({"loader": name, "samples_per_s": round(rate), "samples": n, "full_epoch": n >= len(data)})
     flash.close()
     return rows

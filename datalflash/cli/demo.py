@@ -16,8 +16,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from datalflash.cli.bench import bench_store, timed_rate
-from datalflash.loading import get_dataloaders
 from datalflash.convert import DatasetConverter
+from datalflash.loading import get_dataloaders
 
 
 def digits_dataset() -> TensorDataset:
@@ -38,11 +38,15 @@ def run(workdir: str | None = None, epochs: int = 15, batch_size: int = 64, seed
         path = Path(workdir or tmp) / "digits_store"
         start = time.perf_counter()
         dataset = digits_dataset()
-        DatasetConverter.create_chunked_dataset(dataset, path, chunk_size=256, seed=seed, overwrite=True, progress=False)
+        DatasetConverter.create_chunked_dataset(
+            dataset, path, chunk_size=256, seed=seed, overwrite=True, progress=False
+        )
         loaders = get_dataloaders(path, batch_size, seed=seed)
         sizes = {split: len(loader.dataset) for split, loader in loaders.items()}
-        print(f"converted {len(dataset)} real 8x8 digits into a Zarr store at {path} "
-              f"({time.perf_counter() - start:.2f}s); splits {sizes}")
+        print(
+            f"converted {len(dataset)} real 8x8 digits into a Zarr store at {path} "
+            f"({time.perf_counter() - start:.2f}s); splits {sizes}"
+        )
         model = nn.Sequential(nn.Flatten(), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
         for _ in range(epochs):
@@ -60,10 +64,19 @@ def run(workdir: str | None = None, epochs: int = 15, batch_size: int = 64, seed
         print(f"test accuracy after {epochs} epochs: {accuracy:.3f}")
         train = loaders["train"].dataset
         flash = statistics.median(timed_rate(loaders["train"], math.inf)[0] for _ in range(5))
-        plain = TensorDataset(*[torch.from_numpy(a) for a in train.store.read_chunks("train", range(train.store.num_chunks("train"))).values()])
-        baseline = statistics.median(timed_rate(DataLoader(plain, batch_size, shuffle=True), math.inf)[0] for _ in range(5))
-        print(f"loading the train split: FlashDataLoader {flash:,.0f} samples/s, torch DataLoader "
-              f"(same data in RAM) {baseline:,.0f} samples/s ({flash / baseline:.1f}x)")
+        plain = TensorDataset(
+            *[
+                torch.from_numpy(a)
+                for a in train.store.read_chunks("train", range(train.store.num_chunks("train"))).values()
+            ]
+        )
+        baseline = statistics.median(
+            timed_rate(DataLoader(plain, batch_size, shuffle=True), math.inf)[0] for _ in range(5)
+        )
+        print(
+            f"loading the train split: FlashDataLoader {flash:,.0f} samples/s, torch DataLoader "
+            f"(same data in RAM) {baseline:,.0f} samples/s ({flash / baseline:.1f}x)"
+        )
         speed_check(Path(workdir or tmp) / "cifar_shaped_store", seed)
         return accuracy
 

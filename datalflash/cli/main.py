@@ -41,9 +41,17 @@ def _convert(args: argparse.Namespace) -> int:
             compression = {"compression": compression, LEVEL_OPTION[args.backend]: args.level}
         dataset = load_source(args.source)
         out = DatasetConverter.create_chunked_dataset(
-            dataset, args.output, chunk_size=args.chunk_size, split_ratios=args.splits, shuffle=not args.no_shuffle,
-            seed=args.seed, backend=args.backend, compression=compression, num_workers=args.workers,
-            overwrite=args.overwrite, progress=not args.quiet,
+            dataset,
+            args.output,
+            chunk_size=args.chunk_size,
+            split_ratios=args.splits,
+            shuffle=not args.no_shuffle,
+            seed=args.seed,
+            backend=args.backend,
+            compression=compression,
+            num_workers=args.workers,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
         )
     except (DataLFlashError, FileExistsError) as e:
         return _fail("convert", e)
@@ -97,19 +105,29 @@ def _demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``datalflash`` command."""
-    parser = argparse.ArgumentParser(prog="datalflash", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="datalflash", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     convert = commands.add_parser(
-        "convert", help="convert a dataset into a chunked store",
+        "convert",
+        help="convert a dataset into a chunked store",
         description="Convert SOURCE into a store at OUTPUT. SOURCE is module:callable (returns a torch "
         "Dataset), a.npy[,b.npy...], data.npz, data.h5[:dataset] or an array.zarr / group.",
     )
     convert.add_argument("source")
     convert.add_argument("output")
     convert.add_argument("--backend", default="zarr", help="zarr (default), hdf5 or memmap")
-    convert.add_argument("--compression", default="default", help="zarr: lz4 (default), zstd, none; hdf5: none, gzip, lzf")
-    convert.add_argument("--level", type=int, default=None, help="compression level: zarr Blosc 0-9 (default 5), hdf5 gzip 0-9 (default 4)")
+    convert.add_argument(
+        "--compression", default="default", help="zarr: lz4 (default), zstd, none; hdf5: none, gzip, lzf"
+    )
+    convert.add_argument(
+        "--level",
+        type=int,
+        default=None,
+        help="compression level: zarr Blosc 0-9 (default 5), hdf5 gzip 0-9 (default 4)",
+    )
     convert.add_argument("--chunk-size", type=int, default=10_000)
     convert.add_argument("--splits", type=_splits, default=None, help="e.g. train=0.8,val=0.1,test=0.1 (the default)")
     convert.add_argument("--seed", type=int, default=0)
@@ -119,21 +137,29 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     convert.set_defaults(func=_convert)
 
-    info = commands.add_parser("info", help="what a store holds", description="Backend, fields, splits, chunks, bytes on disk and compression ratio of STORE.")
+    info = commands.add_parser(
+        "info",
+        help="what a store holds",
+        description="Backend, fields, splits, chunks, bytes on disk and compression ratio of STORE.",
+    )
     info.add_argument("store")
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(func=_info)
 
     verify = commands.add_parser(
-        "verify", help="check every chunk of a store against its checksums",
+        "verify",
+        help="check every chunk of a store against its checksums",
         description="Check every chunk of STORE; exit 0 if all are good, 1 if some are bad, 2 if STORE is not a usable store.",
     )
     verify.add_argument("store")
     verify.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     verify.set_defaults(func=_verify)
 
-    bench = commands.add_parser("bench", help="FlashDataLoader against torch's DataLoader on a store",
-                                description="Epoch throughput of FlashDataLoader and torch's DataLoader on a split of STORE.")
+    bench = commands.add_parser(
+        "bench",
+        help="FlashDataLoader against torch's DataLoader on a store",
+        description="Epoch throughput of FlashDataLoader and torch's DataLoader on a split of STORE.",
+    )
     bench.add_argument("store")
     bench.add_argument("--split", default="train")
     bench.add_argument("--batch-size", type=int, default=256)

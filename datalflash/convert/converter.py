@@ -15,8 +15,8 @@ import time
 import uuid
 import warnings
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,14 +24,14 @@ import numpy as np
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from datalflash.version import __version__
+from datalflash.convert.ranks import conversion_ranks, convert_across_ranks, owner
+from datalflash.convert.samples import BlockReader, block_size, infer_schema
 from datalflash.errors import BackendError, ConversionError, StoreExistsError
 from datalflash.format.manifest import MANIFEST_NAME, Manifest, SplitInfo, allocate
+from datalflash.format.structure import is_valid_field_name
 from datalflash.store.registry import get_backend
 from datalflash.store.verify import VerifyReport, verify_store
-from datalflash.convert.ranks import convert_across_ranks, conversion_ranks, owner
-from datalflash.format.structure import is_valid_field_name
-from datalflash.convert.samples import BlockReader, block_size, infer_schema
+from datalflash.version import __version__
 
 if TYPE_CHECKING:
     from datalflash.loading.memory import FlashDataset
@@ -85,12 +85,8 @@ def _check_output(output_dir: Path, overwrite: bool) -> None:
         return
     if not overwrite:
         raise StoreExistsError(f"{output_dir} already exists; pass overwrite=True to replace it")
-    if not output_dir.is_dir() or not (
-        (output_dir / MANIFEST_NAME).is_file() or not any(output_dir.iterdir())
-    ):
-        raise StoreExistsError(
-            f"{output_dir} exists and is not a datalflash store; refusing to overwrite it"
-        )
+    if not output_dir.is_dir() or not ((output_dir / MANIFEST_NAME).is_file() or not any(output_dir.iterdir())):
+        raise StoreExistsError(f"{output_dir} exists and is not a datalflash store; refusing to overwrite it")
 
 
 def _alive(pid: int) -> bool:
@@ -213,15 +209,20 @@ class DatasetConverter:
             },
         )
         if world > 1:
+
             def prepare() -> Path:
                 _recover_leftovers(output_dir)
                 _check_output(output_dir, overwrite)
                 return _staging(output_dir)
 
             convert_across_ranks(
-                backend_cls, manifest, prepare,
+                backend_cls,
+                manifest,
+                prepare,
                 lambda store: _fill(store, pytorch_dataset, order, num_workers, progress and rank == 0, rank, world),
-                lambda staging: _publish(staging, output_dir), rank, world,
+                lambda staging: _publish(staging, output_dir),
+                rank,
+                world,
             )
             return output_dir
         staging = _staging(output_dir)
@@ -239,7 +240,7 @@ class DatasetConverter:
         return output_dir
 
     @staticmethod
-    def verify(path: str | os.PathLike, *, progress: bool = True) -> "VerifyReport":
+    def verify(path: str | os.PathLike, *, progress: bool = True) -> VerifyReport:
         """Check every chunk of the store at ``path`` against its checksums (see
         :func:`datalflash.store.verify.verify_store`); the report names each bad chunk."""
         return verify_store(path, progress=progress)
@@ -247,7 +248,7 @@ class DatasetConverter:
     @staticmethod
     def from_pytorch_dataset(
         pytorch_dataset: Dataset, memory_optimized: bool = True, *, num_workers: int = 0
-    ) -> "FlashDataset":
+    ) -> FlashDataset:
         """Load every sample of ``pytorch_dataset`` into a :class:`~datalflash.core.FlashDataset`
         holding one contiguous tensor per field.
 
@@ -255,8 +256,8 @@ class DatasetConverter:
         tensors (peak memory = the data's size); without it, blocks are concatenated at the end
         (peak about twice that).
         """
-        from datalflash.loading.memory import FlashDataset
         from datalflash.batching.tensors import tensors_from_storage
+        from datalflash.loading.memory import FlashDataset
 
         n = _dataset_length(pytorch_dataset)
         structure, fields = infer_schema(_first_sample(pytorch_dataset, 0), 0)
@@ -312,7 +313,9 @@ def _fill(
             rows = split_order[chunk * chunk_size : (chunk + 1) * chunk_size]
             chunks.append((split, chunk, _blocks(rows, block, chunk_size)))
     chunks = [c for k, c in enumerate(chunks) if owner(k, world_size) == rank]
-    reader = BlockReader(dataset, [b for *_, blocks in chunks for b in blocks], store.structure, store.fields, num_workers)
+    reader = BlockReader(
+        dataset, [b for *_, blocks in chunks for b in blocks], store.structure, store.fields, num_workers
+    )
     largest = min(chunk_size, max(info.num_samples for info in store.splits.values()))
     piece_rows = max(1, PIECE_BYTES // max(1, sum(spec.sample_nbytes for spec in store.fields.values())))
     buffers: list[dict[str, np.ndarray]] = []
@@ -329,9 +332,14 @@ def _fill(
     pending: deque = deque()
     with (
         ThreadPoolExecutor(WRITERS, thread_name_prefix="datalflash-writer") as writers,
-        tqdm(total=sum(len(b) for *_, blocks in chunks for b in blocks), unit="sample", desc="converting",
-             disable=not progress) as bar,
+        tqdm(
+            total=sum(len(b) for *_, blocks in chunks for b in blocks),
+            unit="sample",
+            desc="converting",
+            disable=not progress,
+        ) as bar,
     ):
+
         def collect() -> None:  # the oldest write: its errors raise here, its samples count as done
             future, samples = pending.popleft()
             future.result()

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch.distributed as dist
 
 from datalflash.errors import ConversionError
-from datalflash.store.base import ChunkStore
 from datalflash.format.manifest import Manifest
+from datalflash.store.base import ChunkStore
 
 SINGLE_WRITER_BACKENDS = frozenset({"hdf5"})  # one file per split: HDF5 has no concurrent writers
 

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from datalflash.errors import ConversionError
 from datalflash.batching.tensors import as_storage, from_storage, torch_dtype_name
+from datalflash.errors import ConversionError
 from datalflash.format.dtypes import numpy_dtype_name, storage_dtype
 from datalflash.format.manifest import FieldSpec, allocate
 from datalflash.format.structure import field_names, flatten, infer_structure

@@ -89,8 +89,7 @@ class Manifest:
             "fields": {name: spec.to_json() for name, spec in self.fields.items()},
             "structure": self.structure,
             "splits": {
-                name: {"num_samples": s.num_samples, "num_chunks": s.num_chunks}
-                for name, s in self.splits.items()
+                name: {"num_samples": s.num_samples, "num_chunks": s.num_chunks} for name, s in self.splits.items()
             },
             "created": self.created,
             **({"checksums": {"algorithm": CHECKSUM_ALGORITHM, "splits": self.checksums}} if self.checksums else {}),
@@ -204,10 +203,14 @@ def _parse_checksums(raw: Any, splits: Mapping[str, SplitInfo], fields: Mapping[
     out = {}
     for split, per_field in per_split.items():
         _require(split in splits, f"checksums for unknown split {split!r}")
-        _require(isinstance(per_field, dict) and set(per_field) == set(fields), f"checksums of split {split!r} do not list every field")
+        _require(
+            isinstance(per_field, dict) and set(per_field) == set(fields),
+            f"checksums of split {split!r} do not list every field",
+        )
         for name, values in per_field.items():
             _require(
-                isinstance(values, list) and len(values) == splits[split].num_chunks
+                isinstance(values, list)
+                and len(values) == splits[split].num_chunks
                 and all(_is_int(v) and 0 <= v < 2**32 for v in values),
                 f"checksums of split {split!r} field {name!r}: need one 32-bit integer per chunk",
             )
@@ -222,7 +225,9 @@ def _parse_fields(raw: Any) -> dict[str, FieldSpec]:
         _require(is_valid_field_name(name), f"field name {name!r} is not allowed")
         _require(isinstance(spec, dict), f"field {name!r} is not an object")
         dtype = spec.get("dtype")
-        _require(isinstance(dtype, str) and dtype in SUPPORTED_DTYPES, f"field {name!r}: dtype {dtype!r} is not supported")
+        _require(
+            isinstance(dtype, str) and dtype in SUPPORTED_DTYPES, f"field {name!r}: dtype {dtype!r} is not supported"
+        )
         stored = spec.get("storage_dtype")
         if stored is not None:
             _require(
@@ -231,9 +236,7 @@ def _parse_fields(raw: Any) -> dict[str, FieldSpec]:
             )
         shape = spec.get("shape")
         _require(
-            isinstance(shape, list)
-            and len(shape) <= MAX_NDIM
-            and all(_is_int(d) and 0 <= d < MAX_DIM for d in shape),
+            isinstance(shape, list) and len(shape) <= MAX_NDIM and all(_is_int(d) and 0 <= d < MAX_DIM for d in shape),
             f"field {name!r}: shape {shape!r} is not a list of non-negative integers",
         )
         _require(math.prod(shape) < MAX_DIM, f"field {name!r}: shape {shape} is too large")

@@ -40,9 +40,7 @@ def _infer(sample: Any, prefix: str, depth: int) -> dict:
         items = {}
         for key in sample:
             if not isinstance(key, str) or not is_valid_field_name(key) or "." in key:
-                raise ValueError(
-                    f"dict key {key!r} cannot name a field: use letters, digits, '_' and '-'"
-                )
+                raise ValueError(f"dict key {key!r} cannot name a field: use letters, digits, '_' and '-'")
             items[key] = _infer(sample[key], join(key), depth + 1)
         return {"kind": "dict", "items": items}
     if isinstance(sample, (tuple, list)):
@@ -89,8 +87,7 @@ def _flatten(sample: Any, spec: dict, out: list, path: str) -> None:
         if not isinstance(sample, (tuple, list)) or len(sample) != len(spec["items"]):
             raise ValueError(
                 f"{path} should be a tuple of {len(spec['items'])} items like the first sample, "
-                f"got {type(sample).__name__}"
-                + (f" of {len(sample)}" if isinstance(sample, (tuple, list)) else "")
+                f"got {type(sample).__name__}" + (f" of {len(sample)}" if isinstance(sample, (tuple, list)) else "")
             )
         for i, (item, sub) in enumerate(zip(sample, spec["items"])):
             _flatten(item, sub, out, f"{path}[{i}]")
@@ -117,9 +114,7 @@ def validate_structure(spec: Any, fields: Mapping[str, Any], depth: int = 0) -> 
     seen: list[str] = []
     _validate(spec, depth, seen)
     if sorted(seen) != sorted(fields) or len(set(seen)) != len(seen):
-        raise StoreFormatError(
-            f"manifest structure names fields {sorted(seen)} but fields are {sorted(fields)}"
-        )
+        raise StoreFormatError(f"manifest structure names fields {sorted(seen)} but fields are {sorted(fields)}")
 
 
 def _validate(spec: Any, depth: int, seen: list[str]) -> None:

@@ -15,15 +15,14 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 
-import numpy as np
 import torch
 
 from datalflash.batching import gather
+from datalflash.batching.tensors import tensors_from_storage
 from datalflash.loading.chunked import ChunkedDataset
 from datalflash.loading.memory import FlashDataset, checked_index
 from datalflash.ordering import EpochPlan, Schedule
 from datalflash.reading import ThreadReader, WindowPrefetcher
-from datalflash.batching.tensors import tensors_from_storage
 
 Batch = dict[str, torch.Tensor]
 
@@ -36,7 +35,9 @@ def memory_batches(
         yield gather([(dataset.fields, checked_index(indices, len(dataset)))], pin_memory=pin_memory)
 
 
-def planned_memory_batches(dataset: FlashDataset, plan: EpochPlan, sched: Schedule, pin_memory: bool) -> Iterator[Batch]:
+def planned_memory_batches(
+    dataset: FlashDataset, plan: EpochPlan, sched: Schedule, pin_memory: bool
+) -> Iterator[Batch]:
     """Batches of a RAM dataset's own plan (one window holding every sample)."""
     order = torch.from_numpy(plan.order(0)) if sched.batches else None
     for batch in sched.batches:
@@ -60,8 +61,13 @@ def planned_chunk_batches(
         return
     visits = sched.visits
     prefetcher = WindowPrefetcher(
-        dataset.store, dataset.split, [plan.windows[v.window] for v in visits], [v.chunks for v in visits],
-        reader=reader, ahead=ahead, timeout=timeout,
+        dataset.store,
+        dataset.split,
+        [plan.windows[v.window] for v in visits],
+        [v.chunks for v in visits],
+        reader=reader,
+        ahead=ahead,
+        timeout=timeout,
     )
     try:
         left = [sum(b - a for a, b in v.spans) for v in visits]  # positions each visit still serves

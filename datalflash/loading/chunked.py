@@ -9,10 +9,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datalflash.store.base import ChunkStore
 from datalflash.batching.tensors import tensors_from_storage
-from datalflash.store.registry import open_store
 from datalflash.format.structure import rebuild
+from datalflash.store.base import ChunkStore
+from datalflash.store.registry import open_store
 
 
 class ChunkedDataset(Dataset):

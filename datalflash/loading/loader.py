@@ -16,15 +16,20 @@ from typing import Any
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
+from datalflash.distributed import resolve_ranks, shared_seed
+from datalflash.format.structure import rebuild
+from datalflash.loading.batches import (
+    memory_batches,
+    planned_chunk_batches,
+    planned_memory_batches,
+    sampled_chunk_batches,
+)
 from datalflash.loading.chunked import ChunkedDataset
 from datalflash.loading.memory import FlashDataset
-from datalflash.distributed import resolve_ranks, shared_seed
 from datalflash.loading.resume import fingerprint, make_state, resume_point
-from datalflash.loading.batches import memory_batches, planned_chunk_batches, planned_memory_batches, sampled_chunk_batches
 from datalflash.ordering import memory_plan, plan_epoch, schedule
 from datalflash.ordering.ranges import Ranges, rank_share, share_size, take, total
 from datalflash.reading import ThreadReader, make_reader
-from datalflash.format.structure import rebuild
 from datalflash.transfer import DeviceTransfer, resolve_device
 
 DEFAULT_READ_AHEAD = 512 * 2**20
@@ -105,10 +110,22 @@ class FlashDataLoader:
         self._torch: DataLoader | None = None
         if not ours or collate_fn is not None or (batch_size is None and batch_sampler is None):
             self._torch = DataLoader(
-                dataset, batch_size, shuffle, sampler, batch_sampler, num_workers, collate_fn,
-                self.pin_memory, drop_last, timeout, worker_init_fn,
-                multiprocessing_context, generator, prefetch_factor=prefetch_factor,
-                persistent_workers=persistent_workers, pin_memory_device=pin_memory_device,
+                dataset,
+                batch_size,
+                shuffle,
+                sampler,
+                batch_sampler,
+                num_workers,
+                collate_fn,
+                self.pin_memory,
+                drop_last,
+                timeout,
+                worker_init_fn,
+                multiprocessing_context,
+                generator,
+                prefetch_factor=prefetch_factor,
+                persistent_workers=persistent_workers,
+                pin_memory_device=pin_memory_device,
                 in_order=in_order,
             )
         else:
@@ -184,8 +201,10 @@ class FlashDataLoader:
                 "custom sampler, batch_sampler, collate_fn or another dataset, save that order yourself"
             )
         return {
-            "data": fingerprint(self.dataset), "num_samples": len(self.dataset),
-            "shuffle": self.shuffle, "window_chunks": self.window_chunks,
+            "data": fingerprint(self.dataset),
+            "num_samples": len(self.dataset),
+            "shuffle": self.shuffle,
+            "window_chunks": self.window_chunks,
         }
 
     def state_dict(self) -> dict:
@@ -195,8 +214,13 @@ class FlashDataLoader:
         share = share_size(total(cursor["remaining"]), self.world_size, self.drop_last)
         served = min(share, cursor["skip"] + cursor["batches"] * self.batch_size)
         return make_state(
-            order, seed=self.seed, epoch=cursor["epoch"], remaining=cursor["remaining"],
-            world_size=self.world_size, drop_last=self.drop_last, served=served,
+            order,
+            seed=self.seed,
+            epoch=cursor["epoch"],
+            remaining=cursor["remaining"],
+            world_size=self.world_size,
+            drop_last=self.drop_last,
+            served=served,
         )
 
     def _new_cursor(self, epoch: int) -> dict:
@@ -218,7 +242,9 @@ class FlashDataLoader:
             cursor = self._new_cursor(epoch)
             self._resume = None
             structure = self.dataset.structure
-            batches = (rebuild(structure, b, list) for b in self._cpu_batches(epoch, cursor["remaining"], cursor["skip"]))
+            batches = (
+                rebuild(structure, b, list) for b in self._cpu_batches(epoch, cursor["remaining"], cursor["skip"])
+            )
         if self.device is not None:
             batches = DeviceTransfer(self.device).stream(batches)
         if self.transform is not None:
@@ -249,12 +275,19 @@ class FlashDataLoader:
             plan = memory_plan(len(data), shuffle=self.shuffle, seed=self.seed, epoch=epoch)
             return planned_memory_batches(data, plan, schedule(plan, share, self.batch_size, self.drop_last), pin)
         store = data.store
-        chunk_rows = [b - a for a, b in (store.chunk_bounds(data.split, c) for c in range(store.num_chunks(data.split)))]
+        chunk_rows = [
+            b - a for a, b in (store.chunk_bounds(data.split, c) for c in range(store.num_chunks(data.split)))
+        ]
         plan = plan_epoch(chunk_rows, window=self.window_chunks, shuffle=self.shuffle, seed=self.seed, epoch=epoch)
         return self._with_reader(
             lambda reader: planned_chunk_batches(
-                data, plan, schedule(plan, share, self.batch_size, self.drop_last), reader=reader, ahead=1,
-                timeout=self.timeout, pin_memory=pin,
+                data,
+                plan,
+                schedule(plan, share, self.batch_size, self.drop_last),
+                reader=reader,
+                ahead=1,
+                timeout=self.timeout,
+                pin_memory=pin,
             )
         )
 

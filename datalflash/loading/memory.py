@@ -7,7 +7,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-
 import torch
 from torch.utils.data import Dataset
 
@@ -33,7 +32,7 @@ class FlashDataset(Dataset):
         self._init(fields, structure)
 
     @classmethod
-    def from_fields(cls, fields: Mapping[str, torch.Tensor], structure: dict) -> "FlashDataset":
+    def from_fields(cls, fields: Mapping[str, torch.Tensor], structure: dict) -> FlashDataset:
         """Build from ``{field name: tensor}`` and a structure spec (see :mod:`datalflash.format.structure`)."""
         self = cls.__new__(cls)
         self._init(dict(fields), structure)

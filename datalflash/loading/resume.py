@@ -33,13 +33,19 @@ def fingerprint(dataset: FlashDataset | ChunkedDataset) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def make_state(order: dict, *, seed: int, epoch: int, remaining: Ranges, world_size: int,
-               drop_last: bool, served: int) -> dict:
+def make_state(
+    order: dict, *, seed: int, epoch: int, remaining: Ranges, world_size: int, drop_last: bool, served: int
+) -> dict:
     """The state dict (see the module docstring); ``order`` holds :data:`ORDER_KEYS`."""
     return {
-        "datalflash_loader_state": STATE_VERSION, **order, "seed": seed, "epoch": epoch,
-        "remaining": [list(r) for r in remaining], "world_size": world_size,
-        "drop_last": drop_last, "served": served,
+        "datalflash_loader_state": STATE_VERSION,
+        **order,
+        "seed": seed,
+        "epoch": epoch,
+        "remaining": [list(r) for r in remaining],
+        "world_size": world_size,
+        "drop_last": drop_last,
+        "served": served,
     }
 
 

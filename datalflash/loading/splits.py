@@ -36,7 +36,9 @@ def get_dataloaders(
     (``storage_options`` for fsspec; ``cache_dir`` keeps its chunks locally, see
     :func:`~datalflash.store.open_store`). Further keywords go to :class:`FlashDataLoader`.
     """
-    store = open_store(chunks_dir, verify=verify, storage_options=dict(storage_options or {}) or None, cache_dir=cache_dir)
+    store = open_store(
+        chunks_dir, verify=verify, storage_options=dict(storage_options or {}) or None, cache_dir=cache_dir
+    )
     augmentations = dict(augmentations or {})
     unknown = set(augmentations) - set(store.splits)
     if unknown:

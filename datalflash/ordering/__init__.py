@@ -5,6 +5,16 @@ from datalflash.ordering.quality import ShuffleQuality, score_order, shuffle_qua
 from datalflash.ordering.schedule import Schedule, Visit, schedule
 
 __all__ = [
-    "EpochPlan", "Schedule", "ShuffleQuality", "Visit", "batch_bounds", "epoch_rng", "memory_plan",
-    "plan_epoch", "sample_order", "schedule", "score_order", "shuffle_quality",
+    "EpochPlan",
+    "Schedule",
+    "ShuffleQuality",
+    "Visit",
+    "batch_bounds",
+    "epoch_rng",
+    "memory_plan",
+    "plan_epoch",
+    "sample_order",
+    "schedule",
+    "score_order",
+    "shuffle_quality",
 ]

@@ -75,9 +75,7 @@ class EpochPlan:
         return np.unique(self.windows[w][np.searchsorted(starts, rows, side="right")])
 
 
-def plan_epoch(
-    chunk_rows: Sequence[int], *, window: int, shuffle: bool, seed: int, epoch: int
-) -> EpochPlan:
+def plan_epoch(chunk_rows: Sequence[int], *, window: int, shuffle: bool, seed: int, epoch: int) -> EpochPlan:
     """Plan one epoch over chunks of ``chunk_rows[c]`` rows each, ``window`` chunks at a time."""
     if window < 1:
         raise ValueError(f"window must be >= 1 chunk, got {window}")

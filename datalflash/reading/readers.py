@@ -109,7 +109,12 @@ class ProcessReader(ThreadReader):
     """
 
     def __init__(
-        self, store: ChunkStore, workers: int, context: Any = None, worker_init_fn: Any = None, spare: list | None = None
+        self,
+        store: ChunkStore,
+        workers: int,
+        context: Any = None,
+        worker_init_fn: Any = None,
+        spare: list | None = None,
     ):
         self.store = store
         self._spare = spare if spare is not None else []
@@ -152,5 +157,3 @@ def make_reader(
     if num_workers > 0:
         return ProcessReader(store, num_workers, context, worker_init_fn, spare)
     return ThreadReader(store, threads=getattr(store, "read_threads", 2), spare=spare)
-
-

@@ -16,9 +16,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
-
 import google_crc32c
+import numpy as np
 
 from datalflash.errors import BackendError, ChecksumError, DataLFlashError, StoreFormatError, StoreReadError
 from datalflash.format.manifest import FieldSpec, Manifest, SplitInfo, allocate, write_manifest
@@ -139,9 +138,7 @@ class ChunkStore(ABC):
         try:
             return self.manifest.splits[split]
         except KeyError:
-            raise KeyError(
-                f"{self.path}: no split {split!r}; splits are {sorted(self.manifest.splits)}"
-            ) from None
+            raise KeyError(f"{self.path}: no split {split!r}; splits are {sorted(self.manifest.splits)}") from None
 
     def __repr__(self) -> str:
         splits = ", ".join(f"{k}={v.num_samples}" for k, v in self.splits.items())
@@ -290,7 +287,7 @@ class ChunkStore(ABC):
 
     # ----------------------------------------------------------------- writing
     @classmethod
-    def create(cls, path: str | os.PathLike, manifest: Manifest) -> "ChunkStore":
+    def create(cls, path: str | os.PathLike, manifest: Manifest) -> ChunkStore:
         """Lay out an empty store at ``path`` (a new directory) for ``manifest``; fill with
         :meth:`write_chunk`, then call :meth:`finish`."""
         cls.validate_config(manifest.backend_config)
@@ -345,7 +342,9 @@ class ChunkStore(ABC):
             raise BackendError(f"{self.path}: store is open read-only")
         return self.chunk_bounds(split, chunk)
 
-    def _checked_rows(self, split: str, chunk: int, name: str, arrays: Mapping[str, np.ndarray], rows: int) -> np.ndarray:
+    def _checked_rows(
+        self, split: str, chunk: int, name: str, arrays: Mapping[str, np.ndarray], rows: int
+    ) -> np.ndarray:
         """``arrays[name]`` as a C-contiguous array, or ValueError if it is not ``rows`` rows of the field."""
         spec = self.fields[name]
         if name not in arrays:
@@ -384,7 +383,7 @@ class ChunkStore(ABC):
         if close is not None:
             close()
 
-    def __enter__(self) -> "ChunkStore":
+    def __enter__(self) -> ChunkStore:
         return self
 
     def __exit__(self, *exc: object) -> None:

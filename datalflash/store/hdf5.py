@@ -80,7 +80,9 @@ class HDF5ChunkStore(ChunkStore):
                 if link is None:
                     raise StoreFormatError(f"{path}: split {split!r} has no dataset for field {name!r}")
                 if not isinstance(link, h5py.HardLink):
-                    raise StoreFormatError(f"{path}: field {name!r} is a {type(link).__name__}; only datasets in the file are read")
+                    raise StoreFormatError(
+                        f"{path}: field {name!r} is a {type(link).__name__}; only datasets in the file are read"
+                    )
                 if f[name].external or f[name].is_virtual:
                     raise StoreFormatError(f"{path}: field {name!r} keeps its data in other files; refusing to read it")
                 self.check_array(split, name, f[name].shape, f[name].dtype, f"{path}[{name!r}]")

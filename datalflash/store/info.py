@@ -43,12 +43,17 @@ def format_info(info: dict) -> str:
         "  fields",
         *(f"    {name:<12} {f['dtype']:<10} {tuple(f['shape'])}" for name, f in info["fields"].items()),
         "  splits",
-        *(f"    {name:<12} {s['samples']:>12,} samples {s['chunks']:>8,} chunks"
-          f"{'' if info['checksums'][name] else '  (no checksums)'}" for name, s in info["splits"].items()),
+        *(
+            f"    {name:<12} {s['samples']:>12,} samples {s['chunks']:>8,} chunks"
+            f"{'' if info['checksums'][name] else '  (no checksums)'}"
+            for name, s in info["splits"].items()
+        ),
         f"  size         {info['disk_bytes'] / 2**20:,.1f} MiB on disk, {info['raw_bytes'] / 2**20:,.1f} MiB of samples"
         + (f", compression ratio {info['compression_ratio']:.2f}" if info["compression_ratio"] else ""),
     ]
     if info["created"]:
-        lines.append(f"  created      {info['created'].get('at', '?')} by {info['created'].get('by', '?')}"
-                     f" from {info['created'].get('source', '?')}")
+        lines.append(
+            f"  created      {info['created'].get('at', '?')} by {info['created'].get('by', '?')}"
+            f" from {info['created'].get('source', '?')}"
+        )
     return "\n".join(lines)

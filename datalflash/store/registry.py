@@ -7,8 +7,8 @@ import os
 from importlib.metadata import entry_points
 
 from datalflash.errors import BackendError
-from datalflash.store.base import ChunkStore
 from datalflash.format.manifest import read_manifest
+from datalflash.store.base import ChunkStore
 
 ENTRY_POINT_GROUP = "datalflash.stores"
 _BUILTIN = {
@@ -57,8 +57,12 @@ def available_backends() -> list[str]:
 
 
 def open_store(
-    path: str | os.PathLike, *, verify: str = "first", storage_options: dict | None = None,
-    cache_dir: str | os.PathLike | None = None, cache_bytes: int = 10 * 2**30,
+    path: str | os.PathLike,
+    *,
+    verify: str = "first",
+    storage_options: dict | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    cache_bytes: int = 10 * 2**30,
 ) -> ChunkStore:
     """Open the store at ``path`` read-only; the manifest names its backend. ``verify``: when
     chunk checksums are checked (``"first"`` read of each chunk in this process, ``"always"``,

@@ -34,7 +34,12 @@ class ConvertDtype:
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         out = batch.to(self.dtype)
-        if self.scale and self.dtype.is_floating_point and not batch.dtype.is_floating_point and batch.dtype != torch.bool:
+        if (
+            self.scale
+            and self.dtype.is_floating_point
+            and not batch.dtype.is_floating_point
+            and batch.dtype != torch.bool
+        ):
             out = out / torch.iinfo(batch.dtype).max
         return out
 

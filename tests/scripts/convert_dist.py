@@ -42,8 +42,9 @@ def main() -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
         ChunkStore.write_chunk = write_then_die
-    DatasetConverter.create_chunked_dataset(Samples(), args.out, chunk_size=64, backend=args.backend,
-                                            overwrite=True, progress=False)
+    DatasetConverter.create_chunked_dataset(
+        Samples(), args.out, chunk_size=64, backend=args.backend, overwrite=True, progress=False
+    )
     dist.destroy_process_group()
 
 

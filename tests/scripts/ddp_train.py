@@ -45,8 +45,14 @@ def main() -> None:
                 Path(args.out, "state.json").write_text(json.dumps(loader.state_dict()))
             break
     checksum = float(sum(p.detach().double().sum() for p in model.parameters()))
-    report = {"rank": rank, "world_size": dist.get_world_size(), "seen": seen, "batches": batches,
-              "seed": loader.seed, "checksum": checksum}
+    report = {
+        "rank": rank,
+        "world_size": dist.get_world_size(),
+        "seen": seen,
+        "batches": batches,
+        "seed": loader.seed,
+        "checksum": checksum,
+    }
     Path(args.out, f"rank{rank}.json").write_text(json.dumps(report))
     dist.barrier()
     dist.destroy_process_group()

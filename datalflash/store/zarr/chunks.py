@@ -19,7 +19,6 @@ from typing import Any
 
 import numcodecs
 import numpy as np
-import zarr
 from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec
 
 from datalflash.errors import ChecksumError, StoreReadError
@@ -36,10 +35,16 @@ PROBE_BYTES = 256 * 1024  # bytes in those runs together
 MIN_PROBED_BYTES = 4 * 2**20  # smaller chunks are simply compressed
 INCOMPRESSIBLE = 0.98  # a sample the codec cannot shrink below this fraction: store the chunk as is
 
-_SHUFFLE = {"noshuffle": numcodecs.Blosc.NOSHUFFLE, "shuffle": numcodecs.Blosc.SHUFFLE, "bitshuffle": numcodecs.Blosc.BITSHUFFLE}
+_SHUFFLE = {
+    "noshuffle": numcodecs.Blosc.NOSHUFFLE,
+    "shuffle": numcodecs.Blosc.SHUFFLE,
+    "bitshuffle": numcodecs.Blosc.BITSHUFFLE,
+}
 
 
-def direct_io(meta: Any, path: Path, expected_chunks: tuple[int, ...], root: Path | None = None) -> "DirectChunkIO | None":
+def direct_io(
+    meta: Any, path: Path, expected_chunks: tuple[int, ...], root: Path | None = None
+) -> DirectChunkIO | None:
     """A :class:`DirectChunkIO` for the array with metadata ``meta`` (an array's ``.metadata``)
     stored at ``path`` if its chunks are ``expected_chunks`` (rows per chunk, then the
     per-sample shape) and its codecs are ours; else None."""
@@ -64,7 +69,9 @@ def direct_io(meta: Any, path: Path, expected_chunks: tuple[int, ...], root: Pat
     blosc = None
     if len(codecs) == 2:
         c = codecs[1]
-        blosc = numcodecs.Blosc(cname=c.cname.value, clevel=c.clevel, shuffle=_SHUFFLE[c.shuffle.value], blocksize=c.blocksize)
+        blosc = numcodecs.Blosc(
+            cname=c.cname.value, clevel=c.clevel, shuffle=_SHUFFLE[c.shuffle.value], blocksize=c.blocksize
+        )
     return DirectChunkIO(path, chunk_shape, meta.chunk_key_encoding, blosc, checksum, root)
 
 
@@ -72,8 +79,13 @@ class DirectChunkIO:
     """Reads and writes whole chunks of one array as files, bypassing zarr's machinery."""
 
     def __init__(
-        self, path: Path, chunk_shape: tuple[int, ...], key_encoding, blosc: numcodecs.Blosc | None,
-        checksum: bool = False, root: Path | None = None,
+        self,
+        path: Path,
+        chunk_shape: tuple[int, ...],
+        key_encoding,
+        blosc: numcodecs.Blosc | None,
+        checksum: bool = False,
+        root: Path | None = None,
     ):
         self.root = root  # chunk files must resolve inside it (when given)
         self.path = Path(path)
@@ -119,13 +131,17 @@ class DirectChunkIO:
                     raise StoreReadError(f"{where}: chunk file is truncated ({len(encoded)} bytes)")
                 payload, stored = encoded[:-CRC_BYTES], int.from_bytes(encoded[-CRC_BYTES:].tobytes(), "little")
                 if verify and crc32c(payload) != stored:
-                    raise ChecksumError(f"{where}: CRC-32C mismatch: stored {stored:#010x}, data {crc32c(payload):#010x}")
+                    raise ChecksumError(
+                        f"{where}: CRC-32C mismatch: stored {stored:#010x}, data {crc32c(payload):#010x}"
+                    )
             full = len(out) == self.chunk_shape[0]
             target = out if full else np.empty((self.chunk_shape[0], *out.shape[1:]), dtype=out.dtype)
             if self.blosc is None:
                 flat = target.reshape(-1).view(np.uint8)
                 if len(payload) != flat.nbytes:
-                    raise StoreReadError(f"{where}: chunk holds {len(payload)} bytes, expected {flat.nbytes} (truncated?)")
+                    raise StoreReadError(
+                        f"{where}: chunk holds {len(payload)} bytes, expected {flat.nbytes} (truncated?)"
+                    )
                 flat[...] = payload
             else:
                 self.blosc.decode(payload, out=target)
@@ -161,7 +177,7 @@ class DirectChunkIO:
             return self.blosc.encode(data)
         return self._copier().encode(data)
 
-    def start(self, chunk: int, rows: int, first: np.ndarray) -> "StreamedChunk | GatheredChunk":
+    def start(self, chunk: int, rows: int, first: np.ndarray) -> StreamedChunk | GatheredChunk:
         """A writer of chunk ``chunk`` (``rows`` rows) that takes its rows piece by piece,
         ``first`` being the first piece. Chunks stored as they are (no Blosc; or full, large
         ones whose first piece the codec cannot shrink, see :meth:`encode`) go to the file as

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from datalflash.errors import BackendError, StoreFormatError, StoreReadError
-from datalflash.store.zarr.cache import ChunkCache
 from datalflash.format.manifest import MANIFEST_NAME, manifest_from_bytes, parse_manifest
+from datalflash.store.zarr.cache import ChunkCache
 from datalflash.store.zarr.store import ZarrChunkStore
 
 REMOTE_READ_THREADS = 32  # chunk reads in flight (threads wait on the network, not the CPU)
@@ -42,9 +42,13 @@ def _filesystem(url: str, storage_options: dict | None):
 
 
 def open_remote_store(
-    url: str, *, verify: str = "first", storage_options: dict | None = None,
-    cache_dir: str | os.PathLike | None = None, cache_bytes: int = 10 * 2**30,
-) -> "RemoteZarrChunkStore":
+    url: str,
+    *,
+    verify: str = "first",
+    storage_options: dict | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    cache_bytes: int = 10 * 2**30,
+) -> RemoteZarrChunkStore:
     """Open the Zarr store at ``url`` read-only; ``storage_options`` go to fsspec (endpoint, keys).
     With ``cache_dir``, chunk objects are kept there (at most ``cache_bytes``, shared safely by
     processes; see :mod:`datalflash.store.zarr.cache`)."""
@@ -109,7 +113,12 @@ class RemoteZarrChunkStore(ZarrChunkStore):
     def read_chunks(self, split, chunks, out=None):
         """Fetch the chunks' objects of every field in one ``fs.cat`` (concurrent requests on
         async filesystems such as s3fs), then decode them as :meth:`ChunkStore.read_chunks` does."""
-        keys = [str(direct.chunk_path(c)) for _, direct in self._handle(split).values() if direct is not None for c in chunks]
+        keys = [
+            str(direct.chunk_path(c))
+            for _, direct in self._handle(split).values()
+            if direct is not None
+            for c in chunks
+        ]
         objects, cached = {}, set()
         if self.cache is not None:
             for key in keys:
@@ -145,7 +154,9 @@ class RemoteZarrChunkStore(ZarrChunkStore):
                 if encoded is None:
                     encoded = self.fs.cat_file(key)
             except FileNotFoundError:
-                raise StoreReadError(f"{self.path}: split {split!r} field {field!r} chunk {chunk}: {key} is missing") from None
+                raise StoreReadError(
+                    f"{self.path}: split {split!r} field {field!r} chunk {chunk}: {key} is missing"
+                ) from None
             dest = out[row - start : row - start + rows]
             if key.lstrip("/") in getattr(self._fetched, "cached", ()):
                 try:  # from the local cache: always checked, dropped and fetched again if bad
@@ -154,7 +165,9 @@ class RemoteZarrChunkStore(ZarrChunkStore):
                 except StoreReadError:
                     self.cache.drop(self._namespace, key.lstrip("/"))
                     encoded = self.fs.cat_file(key)
-            direct.decode(np.frombuffer(encoded, dtype=np.uint8), dest, self.needs_check(split, chunk), f"{self.path}: {key}")
+            direct.decode(
+                np.frombuffer(encoded, dtype=np.uint8), dest, self.needs_check(split, chunk), f"{self.path}: {key}"
+            )
 
     def __getstate__(self) -> dict:
         return {**super().__getstate__(), "storage_options": self.storage_options, "cache": self._cache_args}

@@ -18,8 +18,8 @@ from zarr.core.metadata.v3 import ArrayV3Metadata
 from zarr.storage import LocalStore
 
 from datalflash.errors import BackendError, StoreFormatError
-from datalflash.store.base import ChunkStore
 from datalflash.format.manifest import FieldSpec
+from datalflash.store.base import ChunkStore
 from datalflash.store.zarr.chunks import DirectChunkIO, GatheredChunk, StreamedChunk, direct_io
 
 COMPRESSIONS = ("lz4", "zstd", "none")
@@ -34,6 +34,8 @@ def check_codecs(array: zarr.Array, where: str) -> None:
     bad = [n for n in names if n not in ALLOWED_CODECS]
     if bad:
         raise StoreFormatError(f"{where}: codecs {bad} are not allowed (allowed: {sorted(ALLOWED_CODECS)})")
+
+
 SHUFFLES = ("shuffle", "bitshuffle", "noshuffle")
 
 
@@ -50,9 +52,7 @@ class ZarrChunkStore(ChunkStore):
     streams_writes = True
 
     @classmethod
-    def normalize_config(
-        cls, compression: Any = "default", clevel: int = 5, shuffle: str = "shuffle"
-    ) -> dict:
+    def normalize_config(cls, compression: Any = "default", clevel: int = 5, shuffle: str = "shuffle") -> dict:
         """``{"compression": "lz4"|"zstd"|"none", "clevel": 0..9, "shuffle": ...}``."""
         if compression in ("default", None):
             compression = "lz4" if compression == "default" else "none"
@@ -92,21 +92,34 @@ class ZarrChunkStore(ChunkStore):
         """The Zarr v3 metadata document (``zarr.json``) of ``spec``'s array in ``split``."""
         config = self.manifest.backend_config
         dtype = spec.storage_dtype
-        codecs: list[dict] = [{"name": "bytes"} if dtype.itemsize == 1 else {"name": "bytes", "configuration": {"endian": "little"}}]
+        codecs: list[dict] = [
+            {"name": "bytes"} if dtype.itemsize == 1 else {"name": "bytes", "configuration": {"endian": "little"}}
+        ]
         if config["compression"] != "none":
-            codecs.append({"name": "blosc", "configuration": {
-                "typesize": dtype.itemsize, "cname": config["compression"], "clevel": config["clevel"],
-                "shuffle": config["shuffle"], "blocksize": 0,
-            }})
+            codecs.append(
+                {
+                    "name": "blosc",
+                    "configuration": {
+                        "typesize": dtype.itemsize,
+                        "cname": config["compression"],
+                        "clevel": config["clevel"],
+                        "shuffle": config["shuffle"],
+                        "blocksize": 0,
+                    },
+                }
+            )
         codecs.append({"name": "crc32c"})
         return {
             "zarr_format": 3,
             "node_type": "array",
             "shape": [self.num_samples(split), *spec.shape],
             "data_type": dtype.name,
-            "chunk_grid": {"name": "regular", "configuration": {
-                "chunk_shape": [self._chunk_rows(split), *(max(d, 1) for d in spec.shape)],
-            }},
+            "chunk_grid": {
+                "name": "regular",
+                "configuration": {
+                    "chunk_shape": [self._chunk_rows(split), *(max(d, 1) for d in spec.shape)],
+                },
+            },
             "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
             "fill_value": np.zeros((), dtype).item(),
             "codecs": codecs,
@@ -152,7 +165,9 @@ class ZarrChunkStore(ChunkStore):
             except KeyError:
                 raise StoreFormatError(f"{path}: split {split!r} has no array for field {name!r}") from None
             except Exception as e:  # metadata zarr cannot parse (e.g. an unknown codec)
-                raise StoreFormatError(f"{path}/{name}: split {split!r} field {name!r}: unusable Zarr metadata: {e}") from None
+                raise StoreFormatError(
+                    f"{path}/{name}: split {split!r} field {name!r}: unusable Zarr metadata: {e}"
+                ) from None
             direct = self._direct(split, name, array.metadata)
             check_codecs(array, f"{path}/{name}")
             self.check_array(split, name, array.shape, array.dtype, f"{path}/{name}")
