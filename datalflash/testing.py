@@ -219,4 +219,4 @@ class ChunkStoreTests:
         assert config["id"] == self.backend
         cls = type(store)
         rest = {k: v for k, v in config.items() if k != "id"}
-        assert cls.validate_config(rest) == rest
+        assert cls.config_from_manifest(rest) == rest

@@ -122,9 +122,9 @@ def test_write_failing_mid_chunk_leaves_nothing(tmp_path, monkeypatch, backend):
     import errno
     import os
 
-    import datalflash.convert.converter as converter
+    import datalflash.convert.pipeline as pipeline
 
-    monkeypatch.setattr(converter, "PIECE_BYTES", 64)  # several pieces a chunk
+    monkeypatch.setattr(pipeline, "PIECE_BYTES", 64)  # several pieces a chunk
     real_pwrite, real_open, calls = os.pwrite, open, {"n": 0}
 
     def pwrite(fd, data, offset):
@@ -270,9 +270,9 @@ def test_conversion_streams_with_bounded_memory(tmp_path):
 def test_tensor_dataset_in_pieces_matches_item_by_item(tmp_path, monkeypatch, backend, compression, shuffle):
     """A TensorDataset is gathered (or viewed) piece by piece; the store must equal the one
     written from the same samples read one by one through torch's DataLoader."""
-    import datalflash.convert.converter as converter
+    import datalflash.convert.pipeline as pipeline
 
-    monkeypatch.setattr(converter, "PIECE_BYTES", 3 * 16)  # 3 samples (8 + 8 bytes) a piece: 3 per chunk
+    monkeypatch.setattr(pipeline, "PIECE_BYTES", 3 * 16)  # 3 samples (8 + 8 bytes) a piece: 3 per chunk
     data = TensorDataset(torch.randn(61, 2), torch.arange(61) * 3)
     items = [(x, y) for x, y in data]
     kwargs = dict(chunk_size=7, shuffle=shuffle, seed=5, backend=backend, compression=compression, progress=False)

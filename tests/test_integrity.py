@@ -19,7 +19,7 @@ from torch.utils.data import TensorDataset
 from datalflash.cli import main as cli
 from datalflash.core import ChunkedDataset, FlashDataLoader
 from datalflash.errors import ChecksumError, StoreFormatError, StoreReadError
-from datalflash.store import base as store_base
+from datalflash.store.integrity import ReadAttempt, RetryPolicy
 from datalflash.store import open_store
 from datalflash.utils import DatasetConverter
 
@@ -180,29 +180,27 @@ def test_verify_cli_on_a_good_store(tmp_path, capsys):
     assert "7 chunks checked, 0 bad" in capsys.readouterr().out
 
 
+FAST_RETRY = RetryPolicy(retries=4, backoff=0.001)
+
+
 class Flaky:
-    """Makes a store's reads fail ``times`` times with ``code`` before working."""
+    """Makes a store's reads fail ``times`` times with ``code`` before working (through the
+    store's ``read_hook``; every attempt after the first follows a reopening of the split)."""
 
     def __init__(self, store, code, times):
         self.calls, self.reopened = 0, 0
-        read, reopen = store._read_rows, store._reopen
 
-        def flaky(*args):
+        def flaky(attempt: ReadAttempt) -> None:
             self.calls += 1
+            self.reopened += attempt.attempt > 0
             if self.calls <= times:
                 raise OSError(code, os.strerror(code))
-            return read(*args)
 
-        def counted_reopen(split):
-            self.reopened += 1
-            reopen(split)
-
-        store._read_rows, store._reopen = flaky, counted_reopen
+        store.retry, store.read_hook = FAST_RETRY, flaky
 
 
 @pytest.mark.parametrize("code", [errno.EIO, errno.EAGAIN, errno.ESTALE])
-def test_transient_errors_are_retried(tmp_path, monkeypatch, code):
-    monkeypatch.setattr(store_base, "RETRY_BACKOFF", 0.001)
+def test_transient_errors_are_retried(tmp_path, code):
     path = make_store(tmp_path, "memmap", "default")
     expected = open_store(path).read_chunks("train", [2])["0"].copy()
     store = open_store(path)
@@ -222,7 +220,8 @@ def test_transient_errors_are_retried(tmp_path, monkeypatch, code):
 
 
 def test_retry_backoff_stays_under_a_second():
-    assert sum(store_base.RETRY_BACKOFF * 2**a for a in range(store_base.READ_RETRIES)) < 1.0
+    policy = RetryPolicy()
+    assert sum(policy.delay(a) for a in range(policy.retries)) < 1.0
 
 
 KILL_SCRIPT = textwrap.dedent("""
@@ -230,7 +229,7 @@ KILL_SCRIPT = textwrap.dedent("""
     import torch
     from torch.utils.data import Dataset
     from datalflash.utils import DatasetConverter
-    import datalflash.convert.converter as conv
+    import datalflash.convert.publish as publishing
 
     out, point = sys.argv[1], sys.argv[2]
     die = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
@@ -244,7 +243,7 @@ KILL_SCRIPT = textwrap.dedent("""
                 die()
             return torch.full((8,), 2, dtype=torch.int32), i
     if point == "before-publish":
-        conv._publish = die
+        publishing.publish_store = die
     renames = []
     if point == "between-renames":
         real = os.rename
@@ -255,7 +254,7 @@ KILL_SCRIPT = textwrap.dedent("""
             real(a, b)
         os.rename = rename
     if point == "before-cleanup":
-        conv.shutil.rmtree = die
+        publishing.shutil.rmtree = die
     n = 300
     data = Dying(n)
     DatasetConverter.create_chunked_dataset(data, out, chunk_size=32, split_ratios={"train": 1.0},
@@ -291,21 +290,18 @@ def test_killed_conversion_leaves_nothing_or_the_previous_store(tmp_path, point)
     assert int(open_store(out).read_chunks("train", [0])["0"][0, 0]) == 2
 
 
-def test_loader_rides_over_transient_errors_in_background_reads(tmp_path, monkeypatch):
-    monkeypatch.setattr(store_base, "RETRY_BACKOFF", 0.001)
+def test_loader_rides_over_transient_errors_in_background_reads(tmp_path):
     path = make_store(tmp_path, "zarr", "default")
     reference = [b[0] for b in FlashDataLoader(ChunkedDataset(path), batch_size=10, shuffle=True, seed=0)]
     data = ChunkedDataset(path)
     failures = {"left": 2}
-    read = data.store._read_rows
 
-    def flaky(split, field, start, stop, out):
-        if start == 3 * CHUNK and failures["left"]:
+    def flaky(attempt: ReadAttempt) -> None:
+        if attempt.start == 3 * CHUNK and failures["left"]:
             failures["left"] -= 1
             raise OSError(errno.EIO, "Input/output error")
-        return read(split, field, start, stop, out)
 
-    data.store._read_rows = flaky
+    data.store.retry, data.store.read_hook = FAST_RETRY, flaky
     got = [b[0] for b in FlashDataLoader(data, batch_size=10, shuffle=True, seed=0)]
     assert failures["left"] == 0 and len(got) == len(reference)
     assert all(torch.equal(a, b) for a, b in zip(got, reference))

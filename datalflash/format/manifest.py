@@ -95,6 +95,20 @@ class Manifest:
             **({"checksums": {"algorithm": CHECKSUM_ALGORITHM, "splits": self.checksums}} if self.checksums else {}),
         }
 
+    @property
+    def sample_nbytes(self) -> int:
+        """Bytes of one sample, all fields together."""
+        return sum(spec.sample_nbytes for spec in self.fields.values())
+
+    @property
+    def chunk_nbytes(self) -> int:
+        """Bytes of one full chunk, all fields together."""
+        return self.chunk_size * self.sample_nbytes
+
+    def chunks_of_rows(self, start: int, stop: int) -> range:
+        """The chunks holding rows ``start:stop`` (``stop > start``) of a split."""
+        return range(start // self.chunk_size, (stop - 1) // self.chunk_size + 1)
+
     def chunk_bounds(self, split: str, chunk: int) -> tuple[int, int]:
         """``(start, stop)`` sample rows of ``chunk`` in ``split``."""
         info = self.splits[split]

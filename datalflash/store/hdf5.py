@@ -7,13 +7,14 @@ HDF5 checks on every read of a chunk (its cost is part of every read; ``verify``
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import h5py
 import numpy as np
 
 from datalflash.errors import BackendError, ChecksumError, StoreFormatError
-from datalflash.store.base import ChunkStore
+from datalflash.store.base import ChunkStore, Fetched
 
 COMPRESSIONS = ("none", "gzip", "lzf")
 
@@ -23,9 +24,13 @@ class HDF5ChunkStore(ChunkStore):
 
     backend_id = "hdf5"
 
+    concurrent_writers = False  # one file per split: HDF5 has no concurrent writers
+
     @classmethod
-    def normalize_config(cls, compression: Any = "default", level: int | None = None) -> dict:
+    def normalize_config(cls, compression: Any = "default", **options: Any) -> dict:
         """``{"compression": "none"|"gzip"|"lzf", "level": gzip level or None}``."""
+        level = options.pop("level", None)
+        cls._unknown_options(options)
         if compression in ("default", None):
             compression = "none"
         if compression not in COMPRESSIONS:
@@ -45,7 +50,7 @@ class HDF5ChunkStore(ChunkStore):
 
     def split_path(self, split: str) -> str:
         """The HDF5 file of ``split``."""
-        return str(self.path / f"{split}.h5")
+        return os.path.join(self.path, f"{split}.h5")
 
     def _create_split(self, split: str) -> None:
         config = self.manifest.backend_config
@@ -85,7 +90,7 @@ class HDF5ChunkStore(ChunkStore):
                     )
                 if f[name].external or f[name].is_virtual:
                     raise StoreFormatError(f"{path}: field {name!r} keeps its data in other files; refusing to read it")
-                self.check_array(split, name, f[name].shape, f[name].dtype, f"{path}[{name!r}]")
+                self.ensure_matches_manifest(split, name, f[name].shape, f[name].dtype, f"{path}[{name!r}]")
         except BaseException:
             f.close()
             raise
@@ -95,7 +100,9 @@ class HDF5ChunkStore(ChunkStore):
         if len(data):
             self._handle(split)[field].write_direct(data, dest_sel=np.s_[start : start + len(data)])
 
-    def _read_rows(self, split: str, field: str, start: int, stop: int, out: np.ndarray) -> None:
+    def _read_rows(
+        self, split: str, field: str, start: int, stop: int, out: np.ndarray, fetched: Fetched | None
+    ) -> None:
         if stop <= start:
             return
         try:
@@ -104,8 +111,7 @@ class HDF5ChunkStore(ChunkStore):
             dataset = self._handle(split)[field]
             if dataset.fletcher32 and "filter" in str(e).lower():
                 raise ChecksumError(
-                    f"{self.split_path(split)}: split {split!r} field {field!r} chunks "
-                    f"{start // self.chunk_size}..{(stop - 1) // self.chunk_size}: HDF5's filters (fletcher32 "
+                    f"{self.split_path(split)}: {self._where(split, field, start, stop)}: HDF5's filters (fletcher32 "
                     f"checksum{', ' + dataset.compression if dataset.compression else ''}) rejected the data: {e}"
                 ) from None
             raise

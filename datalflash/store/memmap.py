@@ -6,6 +6,7 @@ Files are plain ``.npy`` (``numpy.load(path, mmap_mode="r")`` reads them). Rows 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -13,8 +14,11 @@ from typing import Any
 import numpy as np
 
 from datalflash.errors import BackendError, StoreFormatError, StoreReadError
-from datalflash.store.base import ChunkStore, crc32c
+from datalflash.format.manifest import Manifest
+from datalflash.store.base import ChunkStore, Fetched
 from datalflash.store.files import preallocate
+from datalflash.store.integrity import crc32c
+from datalflash.store.rows import checked_pieces
 
 
 def read_npy_header(fd: int, path: str) -> tuple[np.dtype, tuple[int, ...], int]:
@@ -40,9 +44,17 @@ class MemmapChunkStore(ChunkStore):
     backend_id = "memmap"
     streams_writes = True
 
+    def __init__(
+        self, path: str | os.PathLike, manifest: Manifest, *, writable: bool = False, verify: str = "first"
+    ) -> None:
+        super().__init__(path, manifest, writable=writable, verify=verify)
+        # {split: {field: [crc32c per chunk]}} of the chunks written by this process (0 until written)
+        self._written = {split: {f: list(v) for f, v in sums.items()} for split, sums in manifest.checksums.items()}
+
     @classmethod
-    def normalize_config(cls, compression: Any = "default") -> dict:
+    def normalize_config(cls, compression: Any = "default", **options: Any) -> dict:
         """``{}``: memmap stores take no options and are never compressed."""
+        cls._unknown_options(options)
         if compression not in ("default", None, "none"):
             raise BackendError(f"memmap stores are uncompressed; got compression {compression!r}")
         return {}
@@ -53,15 +65,19 @@ class MemmapChunkStore(ChunkStore):
 
     def field_path(self, split: str, field: str) -> str:
         """The ``.npy`` file of ``field`` in ``split``."""
-        return str(self.path / split / f"{field}.npy")
+        return os.path.join(self.path, split, f"{field}.npy")
 
     def _checksum_slots(self, split: str) -> dict[str, list[int]]:
         """``{field: [checksum per chunk]}`` of ``split`` being written (0 until written)."""
-        return self.manifest.checksums.setdefault(split, {name: [0] * self.num_chunks(split) for name in self.fields})
+        return self._written.setdefault(split, {name: [0] * self.num_chunks(split) for name in self.fields})
+
+    def written_manifest(self) -> Manifest:
+        """The manifest with the checksums of the chunks written."""
+        return dataclasses.replace(self.manifest, checksums=self._written)
 
     def _create_split(self, split: str) -> None:
         self._checksum_slots(split)
-        (self.path / split).mkdir()
+        os.mkdir(os.path.join(self.path, split))
         n = self.num_samples(split)
         for name, spec in self.fields.items():
             header = {
@@ -119,9 +135,9 @@ class MemmapChunkStore(ChunkStore):
     def write_chunk_pieces(self, split: str, chunk: int, pieces: Iterable[Mapping[str, np.ndarray]]) -> None:
         """Write each piece of the chunk's rows at its place as it comes, checksumming as it goes
         (a piece is written while it is still in the CPU's cache)."""
-        start, _ = self._writable_chunk(split, chunk)
+        start, stop = self._writable_chunk(split, chunk)
         sums = dict.fromkeys(self.fields, 0)
-        for offset, arrays in self._checked_pieces(split, chunk, pieces):
+        for offset, arrays in checked_pieces(self.fields, split, chunk, stop - start, pieces):
             for name, data in arrays.items():
                 sums[name] = crc32c(data, sums[name])
                 self._write_rows(split, name, start + offset, data)
@@ -141,7 +157,9 @@ class MemmapChunkStore(ChunkStore):
             written = os.pwrite(fd, view, position)
             view, position = view[written:], position + written
 
-    def _read_rows(self, split: str, field: str, start: int, stop: int, out: np.ndarray) -> None:
+    def _read_rows(
+        self, split: str, field: str, start: int, stop: int, out: np.ndarray, fetched: Fetched | None
+    ) -> None:
         fd, offset = self._handle(split)[field]
         nbytes = self.fields[field].sample_nbytes
         view = memoryview(out.reshape(-1).view(np.uint8))
@@ -157,8 +175,8 @@ class MemmapChunkStore(ChunkStore):
         sums = self.manifest.checksums.get(split)
         if sums is None:  # a store written before checksums
             return
-        for chunk in range(start // self.chunk_size, (stop - 1) // self.chunk_size + 1):
-            if self.needs_check(split, chunk):
+        for chunk in self.manifest.chunks_of_rows(start, stop):
+            if self.checksums.due(split, chunk):
                 a, b = self.chunk_bounds(split, chunk)
                 actual = crc32c(out[a - start : b - start])
-                self.check(split, field, chunk, sums[field][chunk], actual, self.field_path(split, field))
+                self.compare_checksums(split, field, chunk, sums[field][chunk], actual, self.field_path(split, field))

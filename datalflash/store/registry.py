@@ -79,5 +79,5 @@ def open_store(
         raise ValueError(f"{path}: a chunk cache is for stores opened by URL; a local store needs none")
     manifest = read_manifest(path)
     cls = get_backend(manifest.backend_id)
-    cls.validate_config(manifest.backend_config)
+    cls.config_from_manifest(manifest.backend_config)
     return cls(path, manifest, verify=verify)

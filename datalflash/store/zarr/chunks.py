@@ -22,7 +22,7 @@ import numpy as np
 from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec
 
 from datalflash.errors import ChecksumError, StoreReadError
-from datalflash.store.base import crc32c, inside
+from datalflash.store.integrity import crc32c, inside
 from datalflash.store.files import preallocate
 
 CRC_BYTES = 4
@@ -57,6 +57,7 @@ def direct_io(
     chunk_shape = tuple(getattr(meta.chunk_grid, "chunk_shape", ()))
     if (
         type(meta.chunk_key_encoding).__name__ != "DefaultChunkKeyEncoding"
+        or getattr(meta.chunk_key_encoding, "separator", None) not in ("/", ".")
         or chunk_shape != expected_chunks
         or 0 in expected_chunks
         or not codecs
@@ -69,10 +70,13 @@ def direct_io(
     blosc = None
     if len(codecs) == 2:
         c = codecs[1]
-        blosc = numcodecs.Blosc(
-            cname=c.cname.value, clevel=c.clevel, shuffle=_SHUFFLE[c.shuffle.value], blocksize=c.blocksize
-        )
-    return DirectChunkIO(path, chunk_shape, meta.chunk_key_encoding, blosc, checksum, root)
+        blosc = blosc_codec(c.cname.value, c.clevel, c.shuffle.value, c.blocksize)
+    return DirectChunkIO(path, chunk_shape, meta.chunk_key_encoding.separator, blosc, checksum, root)
+
+
+def blosc_codec(cname: str, clevel: int, shuffle: str, blocksize: int = 0) -> numcodecs.Blosc:
+    """numcodecs' Blosc codec for a Zarr ``blosc`` codec's configuration."""
+    return numcodecs.Blosc(cname=cname, clevel=clevel, shuffle=_SHUFFLE[shuffle], blocksize=blocksize)
 
 
 class DirectChunkIO:
@@ -82,7 +86,7 @@ class DirectChunkIO:
         self,
         path: Path,
         chunk_shape: tuple[int, ...],
-        key_encoding,
+        separator: str,
         blosc: numcodecs.Blosc | None,
         checksum: bool = False,
         root: Path | None = None,
@@ -90,14 +94,14 @@ class DirectChunkIO:
         self.root = root  # chunk files must resolve inside it (when given)
         self.path = Path(path)
         self.chunk_shape = chunk_shape
-        self.key_encoding = key_encoding
+        self.separator = separator  # of the default chunk key encoding
         self.blosc = blosc
         self.checksum = checksum
 
     def chunk_path(self, chunk: int) -> Path:
         """The file holding chunk ``chunk``."""
-        key = self.key_encoding.encode_chunk_key((chunk,) + (0,) * (len(self.chunk_shape) - 1))
-        return self.path / key
+        coords = (chunk,) + (0,) * (len(self.chunk_shape) - 1)
+        return self.path / self.separator.join(["c", *map(str, coords)])
 
     def read(self, chunk: int, out: np.ndarray, verify: bool = False) -> None:
         """Decode chunk ``chunk`` into ``out`` (its first ``len(out)`` rows; the rest is padding),

@@ -11,13 +11,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import threading
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import zarr
 
 from datalflash.errors import BackendError, StoreFormatError, StoreReadError
-from datalflash.format.manifest import MANIFEST_NAME, manifest_from_bytes, parse_manifest
+from datalflash.format.manifest import MANIFEST_NAME, Manifest, manifest_from_bytes, parse_manifest
+from datalflash.store.base import Fetched
+from datalflash.store.zarr.chunks import DirectChunkIO
 from datalflash.store.zarr.cache import ChunkCache
 from datalflash.store.zarr.store import ZarrChunkStore
 
@@ -63,10 +67,9 @@ def open_remote_store(
     manifest = manifest_from_bytes(raw, where)
     if manifest.backend_id != "zarr":
         raise BackendError(f"{url}: only zarr stores open by URL, this one is {manifest.backend_id!r}")
-    store = RemoteZarrChunkStore(url, manifest, verify=verify)
-    store.fs, store.root, store.storage_options = fs, root, dict(storage_options or {})
-    store.use_cache(cache_dir, cache_bytes)
-    return store
+    return RemoteZarrChunkStore(
+        url, manifest, verify=verify, storage_options=storage_options, cache_dir=cache_dir, cache_bytes=cache_bytes
+    )
 
 
 class RemoteZarrChunkStore(ZarrChunkStore):
@@ -74,28 +77,31 @@ class RemoteZarrChunkStore(ZarrChunkStore):
 
     read_threads = REMOTE_READ_THREADS
 
-    def __init__(self, url: str, manifest, *, writable: bool = False, verify: str = "first"):
+    def __init__(
+        self,
+        url: str,
+        manifest: Manifest,
+        *,
+        writable: bool = False,
+        verify: str = "first",
+        storage_options: dict | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        cache_bytes: int = 10 * 2**30,
+    ) -> None:
         if writable:
             raise BackendError(f"{url}: stores opened by URL are read-only")
-        super().__init__(url, manifest, verify=verify)
-        self.path = url.rstrip("/")  # a URL, not a local Path
-        self.fs, self.root, self.storage_options = None, "", {}
-        self._fetched = threading.local()  # objects fetched for the read_chunks call of this thread
-        self.cache: ChunkCache | None = None
-        self._cache_args: tuple = (None, 0)
-
-    def use_cache(self, directory: str | os.PathLike | None, budget_bytes: int) -> None:
-        """Keep chunk objects in a local :class:`ChunkCache` at ``directory`` (None: no cache)."""
-        self._cache_args = (str(directory) if directory is not None else None, budget_bytes)
-        self.cache = ChunkCache(directory, budget_bytes) if directory is not None else None
+        super().__init__(url.rstrip("/"), manifest, verify=verify)
+        self.storage_options = dict(storage_options or {})
+        self.fs, self.root = _filesystem(self.path, self.storage_options)
+        self.cache_dir, self.cache_bytes = (os.fspath(cache_dir) if cache_dir is not None else None), cache_bytes
+        self.cache = ChunkCache(cache_dir, cache_bytes) if cache_dir is not None else None
         doc = json.dumps(self.manifest.to_json(), sort_keys=True)
         self._namespace = f"{self.path}\0{hashlib.sha256(doc.encode()).hexdigest()}"
 
     def split_path(self, split: str) -> str:
         return f"{self.path}/{split}.zarr"
 
-    def _open_group(self, split: str):
-        import zarr
+    def _open_group(self, split: str) -> zarr.Group:
         from zarr.storage import FsspecStore
 
         # this process's filesystem: fsspec caches one per process, and s3fs's cannot cross a fork
@@ -107,72 +113,67 @@ class RemoteZarrChunkStore(ZarrChunkStore):
         except Exception as e:  # zarr and fsspec raise many types for a missing or bad group
             raise StoreFormatError(f"{where}: split {split!r} is missing or not a Zarr v3 group: {e}") from None
 
-    def _chunk_dir(self, split: str, field: str) -> tuple[str, None]:
-        return f"{self.root}/{split}.zarr/{field}", None  # object keys: no local links to follow
+    def _chunk_dir(self, split: str, field: str) -> tuple[Path, None]:
+        return Path(f"{self.root}/{split}.zarr/{field}"), None  # object keys: no local links to follow
 
-    def read_chunks(self, split, chunks, out=None):
-        """Fetch the chunks' objects of every field in one ``fs.cat`` (concurrent requests on
-        async filesystems such as s3fs), then decode them as :meth:`ChunkStore.read_chunks` does."""
-        keys = [
-            str(direct.chunk_path(c))
-            for _, direct in self._handle(split).values()
-            if direct is not None
-            for c in chunks
+    def _fetch(self, split: str, chunks: Sequence[int]) -> Fetched:
+        """Every field's objects of ``chunks`` (``{key: (bytes, from the cache)}``): from the
+        local cache where it has them, the rest in one ``fs.cat`` (concurrent requests on async
+        filesystems such as s3fs). Objects a failed batch misses are fetched one by one later."""
+        paths = [
+            str(direct.chunk_path(c)) for _, direct in self._handle(split).values() if direct is not None for c in chunks
         ]
-        objects, cached = {}, set()
+        objects: dict[str, tuple[bytes, bool]] = {}
         if self.cache is not None:
-            for key in keys:
-                data = self.cache.get(self._namespace, key.lstrip("/"))
+            for path in paths:
+                data = self.cache.get(self._namespace, path.lstrip("/"))
                 if data is not None:
-                    objects[key.lstrip("/")] = data
-                    cached.add(key.lstrip("/"))
-        missing = [k for k in keys if k.lstrip("/") not in objects]
+                    objects[path.lstrip("/")] = (data, True)
+        missing = [path for path in paths if path.lstrip("/") not in objects]
         try:
             fetched = self.fs.cat(missing, on_error="omit") if missing else {}
-        except Exception:  # a failed batch: each chunk is fetched alone, with retries, below
+        except Exception:  # a failed batch: each chunk is fetched alone, with retries, when read
             fetched = {}
         for key, data in fetched.items():
-            objects[key.lstrip("/")] = data
+            objects[key.lstrip("/")] = (bytes(data), False)
             if self.cache is not None:
                 self.cache.put(self._namespace, key.lstrip("/"), bytes(data))
-        self._fetched.objects, self._fetched.cached = objects, cached
+        return objects
+
+    @staticmethod
+    def _key(direct: DirectChunkIO, chunk: int) -> str:
+        return str(direct.chunk_path(chunk)).lstrip("/")
+
+    def _read_chunk(
+        self, split: str, field: str, direct: DirectChunkIO, chunk: int, out: np.ndarray, fetched: Fetched | None
+    ) -> None:
+        key = self._key(direct, chunk)
+        where = f"{self.path}: {key}"
+        data, cached = (fetched or {}).get(key, (None, False))
         try:
-            return super().read_chunks(split, chunks, out)
-        finally:
-            self._fetched.objects, self._fetched.cached = {}, set()
+            if data is None:
+                data = self.fs.cat_file(str(direct.chunk_path(chunk)))
+        except FileNotFoundError:
+            raise StoreReadError(f"{self.path}: split {split!r} field {field!r} chunk {chunk}: {key} is missing") from None
+        if cached and self.cache is not None:
+            try:  # from the local cache: always checked, dropped and fetched again if bad
+                direct.decode(np.frombuffer(data, dtype=np.uint8), out, True, where)
+                return
+            except StoreReadError:
+                self.cache.drop(self._namespace, key)
+                data = self.fs.cat_file(str(direct.chunk_path(chunk)))
+        direct.decode(np.frombuffer(data, dtype=np.uint8), out, self.checksums.due(split, chunk), where)
 
-    def _read_rows(self, split: str, field: str, start: int, stop: int, out: np.ndarray) -> None:
-        array, direct = self._handle(split)[field]
-        if direct is None:
-            return super()._read_rows(split, field, start, stop, out)
-        prefetched = getattr(self._fetched, "objects", {})
-        for row in range(start, stop, self.chunk_size):
-            rows, chunk = min(self.chunk_size, stop - row), row // self.chunk_size
-            key = str(direct.chunk_path(chunk))
-            try:
-                encoded = prefetched.pop(key.lstrip("/"), None)
-                if encoded is None:
-                    encoded = self.fs.cat_file(key)
-            except FileNotFoundError:
-                raise StoreReadError(
-                    f"{self.path}: split {split!r} field {field!r} chunk {chunk}: {key} is missing"
-                ) from None
-            dest = out[row - start : row - start + rows]
-            if key.lstrip("/") in getattr(self._fetched, "cached", ()):
-                try:  # from the local cache: always checked, dropped and fetched again if bad
-                    direct.decode(np.frombuffer(encoded, dtype=np.uint8), dest, True, f"{self.path}: {key}")
-                    continue
-                except StoreReadError:
-                    self.cache.drop(self._namespace, key.lstrip("/"))
-                    encoded = self.fs.cat_file(key)
-            direct.decode(
-                np.frombuffer(encoded, dtype=np.uint8), dest, self.needs_check(split, chunk), f"{self.path}: {key}"
-            )
+    def __reduce__(self) -> tuple[Any, tuple]:
+        """Pickle by URL, manifest and options: the copy opens its own filesystem."""
+        options = (self.storage_options, self.cache_dir, self.cache_bytes)
+        return _reopen_remote, (self.path, self.manifest.to_json(), self.verify, options)
 
-    def __getstate__(self) -> dict:
-        return {**super().__getstate__(), "storage_options": self.storage_options, "cache": self._cache_args}
 
-    def __setstate__(self, state: dict) -> None:
-        self.__init__(state["path"], parse_manifest(state["manifest"]), verify=state.get("verify", "first"))
-        self.storage_options = state.get("storage_options", {})
-        self.use_cache(*state.get("cache", (None, 0)))
+def _reopen_remote(url: str, manifest: dict, verify: str, options: tuple) -> RemoteZarrChunkStore:
+    """A pickled remote store, opened anew in this process."""
+    storage_options, cache_dir, cache_bytes = options
+    return RemoteZarrChunkStore(
+        url, parse_manifest(manifest), verify=verify, storage_options=storage_options,
+        cache_dir=cache_dir, cache_bytes=cache_bytes,
+    )
