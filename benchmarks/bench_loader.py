@@ -178,15 +178,20 @@ def main() -> None:
         "|---|---|---|---|",
     ]
     lines += [
-        f"| {r['loader']} | {r['samples_per_s']:,} | {r['ratio_to_limit']:.2f} | {r['samples_per_s'] / torch_rate:.1f} |"
+        f"| {r['loader']} | {r['samples_per_s']:,} | {r['ratio_to_limit']:.2f} "
+        f"| {r['samples_per_s'] / torch_rate:.1f} |"
         for r in rows
     ]
     lines += [
         "",
-        f"Cold cache: memmap epoch at {cold_bw / 1e6:.0f} MB/s = {cold_bw / disk_bw:.2f} x the disk's "
-        f"sequential read ({disk_bw / 1e6:.0f} MB/s, same files, same run).",
-        f"Memory: streaming a {4 * nbytes / 2**20:.0f} MiB zarr store with a {budget / 2**20:.0f} MiB read-ahead "
-        f"budget grew peak RSS by {rss_growth / 2**20:.0f} MiB (target: budget + 300 MiB).",
+        (
+            f"Cold cache: memmap epoch at {cold_bw / 1e6:.0f} MB/s = {cold_bw / disk_bw:.2f} x the disk's "
+            f"sequential read ({disk_bw / 1e6:.0f} MB/s, same files, same run)."
+        ),
+        (
+            f"Memory: streaming a {4 * nbytes / 2**20:.0f} MiB zarr store with a {budget / 2**20:.0f} MiB read-ahead "
+            f"budget grew peak RSS by {rss_growth / 2**20:.0f} MiB (target: budget + 300 MiB)."
+        ),
     ]
     rows.append(
         {

@@ -109,8 +109,10 @@ def main() -> None:
                 }
             )
     lines = [
-        f"{args.samples} CIFAR-shaped samples, batch {BATCH}, shuffled, {args.delay * 1e3:.0f} ms per request, "
-        f"median of {args.repeat}",
+        (
+            f"{args.samples} CIFAR-shaped samples, batch {BATCH}, shuffled, {args.delay * 1e3:.0f} ms per request, "
+            f"median of {args.repeat}"
+        ),
         "",
         "| chunk size | requests / epoch | local samples/s | remote samples/s | remote / local |",
         "|---|---|---|---|---|",

@@ -80,16 +80,22 @@ def main() -> None:
             windows = sorted({1, 2, 4, 8, 16, 32, chunks} & set(range(1, chunks + 1)))
             rows += [score(path, w) for w in windows] + [score(path, None)]
     lines = [
-        f"{N} CIFAR-shaped samples stored sorted by label ({CLASSES} classes), train split = first 40,000; "
-        f"batch {BATCH}; default read_ahead_bytes {DEFAULT_READ_AHEAD // 2**20} MiB",
+        (
+            f"{N} CIFAR-shaped samples stored sorted by label ({CLASSES} classes), train split = first 40,000; "
+            f"batch {BATCH}; default read_ahead_bytes {DEFAULT_READ_AHEAD // 2**20} MiB"
+        ),
         "",
-        "| chunk size | window (chunks) | chunk memory | distinct labels / batch (iid) | label mixing | displacement | reads per chunk |",
+        (
+            "| chunk size | window (chunks) | chunk memory | distinct labels / batch (iid) | label mixing "
+            "| displacement | reads per chunk |"
+        ),
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         window = f"{r['window_chunks']} of {r['chunks']}" + (" (default)" if r["default"] else "")
         lines.append(
-            f"| {r['chunk_size']:,} | {window} | {r['memory_MiB']} MiB | {r['distinct_labels']} ({r['iid_distinct_labels']}) "
+            f"| {r['chunk_size']:,} | {window} | {r['memory_MiB']} MiB "
+            f"| {r['distinct_labels']} ({r['iid_distinct_labels']}) "
             f"| {r['label_mixing_ratio']:.3f} | {r['displacement_ratio']:.3f} | {r['max_reads_per_chunk']} |"
         )
     table = "\n".join(lines)

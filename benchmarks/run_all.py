@@ -157,7 +157,8 @@ def main() -> None:
         json.dumps({"machine": info, "loading": load_rows, "training": train_rows}, indent=2) + "\n"
     )
     text = (
-        f"## Loading\n\n{title}; median of {args.repeat}; peers capped at {args.peer_seconds:g} s\n\n{loading_table(load_rows)}\n\n"
+        f"## Loading\n\n{title}; median of {args.repeat}; peers capped at {args.peer_seconds:g} s\n\n"
+        f"{loading_table(load_rows)}\n\n"
         f"## Training\n\nSmall CNN on CPU, {args.train_samples:,} samples, one epoch after a warm-up epoch\n\n"
         f"{bench_training.table(train_rows)}\n"
     )

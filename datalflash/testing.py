@@ -89,7 +89,7 @@ class ChunkStoreTests:
         """Read a whole field of a split with the backend's own library (not datalflash)."""
         raise NotImplementedError
 
-    def convert(self, dataset: Dataset, path: Path, **kwargs: Any) -> ChunkStore:
+    def convert(self, dataset: Any, path: Path, **kwargs: Any) -> ChunkStore:
         """Convert ``dataset`` with this backend and open the result."""
         kwargs.setdefault("progress", False)
         DatasetConverter.create_chunked_dataset(

@@ -11,4 +11,4 @@ def _no_tqdm_monitor():
     import tqdm
 
     tqdm.tqdm.monitor_interval = 0
-    yield
+    return

@@ -39,7 +39,10 @@ def test_seed_and_no_shuffle(tmp_path):
     a = open_store(convert(tensors(), tmp_path / "a", chunk_size=4, seed=7, progress=False))
     b = open_store(convert(tensors(), tmp_path / "b", chunk_size=4, seed=7, progress=False))
     c = open_store(convert(tensors(), tmp_path / "c", chunk_size=4, shuffle=False, progress=False))
-    read = lambda s: s.read_chunks("train", range(s.num_chunks("train")))["1"].tolist()
+
+    def read(s):
+        return s.read_chunks("train", range(s.num_chunks("train")))["1"].tolist()
+
     assert read(a) == read(b) != read(c)
     assert read(c) == list(range(16))
 
@@ -110,7 +113,7 @@ def test_failed_conversion_leaves_nothing(tmp_path):
                 raise RuntimeError("disk on fire")
             return torch.zeros(2)
 
-    with pytest.raises(ConversionError, match="sample 17.*disk on fire"):
+    with pytest.raises(ConversionError, match=r"sample 17.*disk on fire"):
         convert(Breaks(), tmp_path / "s", chunk_size=4, shuffle=False, progress=False)
     assert list(tmp_path.iterdir()) == []
 

@@ -74,7 +74,7 @@ def test_a_dead_rank_publishes_nothing_and_a_rerun_finishes(tmp_path):
 def test_ranks_need_torch_distributed_and_a_concurrent_backend(tmp_path):
     from datalflash.errors import ConversionError
 
-    with pytest.raises(ConversionError, match="needs torch.distributed initialized"):
+    with pytest.raises(ConversionError, match=r"needs torch.distributed initialized"):
         DatasetConverter.create_chunked_dataset(Samples(), "/nonexistent/x", rank=0, world_size=2)
     with pytest.raises(ConversionError, match="rank"):
         DatasetConverter.create_chunked_dataset(Samples(), "/nonexistent/x", rank=3, world_size=2)

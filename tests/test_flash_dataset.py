@@ -43,7 +43,7 @@ def test_errors():
         flash.gather([0, 3])
     with pytest.raises(ValueError, match="different numbers of samples"):
         FlashDataset(torch.zeros(3), torch.zeros(4))
-    with pytest.raises(TypeError, match="not a torch.Tensor"):
+    with pytest.raises(TypeError, match=r"not a torch.Tensor"):
         FlashDataset([1, 2, 3])
     with pytest.raises(ValueError, match="at least one"):
         FlashDataset()

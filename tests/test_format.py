@@ -120,7 +120,7 @@ def test_open_store_errors(tmp_path):
         open_store(tmp_path / "s")
     doc["backend"] = {"id": "memmap", "config": {"exec": "rm -rf /"}}
     (tmp_path / "s" / "manifest.json").write_text(json.dumps(doc))
-    with pytest.raises(BackendError, match="memmap backend config .* is not valid"):
+    with pytest.raises(BackendError, match=r"memmap backend config .* is not valid"):
         open_store(tmp_path / "s")
 
 
@@ -128,7 +128,7 @@ def test_memmap_header_disagreeing_with_manifest(tmp_path):
     shutil.copytree(FIXTURES / "memmap", tmp_path / "s")
     np.save(tmp_path / "s" / "train" / "label.npy", np.zeros(6, dtype=np.int32))
     store = open_store(tmp_path / "s")
-    with pytest.raises(StoreFormatError, match="label.npy: holds .*int32.*manifest says"):
+    with pytest.raises(StoreFormatError, match=r"label.npy: holds .*int32.*manifest says"):
         store.read_chunks("train", [0])
 
 

@@ -19,8 +19,8 @@ from torch.utils.data import TensorDataset
 from datalflash.cli import main as cli
 from datalflash.core import ChunkedDataset, FlashDataLoader
 from datalflash.errors import ChecksumError, StoreFormatError, StoreReadError
-from datalflash.store.integrity import ReadAttempt, RetryPolicy
 from datalflash.store import open_store
+from datalflash.store.integrity import ReadAttempt, RetryPolicy
 from datalflash.utils import DatasetConverter
 
 BACKENDS = [("zarr", "default"), ("zarr", "none"), ("hdf5", "default"), ("memmap", "default")]
@@ -166,7 +166,7 @@ def test_manifest_that_disagrees_with_the_data_is_refused(tmp_path, backend, com
     with pytest.raises(StoreFormatError, match="not valid JSON"):
         open_store(path)
     (path / "manifest.json").write_text(json.dumps({**manifest, "format_version": 99}))
-    with pytest.raises(StoreFormatError, match="format_version 99 is newer.*upgrade"):
+    with pytest.raises(StoreFormatError, match=r"format_version 99 is newer.*upgrade"):
         open_store(path)
     (path / "manifest.json").unlink()
     with pytest.raises(StoreFormatError, match="not a datalflash store"):
@@ -215,7 +215,7 @@ def test_transient_errors_are_retried(tmp_path, code):
     assert time.perf_counter() - start < 1
     store = open_store(path)
     Flaky(store, errno.ENOENT, times=1)
-    with pytest.raises(StoreReadError, match="chunks 2..2: FileNotFoundError"):  # not transient: no retry
+    with pytest.raises(StoreReadError, match=r"chunks 2..2: FileNotFoundError"):  # not transient: no retry
         store.read_chunks("train", [2])
 
 

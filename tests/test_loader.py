@@ -90,10 +90,15 @@ def test_sampler_and_batch_sampler_honoured(source, kind):
     ours, oracle = source
     indices = torch.randperm(len(oracle), generator=torch.Generator().manual_seed(3))[:30].tolist()
     if kind == "sampler":
-        make = lambda ds: dict(batch_size=4, sampler=indices)
+
+        def make(ds):
+            return dict(batch_size=4, sampler=indices)
     else:
         blocks = [indices[i : i + 5] for i in range(0, 30, 5)] + [[0, 0, 44]]
-        make = lambda ds: dict(batch_sampler=blocks)
+
+        def make(ds):
+            return dict(batch_sampler=blocks)
+
     got = list(FlashDataLoader(ours, **make(ours)))
     expected = list(DataLoader(oracle, **make(oracle)))
     assert len(got) == len(expected) == len(FlashDataLoader(ours, **make(ours)))
@@ -104,7 +109,10 @@ def test_sampler_and_batch_sampler_honoured(source, kind):
 def test_shuffled_epoch_is_a_permutation_each_time(source):
     ours, _ = source
     loader = FlashDataLoader(ours, batch_size=8, shuffle=True, seed=5, read_ahead_bytes=2**20, window_chunks=2)
-    labels = lambda batch: batch[1] if isinstance(batch, list) else batch["label"]
+
+    def labels(batch):
+        return batch[1] if isinstance(batch, list) else batch["label"]
+
     epochs = [torch.cat([labels(b) for b in loader]).tolist() for _ in range(3)]
     for order in epochs:
         assert sorted(order) == list(range(len(ours)))
@@ -158,7 +166,10 @@ def test_same_seed_same_order_in_a_new_process(tmp_path):
 
 def test_seed_none_follows_torch_rng():
     data = FlashDataset(torch.arange(100))
-    epoch = lambda: torch.cat([b for (b,) in FlashDataLoader(data, batch_size=10, shuffle=True)])
+
+    def epoch():
+        return torch.cat([b for (b,) in FlashDataLoader(data, batch_size=10, shuffle=True)])
+
     torch.manual_seed(0)
     a = epoch()
     torch.manual_seed(0)
@@ -254,11 +265,10 @@ def test_read_error_surfaces_fast_naming_the_chunk(tmp_path):
     path = tmp_path / "memmap" / "train" / "0.npy"
     corrupt_chunk_6(path)
     loader = FlashDataLoader(data, batch_size=8, shuffle=False, window_chunks=1)
-    start, seen = time.perf_counter(), 0
+    start, seen = time.perf_counter(), []
     with pytest.raises(StoreReadError, match=r"checksum mismatch in split 'train' field '0' chunk 6") as info:
-        for _ in loader:
-            seen += 1
-    assert seen == 6 and time.perf_counter() - start < 1.0
+        seen.extend(loader)
+    assert len(seen) == 6 and time.perf_counter() - start < 1.0
     assert "0.npy" in str(info.value)
     del info, loader
     gc.collect()
@@ -271,11 +281,10 @@ def test_worker_process_errors_surface_and_processes_stop(tmp_path):
     data = store_split(tmp_path, [(torch.zeros(1000), i) for i in range(80)], chunk_size=8, backend="memmap")
     corrupt_chunk_6(tmp_path / "memmap" / "train" / "0.npy")
     loader = FlashDataLoader(data, batch_size=8, window_chunks=1, num_workers=2, multiprocessing_context="fork")
-    seen = 0
+    seen = []
     with pytest.raises(StoreReadError, match=r"checksum mismatch in split 'train' field '0' chunk 6"):
-        for _ in loader:
-            seen += 1
-    assert seen == 6
+        seen.extend(loader)
+    assert len(seen) == 6
     for i, _ in enumerate(FlashDataLoader(data, batch_size=8, window_chunks=1, num_workers=2)):
         if i == 2:
             assert multiprocessing.active_children()
@@ -293,10 +302,14 @@ def test_threads_stop_on_break_delete_and_keyboard_interrupt(tmp_path):
             break
     gc.collect()
     assert reading_threads() == []
-    with pytest.raises(KeyboardInterrupt):
-        for i, _ in enumerate(loader):
+
+    def interrupted_at_batch_2(batches):
+        for i, _ in enumerate(batches):
             if i == 2:
                 raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        interrupted_at_batch_2(loader)
     gc.collect()
     assert reading_threads() == []
     iterator = iter(loader)

@@ -179,7 +179,7 @@ def test_incompatible_state_refused(tmp_path):
     data = dataset(tmp_path, "store", 64, 7)
     state = FlashDataLoader(data, batch_size=4, shuffle=True, seed=0, window_chunks=2).state_dict()
     other = dataset(tmp_path, "store", 64, 32)
-    with pytest.raises(ValueError, match="different data or settings.*data"):
+    with pytest.raises(ValueError, match=r"different data or settings.*data"):
         FlashDataLoader(other, batch_size=4, shuffle=True, window_chunks=2).load_state_dict(state)
     with pytest.raises(ValueError, match="shuffle: saved True, this loader False"):
         FlashDataLoader(data, batch_size=4, shuffle=False, window_chunks=2).load_state_dict(state)

@@ -69,7 +69,7 @@ def test_default_loader_mixes_a_sorted_store_like_iid_reading_each_chunk_once(so
     data = ChunkedDataset(sorted_store, "train")
     reads = CountingReads(data.store)
     loader = FlashDataLoader(data, batch_size=64, shuffle=True, seed=0)
-    for epoch in range(2):
+    for _epoch in range(2):
         reads.counts.clear()
         quality = shuffle_quality(loader, label=lambda b: b[1], position=lambda b: b[2])
         assert quality.num_samples == 40_000

@@ -19,7 +19,7 @@ def test_random_crop_matches_per_sample_crops():
     for i in range(16):
         expected = padded[i, :, top[i] : top[i] + 8, left[i] : left[i] + 8]
         assert torch.equal(out[i], expected)
-    assert len({(int(t), int(l)) for t, l in zip(top, left)}) > 1  # offsets differ per sample
+    assert len({(int(t), int(lf)) for t, lf in zip(top, left)}) > 1  # offsets differ per sample
     with pytest.raises(ValueError, match="larger than the padded"):
         RandomCrop(20)(x)
 

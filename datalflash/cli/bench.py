@@ -9,6 +9,7 @@ from collections.abc import Iterable
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from datalflash.loading import ChunkedDataset, FlashDataLoader
 from datalflash.store.registry import open_store
 
 
@@ -33,8 +34,6 @@ def bench_store(
     """Samples/s of: FlashDataLoader on the split; torch's DataLoader reading items from the store
     (``ChunkedDataset``, what a per-item pipeline would do); torch's DataLoader over the split
     loaded into RAM (``TensorDataset``). Shuffled; the best of ``epochs`` passes each."""
-    from datalflash.loading import ChunkedDataset, FlashDataLoader
-
     store = open_store(path)
     data = ChunkedDataset(store, split)
     flash = FlashDataLoader(
@@ -49,11 +48,12 @@ def bench_store(
         num_workers=num_workers,
     )
     rows = []
-    for name, loader in [
+    loaders: list[tuple[str, Iterable]] = [
         ("FlashDataLoader (store)", flash),
         ("torch DataLoader, items from the store", per_item),
         ("torch DataLoader, split in RAM (TensorDataset)", in_ram),
-    ]:
+    ]
+    for name, loader in loaders:
         runs = [timed_rate(loader, max_seconds) for _ in range(epochs)]
         rate, n = max(runs)
         rows.append({"loader": name, "samples_per_s": round(rate), "samples": n, "full_epoch": n >= len(data)})

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from datalflash.cli.bench import bench_store, timed_rate
 from datalflash.convert import DatasetConverter
 from datalflash.loading import get_dataloaders
+from datalflash.store import open_store
 
 
 def digits_dataset() -> TensorDataset:
@@ -42,7 +43,8 @@ def run(workdir: str | None = None, epochs: int = 15, batch_size: int = 64, seed
             dataset, path, chunk_size=256, seed=seed, overwrite=True, progress=False
         )
         loaders = get_dataloaders(path, batch_size, seed=seed)
-        sizes = {split: len(loader.dataset) for split, loader in loaders.items()}
+        store = open_store(path)
+        sizes = {split: store.num_samples(split) for split in store.splits}
         print(
             f"converted {len(dataset)} real 8x8 digits into a Zarr store at {path} "
             f"({time.perf_counter() - start:.2f}s); splits {sizes}"
@@ -62,13 +64,9 @@ def run(workdir: str | None = None, epochs: int = 15, batch_size: int = 64, seed
                 total += len(labels)
         accuracy = correct / total
         print(f"test accuracy after {epochs} epochs: {accuracy:.3f}")
-        train = loaders["train"].dataset
         flash = statistics.median(timed_rate(loaders["train"], math.inf)[0] for _ in range(5))
         plain = TensorDataset(
-            *[
-                torch.from_numpy(a)
-                for a in train.store.read_chunks("train", range(train.store.num_chunks("train"))).values()
-            ]
+            *[torch.from_numpy(a) for a in store.read_chunks("train", range(store.num_chunks("train"))).values()]
         )
         baseline = statistics.median(
             timed_rate(DataLoader(plain, batch_size, shuffle=True), math.inf)[0] for _ in range(5)

@@ -149,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify = commands.add_parser(
         "verify",
         help="check every chunk of a store against its checksums",
-        description="Check every chunk of STORE; exit 0 if all are good, 1 if some are bad, 2 if STORE is not a usable store.",
+        description="Check every chunk of STORE; exit 0 if all are good, 1 if some are bad, "
+        "2 if STORE is not a usable store.",
     )
     verify.add_argument("store")
     verify.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -145,7 +145,13 @@ class DatasetConverter:
                 fill_store(store, pytorch_dataset, order, num_workers, progress and rank == 0, rank, world)
 
             convert_across_ranks(
-                backend_cls, manifest, prepare, fill, lambda staging: publishing.publish_store(staging, output_dir), rank, world
+                backend_cls,
+                manifest,
+                prepare,
+                fill,
+                lambda staging: publishing.publish_store(staging, output_dir),
+                rank,
+                world,
             )
             return output_dir
         staging = publishing.staging_dir(output_dir)

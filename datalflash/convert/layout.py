@@ -59,9 +59,7 @@ def read_blocks(indices: np.ndarray, block: int, chunk_size: int) -> list[np.nda
     ]
 
 
-def chunk_blocks(
-    splits: Mapping[str, SplitInfo], order: np.ndarray, chunk_size: int, block: int
-) -> list[ChunkBlocks]:
+def chunk_blocks(splits: Mapping[str, SplitInfo], order: np.ndarray, chunk_size: int, block: int) -> list[ChunkBlocks]:
     """Every chunk of the store's chunk list (splits in order) with the read blocks of its
     source indices, ``order`` being the source indices in store order."""
     chunks = []

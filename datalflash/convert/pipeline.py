@@ -24,7 +24,13 @@ PIECE_BYTES = 2 * 2**20  # rows handed to a streaming store at a time: they stay
 
 
 def fill_store(
-    store: ChunkStore, dataset: Dataset, order: np.ndarray, num_workers: int, progress: bool, rank: int = 0, world_size: int = 1
+    store: ChunkStore,
+    dataset: Dataset,
+    order: np.ndarray,
+    num_workers: int,
+    progress: bool,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> None:
     """Read every sample in ``order`` and write each split chunk by chunk (of the chunk list,
     only those :func:`~datalflash.convert.layout.owner` gives to ``rank``).

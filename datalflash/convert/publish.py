@@ -45,7 +45,8 @@ def recover_leftovers(output_dir: Path) -> None:
         if kind == "old" and not output_dir.exists() and (leftover / MANIFEST_NAME).is_file():
             os.rename(leftover, output_dir)
             warnings.warn(
-                f"restored the previous store {output_dir} from {leftover.name} (an interrupted conversion)", stacklevel=3
+                f"restored the previous store {output_dir} from {leftover.name} (an interrupted conversion)",
+                stacklevel=3,
             )
         else:
             shutil.rmtree(leftover, ignore_errors=True)

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from datalflash.batching.tensors import as_storage, from_storage, torch_dtype_name
 from datalflash.errors import ConversionError
 from datalflash.format.dtypes import numpy_dtype_name, storage_dtype
-from datalflash.format.manifest import FieldSpec, allocate
+from datalflash.format.manifest import FieldSpec, allocate, sample_nbytes
 from datalflash.format.structure import field_names, flatten, infer_structure
 
 
@@ -28,8 +28,8 @@ def leaf_signature(value: Any) -> tuple[str, tuple[int, ...]] | None:
         name = torch_dtype_name(value.dtype)
         return (name, tuple(value.shape)) if _storable(name) else None
     if isinstance(value, (np.ndarray, np.generic)):
-        name = numpy_dtype_name(value.dtype)
-        return (name, tuple(np.shape(value))) if name else None
+        numpy_name = numpy_dtype_name(value.dtype)
+        return (numpy_name, tuple(np.shape(value))) if numpy_name else None
     if isinstance(value, bool):
         return ("bool", ())
     if isinstance(value, numbers.Integral):
@@ -73,7 +73,7 @@ def _describe(value: Any) -> str:
 class IndexedDataset(Dataset):
     """Yields ``(index, sample)``, and turns a failing ``__getitem__`` into a ConversionError."""
 
-    def __init__(self, dataset: Dataset):
+    def __init__(self, dataset: Any):  # any map-style dataset: __len__ and __getitem__
         self.dataset = dataset
 
     def __len__(self) -> int:
@@ -121,8 +121,7 @@ def block_size(dataset: Dataset, fields: dict[str, FieldSpec], chunk_size: int) 
     blocks of <= ~4 MB and <= 1024 samples, small enough to spread over workers."""
     if isinstance(dataset, TensorDataset):
         return chunk_size
-    sample_bytes = max(1, sum(f.sample_nbytes for f in fields.values()))
-    return max(1, min(MAX_BLOCK, chunk_size, BLOCK_BYTES // sample_bytes))
+    return max(1, min(MAX_BLOCK, chunk_size, BLOCK_BYTES // max(1, sample_nbytes(fields))))
 
 
 class BlockReader:
@@ -144,7 +143,7 @@ class BlockReader:
         num_workers: int = 0,
     ):
         self.fields = fields
-        self._tensors = None
+        self._tensors: list[torch.Tensor] | None = None
         self._stream: Iterator[dict[str, np.ndarray]] | None = None
         if isinstance(dataset, TensorDataset) and _tensor_dataset_matches(dataset, structure, fields):
             self._tensors = [t.cpu() for t in dataset.tensors]
@@ -167,18 +166,19 @@ class BlockReader:
     def view(self, block: np.ndarray) -> dict[str, np.ndarray] | None:
         """``block`` as read-only views of the source tensors, when it is an ascending run of
         indices of a vectorized source (an unshuffled conversion); else None."""
+        tensors = self._tensors
         if (
-            not self.vectorized
+            tensors is None
             or len(block) == 0
             or block[-1] - block[0] != len(block) - 1
             or not np.all(np.diff(block) == 1)
-            or not all(t.is_contiguous() for t in self._tensors)
+            or not all(t.is_contiguous() for t in tensors)
         ):
             return None
         start, stop = int(block[0]), int(block[-1]) + 1
         return {
             name: as_storage(tensor[start:stop], spec.dtype)
-            for (name, spec), tensor in zip(self.fields.items(), self._tensors)
+            for (name, spec), tensor in zip(self.fields.items(), tensors)
         }
 
     def pieces(self, blocks: Sequence[np.ndarray], rows: int) -> Iterator[dict[str, np.ndarray]]:
@@ -205,7 +205,7 @@ class BlockReader:
             for (name, spec), tensor in zip(self.fields.items(), self._tensors):
                 dest = from_storage(out[name][offset : offset + rows], spec.dtype)
                 torch.index_select(tensor, 0, index, out=dest)
-        else:
+        elif self._stream is not None:
             for name, values in next(self._stream).items():
                 out[name][offset : offset + rows] = values
         return rows

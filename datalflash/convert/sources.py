@@ -127,7 +127,7 @@ def _from_zarr(spec: str) -> Dataset:
         raise SourceError(f"{spec}: not a readable Zarr array or group: {e}") from None
     if isinstance(node, zarr.Array):
         return TensorDataset(_tensor(node[...], spec))
-    arrays = {name: a for name, a in node.arrays()}
+    arrays = dict(node.arrays())
     if not arrays:
         raise SourceError(f"{spec}: the Zarr group holds no arrays")
     return DictDataset({name: _tensor(a[...], f"{spec}/{name}") for name, a in arrays.items()})

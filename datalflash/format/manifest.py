@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from datalflash.arguments import is_int
 from datalflash.errors import StoreFormatError
 from datalflash.format.dtypes import SUPPORTED_DTYPES, storage_dtype
 from datalflash.format.structure import is_valid_field_name, validate_structure
@@ -51,6 +52,11 @@ class FieldSpec:
     def to_json(self) -> dict:
         """The field as written in the manifest."""
         return {"dtype": self.dtype, "storage_dtype": self.storage_dtype.str, "shape": list(self.shape)}
+
+
+def sample_nbytes(fields: Mapping[str, FieldSpec]) -> int:
+    """Bytes of one sample of all ``fields`` together."""
+    return sum(spec.sample_nbytes for spec in fields.values())
 
 
 def allocate(fields: Mapping[str, FieldSpec], rows: int) -> dict[str, np.ndarray]:
@@ -98,7 +104,7 @@ class Manifest:
     @property
     def sample_nbytes(self) -> int:
         """Bytes of one sample, all fields together."""
-        return sum(spec.sample_nbytes for spec in self.fields.values())
+        return sample_nbytes(self.fields)
 
     @property
     def chunk_nbytes(self) -> int:
@@ -162,16 +168,12 @@ def _require(cond: bool, message: str) -> None:
         raise StoreFormatError(message)
 
 
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
 def parse_manifest(doc: Any) -> Manifest:
     """Validate a decoded manifest document and build a :class:`Manifest`."""
     _require(isinstance(doc, dict), "manifest is not a JSON object")
     _require(doc.get("format") == FORMAT_NAME, f"'format' is not {FORMAT_NAME!r}")
     version = doc.get("format_version")
-    _require(_is_int(version), "'format_version' is not an integer")
+    _require(is_int(version), "'format_version' is not an integer")
     if version > FORMAT_VERSION:
         raise StoreFormatError(
             f"format_version {version} is newer than this datalflash reads ({FORMAT_VERSION}); "
@@ -185,7 +187,7 @@ def parse_manifest(doc: Any) -> Manifest:
     _require(isinstance(backend.get("config", {}), dict), "'backend.config' is not an object")
 
     chunk_size = doc.get("chunk_size")
-    _require(_is_int(chunk_size) and 1 <= chunk_size <= MAX_SAMPLES, "'chunk_size' is not a positive integer")
+    _require(is_int(chunk_size) and 1 <= chunk_size <= MAX_SAMPLES, "'chunk_size' is not a positive integer")
 
     fields = _parse_fields(doc.get("fields"))
     structure = doc.get("structure")
@@ -225,7 +227,7 @@ def _parse_checksums(raw: Any, splits: Mapping[str, SplitInfo], fields: Mapping[
             _require(
                 isinstance(values, list)
                 and len(values) == splits[split].num_chunks
-                and all(_is_int(v) and 0 <= v < 2**32 for v in values),
+                and all(is_int(v) and 0 <= v < 2**32 for v in values),
                 f"checksums of split {split!r} field {name!r}: need one 32-bit integer per chunk",
             )
         out[split] = {name: list(values) for name, values in per_field.items()}
@@ -250,7 +252,7 @@ def _parse_fields(raw: Any) -> dict[str, FieldSpec]:
             )
         shape = spec.get("shape")
         _require(
-            isinstance(shape, list) and len(shape) <= MAX_NDIM and all(_is_int(d) and 0 <= d < MAX_DIM for d in shape),
+            isinstance(shape, list) and len(shape) <= MAX_NDIM and all(is_int(d) and 0 <= d < MAX_DIM for d in shape),
             f"field {name!r}: shape {shape!r} is not a list of non-negative integers",
         )
         _require(math.prod(shape) < MAX_DIM, f"field {name!r}: shape {shape} is too large")
@@ -265,9 +267,9 @@ def _parse_splits(raw: Any, chunk_size: int) -> dict[str, SplitInfo]:
         _require(is_valid_field_name(name), f"split name {name!r} is not allowed")
         _require(isinstance(spec, Mapping), f"split {name!r} is not an object")
         n, c = spec.get("num_samples"), spec.get("num_chunks")
-        _require(_is_int(n) and 0 <= n <= MAX_SAMPLES, f"split {name!r}: bad num_samples {n!r}")
+        _require(is_int(n) and 0 <= n <= MAX_SAMPLES, f"split {name!r}: bad num_samples {n!r}")
         _require(
-            _is_int(c) and c == -(-n // chunk_size),
+            is_int(c) and c == -(-n // chunk_size),
             f"split {name!r}: num_chunks {c!r} does not match {n} samples in chunks of {chunk_size}",
         )
         splits[name] = SplitInfo(n, c)

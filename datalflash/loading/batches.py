@@ -39,7 +39,9 @@ def planned_memory_batches(
     dataset: FlashDataset, plan: EpochPlan, sched: Schedule, pin_memory: bool
 ) -> Iterator[Batch]:
     """Batches of a RAM dataset's own plan (one window holding every sample)."""
-    order = torch.from_numpy(plan.order(0)) if sched.batches else None
+    if not sched.batches:
+        return
+    order = torch.from_numpy(plan.order(0))
     for batch in sched.batches:
         index = order[batch[0][1] : batch[0][2]] if len(batch) == 1 else torch.cat([order[a:b] for _, a, b in batch])
         yield gather([(dataset.fields, index)], pin_memory=pin_memory)
@@ -96,8 +98,7 @@ def sampled_chunk_batches(
 ) -> Iterator[Batch]:
     """Batches in a sampler's order: each batch reads the chunks it needs (kept in an LRU cache)."""
     store = dataset.store
-    chunk_bytes = store.chunk_size * sum(f.sample_nbytes for f in dataset.fields.values())
-    capacity = max(1, cache_bytes // max(1, chunk_bytes))
+    capacity = max(1, cache_bytes // max(1, store.manifest.chunk_nbytes))
     cache: OrderedDict[int, dict[str, torch.Tensor]] = OrderedDict()
     for indices in batches:
         index = checked_index(indices, len(dataset))

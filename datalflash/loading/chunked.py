@@ -57,11 +57,9 @@ class ChunkedDataset(Dataset):
         tensors, row = self._row(int(index))
         return rebuild(self.structure, {name: t[row].clone() for name, t in tensors.items()}, tuple)
 
-    def __getstate__(self) -> dict:
-        return {"store": self.store, "split": self.split}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__init__(state["store"], state["split"])
+    def __reduce__(self) -> tuple[Any, tuple]:
+        """Pickle the store (by path) and the split name, not the cached chunk."""
+        return ChunkedDataset, (self.store, self.split)
 
     def __repr__(self) -> str:
         return f"ChunkedDataset({str(self.store.path)!r}, split={self.split!r}, {self._length} samples)"

@@ -9,27 +9,21 @@ unchanged, so swapping the class in never changes what a training script gets.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
-from datalflash.distributed import resolve_ranks, shared_seed
+from datalflash.distributed import agree_seed, check_seed_can_be_agreed, draw_seed, resolve_ranks
 from datalflash.format.structure import rebuild
-from datalflash.loading.batches import (
-    memory_batches,
-    planned_chunk_batches,
-    planned_memory_batches,
-    sampled_chunk_batches,
-)
 from datalflash.loading.chunked import ChunkedDataset
+from datalflash.loading.epochs import OwnEpochs, Reading
 from datalflash.loading.memory import FlashDataset
 from datalflash.loading.resume import fingerprint, make_state, resume_point
-from datalflash.ordering import memory_plan, plan_epoch, schedule
-from datalflash.ordering.ranges import Ranges, rank_share, share_size, take, total
-from datalflash.reading import ThreadReader, make_reader
+from datalflash.ordering import window_size
+from datalflash.ordering.ranges import Ranges, share_size, total
 from datalflash.transfer import DeviceTransfer, resolve_device
 
 DEFAULT_READ_AHEAD = 512 * 2**20
@@ -104,11 +98,54 @@ class FlashDataLoader:
         self.timeout = timeout
         self.transform = transform
         self.read_ahead_bytes = int(read_ahead_bytes)
+        self.multiprocessing_context, self.worker_init_fn = multiprocessing_context, worker_init_fn
+        self.persistent_workers = persistent_workers and num_workers > 0
         self.device, self.pin_memory = resolve_device(device, pin_memory)
+        self.rank, self.world_size = 0, 1  # torch's loader does not shard (a DistributedSampler does)
+        self.window_chunks: int | None = None
+        self._seed: int | None = None if seed is None else int(seed)
+        self._seed_agreed = True
         self._epoch = 0
-        ours = isinstance(dataset, (FlashDataset, ChunkedDataset))
-        self._torch: DataLoader | None = None
-        if not ours or collate_fn is not None or (batch_size is None and batch_sampler is None):
+        self._resume: tuple[int, Ranges, int] | None = None  # (epoch, remaining, skip) from load_state_dict
+        self._cursor: dict | None = None  # where the epoch being served stands
+        self._torch: DataLoader | None = None  # torch's own loader, where this one hands over to it
+        self._own: OwnEpochs | None = None  # else the loader's own stages
+        if (
+            isinstance(dataset, (FlashDataset, ChunkedDataset))
+            and collate_fn is None
+            and (batch_size is not None or batch_sampler is not None)
+        ):
+            _check_arguments(batch_size, shuffle, sampler, batch_sampler, drop_last)
+            self.rank, self.world_size = resolve_ranks(rank, world_size)
+            check_seed_can_be_agreed(seed, self.world_size)
+            if self._seed is None:  # drawn now, as torch draws its base seed; agreed when first used
+                self._seed, self._seed_agreed = draw_seed(generator), self.world_size == 1
+            if isinstance(dataset, ChunkedDataset):
+                store = dataset.store
+                chunks, chunk_nbytes = store.num_chunks(dataset.split), store.manifest.chunk_nbytes
+                self.window_chunks = window_size(chunks, chunk_nbytes, self.read_ahead_bytes, window_chunks)
+            reading = Reading(
+                num_workers,
+                multiprocessing_context,
+                worker_init_fn,
+                self.persistent_workers,
+                timeout,
+                self.read_ahead_bytes,
+            )
+            self._own = OwnEpochs(
+                dataset,
+                batch_size or 1,
+                self.shuffle,
+                drop_last,
+                sampler,
+                batch_sampler,
+                self.rank,
+                self.world_size,
+                self.window_chunks,
+                reading,
+            )
+        else:
+            torch_options = {"in_order": in_order} if not in_order else {}  # (torch >= 2.6 knows in_order)
             self._torch = DataLoader(
                 dataset,
                 batch_size,
@@ -126,40 +163,18 @@ class FlashDataLoader:
                 prefetch_factor=prefetch_factor,
                 persistent_workers=persistent_workers,
                 pin_memory_device=pin_memory_device,
-                in_order=in_order,
+                **torch_options,
             )
-        else:
-            _check_arguments(batch_size, shuffle, sampler, batch_sampler, drop_last)
-        flash = self._torch is None
-        self.rank, self.world_size = resolve_ranks(rank, world_size) if flash else (0, 1)
-        # torch's path draws its own seed
-        self.seed = shared_seed(seed, self.world_size, generator) if flash else seed
-        self.window_chunks = self._window(window_chunks) if flash and isinstance(dataset, ChunkedDataset) else None
-        self.multiprocessing_context, self.worker_init_fn = multiprocessing_context, worker_init_fn
-        self.persistent_workers = persistent_workers and num_workers > 0
-        self._reader: ThreadReader | None = None  # kept across epochs with persistent_workers
-        self._spare: list = []  # chunk buffers kept across epochs (within read_ahead_bytes)
-        self._resume: tuple[int, Ranges, int] | None = None  # (epoch, remaining, skip) from load_state_dict
-        self._cursor: dict | None = None  # where the epoch being served stands
 
-    def _window(self, window_chunks: int | None) -> int:
-        store = self.dataset.store
-        chunk_bytes = store.chunk_size * max(1, sum(f.sample_nbytes for f in store.fields.values()))
-        num_chunks = max(1, store.num_chunks(self.dataset.split))
-        if window_chunks is None:  # the whole split as one window if it fits, else two windows in budget
-            if num_chunks * chunk_bytes <= self.read_ahead_bytes:
-                return num_chunks
-            return max(1, self.read_ahead_bytes // (2 * chunk_bytes))
-        if not isinstance(window_chunks, int) or isinstance(window_chunks, bool) or window_chunks < 1:
-            raise ValueError(f"window_chunks must be an int >= 1, got {window_chunks!r}")
-        window = min(window_chunks, num_chunks)
-        need = (1 if window == num_chunks else 2) * window * chunk_bytes
-        if need > self.read_ahead_bytes:
-            raise ValueError(
-                f"window_chunks={window_chunks} needs {need / 2**20:.0f} MiB (this window and the next), "
-                f"above read_ahead_bytes={self.read_ahead_bytes / 2**20:.0f} MiB"
-            )
-        return window
+    @property
+    def seed(self) -> int | None:
+        """The seed of the epoch orders: the one given, or one drawn from torch's RNG (or
+        ``generator``) when the loader was built, rank 0's on every rank (agreed by a broadcast
+        when first needed, at the start of an epoch or in :meth:`state_dict`). ``None`` where the
+        loader hands over to torch's DataLoader without a seed."""
+        if not self._seed_agreed and self._seed is not None:
+            self._seed, self._seed_agreed = agree_seed(self._seed, self.world_size), True
+        return self._seed
 
     # --------------------------------------------------------------- epochs
     def set_epoch(self, epoch: int) -> None:
@@ -171,38 +186,33 @@ class FlashDataLoader:
         """The epoch the next iteration will run."""
         return self._epoch
 
-    def _own_order(self) -> bool:
-        return self._torch is None and self.sampler is None and self.batch_sampler is None
-
     def _segment(self, epoch: int) -> tuple[Ranges, int]:
         """``(remaining, skip)`` of ``epoch``: positions of its sequence to share out among the
         ranks, and how many of its share each rank has served already (all and 0, unless resumed)."""
         if self._resume is not None and self._resume[0] == epoch:
             return self._resume[1], self._resume[2]
-        return [(0, len(self.dataset))], 0
+        return [(0, len(self._own.data) if self._own is not None else 0)], 0
 
     def __len__(self) -> int:
-        if self._torch is not None:
-            return len(self._torch)
-        if self.batch_sampler is not None:
-            return len(self.batch_sampler)
-        if self.sampler is not None:
-            n = len(self.sampler)
-        else:
-            remaining, skip = self._segment(self._epoch)
-            n = max(0, share_size(total(remaining), self.world_size, self.drop_last) - skip)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        if self._own is None:
+            return len(self._torch)  # type: ignore[arg-type]  # (one of the two is set)
+        return self._own.num_batches(*self._segment(self._epoch))
 
     # --------------------------------------------------------------- state
-    def _order_settings(self) -> dict:
-        if not self._own_order():
+    def _planned(self) -> OwnEpochs:
+        """The loader's own stages, when it serves its own order."""
+        if self._own is None or not self._own.own_order:
             raise ValueError(
                 "state_dict() needs the loader's own order over a FlashDataset or a store split; with a "
                 "custom sampler, batch_sampler, collate_fn or another dataset, save that order yourself"
             )
+        return self._own
+
+    def _order_settings(self) -> dict:
+        data = self._planned().data
         return {
-            "data": fingerprint(self.dataset),
-            "num_samples": len(self.dataset),
+            "data": fingerprint(data),
+            "num_samples": len(data),
             "shuffle": self.shuffle,
             "window_chunks": self.window_chunks,
         }
@@ -212,16 +222,22 @@ class FlashDataLoader:
         order = self._order_settings()
         cursor = self._cursor or self._new_cursor(self._epoch)
         share = share_size(total(cursor["remaining"]), self.world_size, self.drop_last)
-        served = min(share, cursor["skip"] + cursor["batches"] * self.batch_size)
+        served = min(share, cursor["skip"] + cursor["batches"] * self._planned().batch_size)
         return make_state(
             order,
-            seed=self.seed,
+            seed=self._own_seed(),
             epoch=cursor["epoch"],
             remaining=cursor["remaining"],
             world_size=self.world_size,
             drop_last=self.drop_last,
             served=served,
         )
+
+    def _own_seed(self) -> int:
+        seed = self.seed
+        if seed is None:  # (the loader's own stages always have a seed)
+            raise RuntimeError("the loader has no seed")
+        return seed
 
     def _new_cursor(self, epoch: int) -> dict:
         remaining, skip = self._segment(epoch)
@@ -231,25 +247,31 @@ class FlashDataLoader:
         """Continue from ``state``: the next iteration serves the rest of its epoch, on this
         loader's world size; the seed is the saved one. Refuses a state of other data or settings."""
         seed, epoch, remaining, skip = resume_point(state, self._order_settings(), self.world_size, self.drop_last)
-        self.seed, self._epoch, self._resume, self._cursor = seed, epoch, (epoch, remaining, skip), None
+        self._seed, self._seed_agreed = seed, True
+        self._epoch, self._resume, self._cursor = epoch, (epoch, remaining, skip), None
 
     # --------------------------------------------------------------- iteration
     def __iter__(self) -> Iterator[Any]:
         epoch, self._epoch = self._epoch, self._epoch + 1
-        if self._torch is not None:
-            batches: Iterator[Any] = iter(self._torch)
+        own, cursor = self._own, None
+        if own is None:
+            batches: Iterator[Any] = iter(self._torch)  # type: ignore[arg-type]  # (one of the two is set)
         else:
-            cursor = self._new_cursor(epoch)
+            if own.own_order:
+                cursor = self._new_cursor(epoch)
+                remaining, skip = cursor["remaining"], cursor["skip"]
+            else:
+                remaining, skip = [], 0
             self._resume = None
-            structure = self.dataset.structure
-            batches = (
-                rebuild(structure, b, list) for b in self._cpu_batches(epoch, cursor["remaining"], cursor["skip"])
-            )
+            seed, structure = self._own_seed(), own.data.structure
+            cpu = own.batches(epoch, seed, remaining, skip, self.pin_memory)
+            batches = (rebuild(structure, b, list) for b in cpu)
         if self.device is not None:
             batches = DeviceTransfer(self.device).stream(batches)
         if self.transform is not None:
-            batches = (_apply_to_features(self.transform, b) for b in batches)
-        if not self._own_order():
+            transform = self.transform
+            batches = (_apply_to_features(transform, b) for b in batches)
+        if cursor is None:
             return batches
         self._cursor = cursor
         return self._counted(batches, cursor)
@@ -262,69 +284,14 @@ class FlashDataLoader:
         if self._cursor is cursor:  # the epoch is over: a state now starts the next one
             self._cursor = None
 
-    def _cpu_batches(self, epoch: int, remaining: Ranges, skip: int) -> Iterator[dict[str, torch.Tensor]]:
-        data, pin = self.dataset, self.pin_memory
-        index_batches = self._sampler_batches()
-        if index_batches is not None:
-            if isinstance(data, FlashDataset):
-                return memory_batches(data, index_batches, pin)
-            return sampled_chunk_batches(data, index_batches, cache_bytes=self.read_ahead_bytes, pin_memory=pin)
-        share = rank_share(remaining, self.rank, self.world_size, self.drop_last)
-        share = take(share, skip, total(share))
-        if isinstance(data, FlashDataset):
-            plan = memory_plan(len(data), shuffle=self.shuffle, seed=self.seed, epoch=epoch)
-            return planned_memory_batches(data, plan, schedule(plan, share, self.batch_size, self.drop_last), pin)
-        store = data.store
-        chunk_rows = [
-            b - a for a, b in (store.chunk_bounds(data.split, c) for c in range(store.num_chunks(data.split)))
-        ]
-        plan = plan_epoch(chunk_rows, window=self.window_chunks, shuffle=self.shuffle, seed=self.seed, epoch=epoch)
-        return self._with_reader(
-            lambda reader: planned_chunk_batches(
-                data,
-                plan,
-                schedule(plan, share, self.batch_size, self.drop_last),
-                reader=reader,
-                ahead=1,
-                timeout=self.timeout,
-                pin_memory=pin,
-            )
-        )
-
-    def _with_reader(self, source: Callable[[ThreadReader], Iterator]) -> Iterator:
-        """Run ``source`` with this epoch's reader: worker processes when ``num_workers > 0``
-        (kept across epochs with ``persistent_workers``), else reading threads."""
-        reader = self._reader or make_reader(
-            self.dataset.store, self.num_workers, self.multiprocessing_context, self.worker_init_fn, self._spare
-        )
-        if self.persistent_workers:
-            self._reader = reader
-        try:
-            yield from source(reader)
-        finally:
-            if not self.persistent_workers:
-                reader.close()
-
-    def _sampler_batches(self) -> Iterable[Sequence[int]] | None:
-        """Batches of indices from a user's sampler or batch sampler; None: the loader's own order."""
-        if self.batch_sampler is not None:
-            return self.batch_sampler
-        if self.sampler is not None:
-            return BatchSampler(self.sampler, self.batch_size, self.drop_last)
-        return None
-
     def close(self) -> None:
         """Stop persistent worker processes (iterators running now stop on their own)."""
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
-        self._spare.clear()
+        if self._own is not None:
+            self._own.close()
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:
-            pass
 
 
 def _apply_to_features(transform: Callable, batch: Any) -> Any:
@@ -335,7 +302,9 @@ def _apply_to_features(transform: Callable, batch: Any) -> Any:
     return transform(batch)
 
 
-def _check_arguments(batch_size, shuffle, sampler, batch_sampler, drop_last) -> None:
+def _check_arguments(
+    batch_size: int | None, shuffle: bool | None, sampler: Any, batch_sampler: Any, drop_last: bool
+) -> None:
     """The argument rules of torch's DataLoader, with its messages."""
     if sampler is not None and shuffle:
         raise ValueError("sampler option is mutually exclusive with shuffle")

@@ -23,6 +23,8 @@ class FlashDataset(Dataset):
     """
 
     def __init__(self, *tensors: torch.Tensor | Mapping[str, torch.Tensor]):
+        structure: dict[str, Any]
+        fields: dict[str, Any]
         if len(tensors) == 1 and isinstance(tensors[0], Mapping):
             fields = {str(k): v for k, v in tensors[0].items()}
             structure = {"kind": "dict", "items": {k: {"kind": "field", "name": k} for k in fields}}
@@ -67,10 +69,10 @@ class FlashDataset(Dataset):
         fetches each batch in one vectorized call)."""
         if isinstance(index, (Sequence, torch.Tensor, np.ndarray)) and np.ndim(index) == 1:
             return self.gather(index)
-        index = operator.index(index)
-        if not -self._length <= index < self._length:
-            raise IndexError(f"index {index} out of range for FlashDataset of {self._length} samples")
-        return rebuild(self.structure, {name: t[index] for name, t in self.fields.items()}, tuple)
+        i = operator.index(index)  # type: ignore[arg-type]  # (not a sequence: an integer, or a TypeError)
+        if not -self._length <= i < self._length:
+            raise IndexError(f"index {i} out of range for FlashDataset of {self._length} samples")
+        return rebuild(self.structure, {name: t[i] for name, t in self.fields.items()}, tuple)
 
     def gather(self, indices: Sequence[int] | torch.Tensor) -> Any:
         """The batch of ``indices``, shaped as ``default_collate`` would give it (lists for tuples)."""

@@ -15,6 +15,7 @@ import hashlib
 import json
 from typing import Any
 
+from datalflash.arguments import require_int
 from datalflash.loading.chunked import ChunkedDataset
 from datalflash.loading.memory import FlashDataset
 from datalflash.ordering.ranges import Ranges, normalize, served, subtract, total
@@ -50,10 +51,7 @@ def make_state(
 
 
 def _int(state: dict, key: str, low: int = 0) -> int:
-    value = state.get(key)
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"loader state: {key!r} must be an int >= {low}, got {value!r}")
-    return value
+    return require_int(f"loader state: {key!r}", state.get(key), low)
 
 
 def resume_point(state: Any, order: dict, world_size: int, drop_last: bool) -> tuple[int, int, Ranges, int]:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from datalflash.arguments import require_int
+
 
 def epoch_rng(seed: int, epoch: int, *stream: int) -> np.random.Generator:
     """The random generator of ``epoch`` (and sub-stream ``stream``) for a loader seeded with ``seed``."""
@@ -88,3 +90,24 @@ def plan_epoch(chunk_rows: Sequence[int], *, window: int, shuffle: bool, seed: i
 def memory_plan(n: int, *, shuffle: bool, seed: int, epoch: int) -> EpochPlan:
     """The plan of RAM data of ``n`` samples: one window, served in :func:`sample_order`."""
     return EpochPlan([np.zeros(1, dtype=np.int64)], np.array([n], dtype=np.int64), shuffle, seed, epoch)
+
+
+def window_size(num_chunks: int, chunk_nbytes: int, read_ahead_bytes: int, requested: int | None = None) -> int:
+    """Chunks per shuffle window of a split of ``num_chunks`` chunks of ``chunk_nbytes`` bytes:
+    ``requested`` (checked against the budget: this window and the next must fit in
+    ``read_ahead_bytes``), or by default the whole split when it fits, else as many as half of
+    the budget holds."""
+    chunk_nbytes, num_chunks = max(1, chunk_nbytes), max(1, num_chunks)
+    if requested is None:
+        if num_chunks * chunk_nbytes <= read_ahead_bytes:
+            return num_chunks
+        return max(1, read_ahead_bytes // (2 * chunk_nbytes))
+    require_int("window_chunks", requested, 1)
+    window = min(requested, num_chunks)
+    need = (1 if window == num_chunks else 2) * window * chunk_nbytes
+    if need > read_ahead_bytes:
+        raise ValueError(
+            f"window_chunks={requested} needs {need / 2**20:.0f} MiB (this window and the next), "
+            f"above read_ahead_bytes={read_ahead_bytes / 2**20:.0f} MiB"
+        )
+    return window

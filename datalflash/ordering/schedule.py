@@ -25,7 +25,7 @@ class Visit:
 
     window: int
     spans: list[tuple[int, int]] = field(default_factory=list)
-    chunks: np.ndarray | None = None
+    chunks: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 @dataclass

@@ -10,14 +10,14 @@ reader's threads or processes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any
 
 import numpy as np
 
-from datalflash.reading.readers import ThreadReader
+from datalflash.reading.readers import Handle, ThreadReader
 from datalflash.store.base import ChunkStore
 
 
@@ -36,8 +36,8 @@ class WindowPrefetcher:
         self,
         store: ChunkStore,
         split: str,
-        windows: Sequence[Sequence[int]],
-        needed: Sequence[Sequence[int]] | None = None,
+        windows: Sequence[Iterable[int]],
+        needed: Sequence[Iterable[int]] | None = None,
         *,
         reader: ThreadReader | None = None,
         ahead: int = 1,
@@ -51,18 +51,16 @@ class WindowPrefetcher:
         self._rows = [sum(b - a for a, b in (store.chunk_bounds(split, c) for c in w)) for w in self.windows]
         self._own_reader = reader is None
         self._reader = reader if reader is not None else ThreadReader(store)
-        self._buffers: list[Any] = []
-        self._pending: dict[int, tuple[Any, list[tuple[int, Future]]]] = {}
+        self._pending: dict[int, tuple[Handle, list[tuple[int, Future]]]] = {}
         self._next = 0  # next visit to submit
-        self._allocated = 0
+        self._in_use = 0  # buffers of visits submitted and not released
         self._closed = False
 
-    def _buffer(self, force: bool) -> Any:
-        if self._buffers:
-            return self._buffers.pop()
-        if self._allocated > self._ahead and not force:
+    def _buffer(self, force: bool) -> Handle | None:
+        """A buffer for the next visit: none while ``ahead + 1`` are in use, unless ``force``."""
+        if self._in_use > self._ahead and not force:
             return None
-        self._allocated += 1
+        self._in_use += 1
         return self._reader.allocate(max(self._rows, default=0))
 
     def _submit(self, force: int | None = None) -> None:
@@ -104,11 +102,8 @@ class WindowPrefetcher:
         entry = self._pending.pop(v, None)
         if entry is None:
             return
-        if self._allocated > self._ahead + 1:  # an extra buffer forced by a batch spanning visits
-            self._allocated -= 1
-            self._reader.recycle(entry[0])
-        else:
-            self._buffers.append(entry[0])
+        self._in_use -= 1
+        self._reader.recycle(entry[0])
         self._submit()
 
     def close(self) -> None:
@@ -121,16 +116,11 @@ class WindowPrefetcher:
                 future.cancel()
         if self._own_reader:
             self._reader.close()
-        for buffer in self._buffers:
-            self._reader.recycle(buffer)
         for buffer, tasks in self._pending.values():  # a read still running may write it: drop it
             if all(future.done() for _, future in tasks):
                 self._reader.recycle(buffer)
         self._pending.clear()
-        self._buffers.clear()
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:
-            pass

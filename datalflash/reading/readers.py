@@ -20,6 +20,39 @@ import torch
 from datalflash.store.base import ChunkStore
 
 Buffer = dict[str, np.ndarray]
+Handle = tuple[int, Any]
+"""A reader's buffer: ``(rows it holds, payload)``; :meth:`ThreadReader.arrays` gives its arrays."""
+
+
+class SpareBuffers:
+    """Buffers whose reads are over, kept for reuse (at most ``keep``, the most recent).
+
+    A loader keeps one across epochs and hands it to each epoch's reader, so a window buffer is
+    allocated and page-faulted once, not every epoch."""
+
+    def __init__(self, keep: int = 2) -> None:
+        self.keep = keep
+        self._buffers: list[Handle] = []
+
+    def take(self, rows: int) -> Handle | None:
+        """A kept buffer of at least ``rows`` rows (no longer kept), or None."""
+        for i, (capacity, payload) in enumerate(self._buffers):
+            if capacity >= rows:
+                del self._buffers[i]
+                return capacity, payload
+        return None
+
+    def give(self, buffer: Handle) -> None:
+        """Keep ``buffer`` (no read may still be writing it)."""
+        self._buffers.append(buffer)
+        del self._buffers[: -self.keep]
+
+    def clear(self) -> None:
+        """Drop every kept buffer."""
+        self._buffers.clear()
+
+    def __len__(self) -> int:
+        return len(self._buffers)
 
 
 def _views(store: ChunkStore, raw: dict[str, torch.Tensor], offset: int, rows: int) -> Buffer:
@@ -34,39 +67,31 @@ def _views(store: ChunkStore, raw: dict[str, torch.Tensor], offset: int, rows: i
 class ThreadReader:
     """Reads chunks in ``threads`` threads of this process.
 
-    Buffers are handles ``(rows, payload)``. ``spare`` is a list of buffers to reuse (a loader
-    keeps one across epochs, so a window buffer is allocated and page-faulted once, not every
-    epoch); :meth:`recycle` puts a buffer whose reads are over back into it.
+    Buffers are :data:`Handle` s. :meth:`allocate` takes one from ``spare`` when one is large
+    enough, :meth:`recycle` gives a buffer whose reads are over back to it.
     """
 
-    keep_spare = 2
-
-    def __init__(self, store: ChunkStore, threads: int = 2, spare: list | None = None):
+    def __init__(self, store: ChunkStore, threads: int = 2, spare: SpareBuffers | None = None):
         self.store = store
-        self._spare = spare if spare is not None else []
+        self.spare = spare if spare is not None else SpareBuffers()
         self._pool: Executor = ThreadPoolExecutor(max(1, threads), thread_name_prefix="datalflash-read")
 
     def _new(self, rows: int) -> Any:
         return self.store.allocate(rows)
 
-    def allocate(self, rows: int) -> tuple[int, Any]:
+    def allocate(self, rows: int) -> Handle:
         """A buffer of at least ``rows`` samples (a spare one when one is large enough)."""
-        for i, (capacity, payload) in enumerate(self._spare):
-            if capacity >= rows:
-                del self._spare[i]
-                return capacity, payload
-        return rows, self._new(rows)
+        return self.spare.take(rows) or (rows, self._new(rows))
 
-    def recycle(self, buffer: tuple[int, Any]) -> None:
+    def recycle(self, buffer: Handle) -> None:
         """Keep ``buffer`` (no read may still be writing it) for a later :meth:`allocate`."""
-        self._spare.append(buffer)
-        del self._spare[: -self.keep_spare]
+        self.spare.give(buffer)
 
-    def arrays(self, buffer: tuple[int, Any]) -> Buffer:
+    def arrays(self, buffer: Handle) -> Buffer:
         """``{field: array}`` of all rows of a buffer."""
         return buffer[1]
 
-    def read(self, split: str, chunk: int, buffer: tuple[int, Any], offset: int) -> Future:
+    def read(self, split: str, chunk: int, buffer: Handle, offset: int) -> Future:
         """Read ``chunk`` of ``split`` into the buffer's rows from ``offset`` on, in the background."""
         start, stop = self.store.chunk_bounds(split, chunk)
         out = {name: b[offset : offset + stop - start] for name, b in buffer[1].items()}
@@ -97,8 +122,11 @@ def _read_in_worker(split: str, chunk: int, key: int, raw: dict[str, torch.Tenso
     _worker_buffers[key] = raw
     while len(_worker_buffers) > 8:
         del _worker_buffers[next(iter(_worker_buffers))]
-    start, stop = _worker_store.chunk_bounds(split, chunk)
-    _worker_store.read_chunks(split, [chunk], _views(_worker_store, raw, offset, stop - start))
+    store = _worker_store
+    if store is None:
+        raise RuntimeError("a reading worker was not initialized with its store")
+    start, stop = store.chunk_bounds(split, chunk)
+    store.read_chunks(split, [chunk], _views(store, raw, offset, stop - start))
 
 
 class ProcessReader(ThreadReader):
@@ -114,10 +142,10 @@ class ProcessReader(ThreadReader):
         workers: int,
         context: Any = None,
         worker_init_fn: Any = None,
-        spare: list | None = None,
+        spare: SpareBuffers | None = None,
     ):
         self.store = store
-        self._spare = spare if spare is not None else []
+        self.spare = spare if spare is not None else SpareBuffers()
         if context is None or isinstance(context, str):
             context = multiprocessing.get_context(context)
         ids = context.Queue()
@@ -134,11 +162,11 @@ class ProcessReader(ThreadReader):
             for name, spec in self.store.fields.items()
         }
 
-    def arrays(self, buffer: tuple[int, Any]) -> Buffer:
+    def arrays(self, buffer: Handle) -> Buffer:
         """``{field: array}`` views of a shared buffer's bytes."""
         return _views(self.store, buffer[1], 0, buffer[0])
 
-    def read(self, split: str, chunk: int, buffer: tuple[int, Any], offset: int) -> Future:
+    def read(self, split: str, chunk: int, buffer: Handle, offset: int) -> Future:
         """Read ``chunk`` into the shared buffer in a worker process."""
         return self._pool.submit(_read_in_worker, split, chunk, id(buffer[1]), buffer[1], offset)
 
@@ -150,10 +178,14 @@ class ProcessReader(ThreadReader):
 
 
 def make_reader(
-    store: ChunkStore, num_workers: int, context: Any = None, worker_init_fn: Any = None, spare: list | None = None
+    store: ChunkStore,
+    num_workers: int,
+    context: Any = None,
+    worker_init_fn: Any = None,
+    spare: SpareBuffers | None = None,
 ) -> ThreadReader:
-    """Worker processes when ``num_workers > 0``, else reading threads (two, or the store's
-    ``read_threads`` for stores behind a network)."""
+    """Worker processes when ``num_workers > 0``, else as many reading threads as the store
+    declares it suits (:attr:`~datalflash.store.ChunkStore.read_threads`)."""
     if num_workers > 0:
         return ProcessReader(store, num_workers, context, worker_init_fn, spare)
-    return ThreadReader(store, threads=getattr(store, "read_threads", 2), spare=spare)
+    return ThreadReader(store, threads=store.read_threads, spare=spare)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
+from typing_extensions import Self
 
 from datalflash.errors import BackendError, DataLFlashError, StoreFormatError, StoreReadError
 from datalflash.format.manifest import FieldSpec, Manifest, SplitInfo, allocate, parse_manifest, write_manifest
@@ -104,8 +105,7 @@ class ChunkStore(ABC):
         """Raise BackendError naming options the backend does not have."""
         if options:
             raise BackendError(
-                f"{cls.backend_id} backend config {dict(options)!r} is not valid: "
-                f"unknown options {sorted(options)}"
+                f"{cls.backend_id} backend config {dict(options)!r} is not valid: unknown options {sorted(options)}"
             )
 
     def get_config(self) -> dict:
@@ -356,7 +356,7 @@ class ChunkStore(ABC):
         if close is not None:
             close()
 
-    def __enter__(self: StoreT) -> StoreT:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

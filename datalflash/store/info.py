@@ -16,8 +16,7 @@ def disk_bytes(path: str | os.PathLike) -> int:
 def store_info(path: str | os.PathLike) -> dict:
     """Backend, config, fields, splits, chunks, bytes on disk and compression ratio of a store."""
     store = open_store(path)
-    sample_bytes = sum(f.sample_nbytes for f in store.fields.values())
-    raw = sum(s.num_samples for s in store.splits.values()) * sample_bytes
+    raw = sum(s.num_samples for s in store.splits.values()) * store.manifest.sample_nbytes
     on_disk = disk_bytes(path)
     return {
         "path": str(path),

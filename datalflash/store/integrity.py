@@ -87,9 +87,7 @@ class ChecksumSchedule:
             self._verified.update((split, c) for c in chunks)
 
 
-def compare_checksums(
-    store: object, split: str, field: str, chunk: int, expected: int, actual: int, file: str
-) -> None:
+def compare_checksums(store: object, split: str, field: str, chunk: int, expected: int, actual: int, file: str) -> None:
     """Raise :class:`ChecksumError` naming store, split, field, chunk and file if they differ."""
     if expected != actual:
         raise ChecksumError(

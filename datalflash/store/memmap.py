@@ -151,7 +151,7 @@ class MemmapChunkStore(ChunkStore):
 
     def _write_rows(self, split: str, field: str, start: int, data: np.ndarray) -> None:
         fd, offset = self._handle(split)[field]
-        view = memoryview(data.reshape(-1).view(np.uint8))
+        view = data.reshape(-1).view(np.uint8).data
         position = offset + start * self.fields[field].sample_nbytes
         while len(view):
             written = os.pwrite(fd, view, position)
@@ -162,7 +162,7 @@ class MemmapChunkStore(ChunkStore):
     ) -> None:
         fd, offset = self._handle(split)[field]
         nbytes = self.fields[field].sample_nbytes
-        view = memoryview(out.reshape(-1).view(np.uint8))
+        view = out.reshape(-1).view(np.uint8).data
         position = offset + start * nbytes
         while len(view):
             got = os.preadv(fd, [view], position)

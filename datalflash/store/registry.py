@@ -71,7 +71,7 @@ def open_store(
     ``cache_dir`` (if given, at most ``cache_bytes``)."""
     from datalflash.store.zarr.remote import is_url, open_remote_store
 
-    if is_url(path):
+    if isinstance(path, str) and is_url(path):
         return open_remote_store(
             path, verify=verify, storage_options=storage_options, cache_dir=cache_dir, cache_bytes=cache_bytes
         )

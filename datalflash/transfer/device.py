@@ -66,7 +66,12 @@ class DeviceTransfer:
         if event is not None:
             current = torch.cuda.current_stream(self.device)
             current.wait_event(event)
-            map_tensors(lambda t: (t.record_stream(current), t)[1], moved)
+
+            def used_by_consumer(t: torch.Tensor) -> torch.Tensor:
+                t.record_stream(current)
+                return t
+
+            map_tensors(used_by_consumer, moved)
         return moved
 
     def stream(self, batches: Iterator[Any]) -> Iterator[Any]:

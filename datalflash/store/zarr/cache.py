@@ -11,6 +11,7 @@ and a cached object that fails the check is dropped and fetched again.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -18,14 +19,15 @@ import threading
 import uuid
 from pathlib import Path
 
+from datalflash.arguments import require_int
+
 
 class ChunkCache:
     """Files under ``directory``, at most about ``budget_bytes`` in all (one object over while
     an eviction runs)."""
 
     def __init__(self, directory: str | os.PathLike, budget_bytes: int):
-        if not isinstance(budget_bytes, int) or budget_bytes < 0:
-            raise ValueError(f"cache budget must be an int >= 0 bytes, got {budget_bytes!r}")
+        require_int("cache budget (bytes)", budget_bytes, 0)
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.budget = budget_bytes
@@ -64,10 +66,8 @@ class ChunkCache:
 
     def drop(self, namespace: str, key: str) -> None:
         """Forget an object (it failed its checksum)."""
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self._path(namespace, key))
-        except FileNotFoundError:
-            pass
 
     def _files(self) -> list[tuple[float, int, Path]]:
         found = []
@@ -92,10 +92,8 @@ class ChunkCache:
             for _, size, path in files:
                 if total <= self.budget:
                     break
-                try:
+                with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
-                except FileNotFoundError:
-                    pass
                 total -= size
             self._estimate = total
 

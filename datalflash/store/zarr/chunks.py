@@ -22,8 +22,8 @@ import numpy as np
 from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec
 
 from datalflash.errors import ChecksumError, StoreReadError
-from datalflash.store.integrity import crc32c, inside
 from datalflash.store.files import preallocate
+from datalflash.store.integrity import crc32c, inside
 
 CRC_BYTES = 4
 BLOSC_HEADER_BYTES = 16
@@ -168,7 +168,7 @@ class DirectChunkIO:
         encoded = data.reshape(-1).view(np.uint8) if self.blosc is None else np.frombuffer(self.encode(data), np.uint8)
         with open(path, "wb") as f:
             preallocate(f.fileno(), 0, len(encoded) + CRC_BYTES * self.checksum)
-            f.write(encoded)
+            f.write(encoded.data)
             if self.checksum:
                 f.write(crc32c(encoded).to_bytes(CRC_BYTES, "little"))
 
@@ -178,7 +178,7 @@ class DirectChunkIO:
         stored as Blosc stores what it cannot compress (a frame flagged as a plain copy, which
         every Blosc decoder reads), without compressing it all in vain (~4x the time)."""
         if data.nbytes < MIN_PROBED_BYTES or self._compressible(data):
-            return self.blosc.encode(data)
+            return self._codec.encode(data)
         return self._copier().encode(data)
 
     def start(self, chunk: int, rows: int, first: np.ndarray) -> StreamedChunk | GatheredChunk:
@@ -200,6 +200,13 @@ class DirectChunkIO:
                 return StreamedChunk(self, chunk, header, nbytes)
         return GatheredChunk(self, chunk, first)
 
+    @property
+    def _codec(self) -> numcodecs.Blosc:
+        """The array's Blosc codec (only asked for where there is one)."""
+        if self.blosc is None:
+            raise RuntimeError(f"{self.path}: the array has no Blosc codec")
+        return self.blosc
+
     def _compressible(self, data: np.ndarray) -> bool:
         """Whether the codec shrinks a sample of ``data`` (runs of rows spread through it)
         below :data:`INCOMPRESSIBLE` of its size."""
@@ -207,11 +214,11 @@ class DirectChunkIO:
         run = max(1, PROBE_BYTES // PROBES // max(data.nbytes // max(rows, 1), 1))
         if rows > 2 * PROBES * run:
             data = np.concatenate([data[s : s + run] for s in np.linspace(0, rows - run, PROBES).astype(np.int64)])
-        return len(self.blosc.encode(data)) < INCOMPRESSIBLE * data.nbytes
+        return len(self._codec.encode(data)) < INCOMPRESSIBLE * data.nbytes
 
     def _copier(self) -> numcodecs.Blosc:
         """The codec with compression level 0: Blosc frames holding the bytes as they are."""
-        b = self.blosc
+        b = self._codec
         return numcodecs.Blosc(cname=b.cname, clevel=0, shuffle=b.shuffle, blocksize=b.blocksize)
 
     def _copy_frame_header(self, sample: np.ndarray, nbytes: int) -> bytes | None:
@@ -233,7 +240,7 @@ class StreamedChunk:
     def __init__(self, io: DirectChunkIO, chunk: int, header: bytes, nbytes: int):
         path = io.chunk_path(chunk)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(path, "wb")
+        self._file = open(path, "wb")  # noqa: SIM115 (the writer owns it across add() calls; finish/close close it)
         preallocate(self._file.fileno(), 0, len(header) + nbytes + CRC_BYTES * io.checksum)
         self._file.write(header)
         self._crc = crc32c(header)
@@ -246,7 +253,7 @@ class StreamedChunk:
         if len(flat) > self._left:
             raise ValueError(f"{self._file.name}: more rows than the chunk holds")
         self._crc = crc32c(flat, self._crc)
-        self._file.write(flat)
+        self._file.write(flat.data)
         self._left -= len(flat)
 
     def finish(self) -> None:

@@ -21,8 +21,8 @@ import zarr
 from datalflash.errors import BackendError, StoreFormatError, StoreReadError
 from datalflash.format.manifest import MANIFEST_NAME, Manifest, manifest_from_bytes, parse_manifest
 from datalflash.store.base import Fetched
-from datalflash.store.zarr.chunks import DirectChunkIO
 from datalflash.store.zarr.cache import ChunkCache
+from datalflash.store.zarr.chunks import DirectChunkIO
 from datalflash.store.zarr.store import ZarrChunkStore
 
 REMOTE_READ_THREADS = 32  # chunk reads in flight (threads wait on the network, not the CPU)
@@ -121,7 +121,10 @@ class RemoteZarrChunkStore(ZarrChunkStore):
         local cache where it has them, the rest in one ``fs.cat`` (concurrent requests on async
         filesystems such as s3fs). Objects a failed batch misses are fetched one by one later."""
         paths = [
-            str(direct.chunk_path(c)) for _, direct in self._handle(split).values() if direct is not None for c in chunks
+            str(direct.chunk_path(c))
+            for _, direct in self._handle(split).values()
+            if direct is not None
+            for c in chunks
         ]
         objects: dict[str, tuple[bytes, bool]] = {}
         if self.cache is not None:
@@ -154,7 +157,9 @@ class RemoteZarrChunkStore(ZarrChunkStore):
             if data is None:
                 data = self.fs.cat_file(str(direct.chunk_path(chunk)))
         except FileNotFoundError:
-            raise StoreReadError(f"{self.path}: split {split!r} field {field!r} chunk {chunk}: {key} is missing") from None
+            raise StoreReadError(
+                f"{self.path}: split {split!r} field {field!r} chunk {chunk}: {key} is missing"
+            ) from None
         if cached and self.cache is not None:
             try:  # from the local cache: always checked, dropped and fetched again if bad
                 direct.decode(np.frombuffer(data, dtype=np.uint8), out, True, where)
@@ -174,6 +179,10 @@ def _reopen_remote(url: str, manifest: dict, verify: str, options: tuple) -> Rem
     """A pickled remote store, opened anew in this process."""
     storage_options, cache_dir, cache_bytes = options
     return RemoteZarrChunkStore(
-        url, parse_manifest(manifest), verify=verify, storage_options=storage_options,
-        cache_dir=cache_dir, cache_bytes=cache_bytes,
+        url,
+        parse_manifest(manifest),
+        verify=verify,
+        storage_options=storage_options,
+        cache_dir=cache_dir,
+        cache_bytes=cache_bytes,
     )

@@ -28,8 +28,11 @@ ALLOWED_CODECS = frozenset({"bytes", "blosc", "crc32c", "zstd", "gzip", "transpo
 def check_codecs(array: zarr.Array, where: str) -> None:
     """Refuse an array whose metadata names a codec outside :data:`ALLOWED_CODECS` (a store
     from elsewhere must not make us run, e.g., numcodecs' pickle codec)."""
-    raw = array.metadata.to_dict().get("codecs", [])
-    names = [c.get("name") if isinstance(c, dict) else getattr(c, "codec_name", None) or type(c).__name__ for c in raw]
+    raw = array.metadata.to_dict().get("codecs")
+    codecs = raw if isinstance(raw, (list, tuple)) else []
+    names = [
+        c.get("name") if isinstance(c, dict) else getattr(c, "codec_name", None) or type(c).__name__ for c in codecs
+    ]
     bad = [n for n in names if n not in ALLOWED_CODECS]
     if bad:
         raise StoreFormatError(f"{where}: codecs {bad} are not allowed (allowed: {sorted(ALLOWED_CODECS)})")
@@ -50,6 +53,10 @@ def _write_node(path: Path, document: dict) -> None:
 def fill_value(dtype: np.dtype) -> Any:
     """Zero as a Zarr v3 ``fill_value`` of ``dtype`` (complex numbers are ``[real, imaginary]``)."""
     return [0.0, 0.0] if dtype.kind == "c" else np.zeros((), dtype).item()
+
+
+FieldHandle = tuple["zarr.Array | None", "DirectChunkIO | None"]
+"""How one field of an open split is read: direct chunk I/O, or (for layouts we do not write) zarr."""
 
 
 class ZarrChunkStore(ChunkStore):
@@ -89,7 +96,7 @@ class ZarrChunkStore(ChunkStore):
         machinery costs ~7 ms a split; a test checks the documents equal what zarr writes)."""
         root = Path(self.split_path(split))
         _write_node(root, GROUP_DOCUMENT)
-        handles = {}
+        handles: dict[str, FieldHandle] = {}
         config = self.manifest.backend_config
         for name, spec in self.fields.items():
             _write_node(root / name, self._array_document(split, spec))
@@ -171,11 +178,11 @@ class ZarrChunkStore(ChunkStore):
         except (FileNotFoundError, ValueError, KeyError) as e:
             raise StoreFormatError(f"{path}: split {split!r} is missing or not a Zarr v3 group: {e}") from None
 
-    def _open_split(self, split: str) -> dict[str, tuple[zarr.Array, DirectChunkIO | None]]:
+    def _open_split(self, split: str) -> dict[str, FieldHandle]:
         """``{field: (zarr array, direct chunk I/O or None)}``, each array checked against the
         manifest and the codec allow-list."""
         group, path = self._open_group(split), self.split_path(split)
-        handles = {}
+        handles: dict[str, FieldHandle] = {}
         for name in self.fields:
             try:
                 array = group[name]
@@ -185,6 +192,8 @@ class ZarrChunkStore(ChunkStore):
                 raise StoreFormatError(
                     f"{path}/{name}: split {split!r} field {name!r}: unusable Zarr metadata: {e}"
                 ) from None
+            if not isinstance(array, zarr.Array):
+                raise StoreFormatError(f"{path}/{name}: split {split!r} field {name!r} is a Zarr group, not an array")
             direct = self._direct(split, name, array.metadata)
             check_codecs(array, f"{path}/{name}")
             self.ensure_matches_manifest(split, name, array.shape, array.dtype, f"{path}/{name}")
@@ -217,17 +226,18 @@ class ZarrChunkStore(ChunkStore):
 
     def _write_rows(self, split: str, field: str, start: int, data: np.ndarray) -> None:
         array, direct = self._handle(split)[field]
-        if direct is None:
-            array[start : start + len(data)] = data
-        else:
+        if direct is not None:
             direct.write(start // self.chunk_size, data)
+        elif array is not None:
+            array[start : start + len(data)] = data
 
     def _read_rows(
         self, split: str, field: str, start: int, stop: int, out: np.ndarray, fetched: Fetched | None
     ) -> None:
         array, direct = self._handle(split)[field]
         if direct is None:  # a layout we do not write: zarr reads it (and checks a crc32c codec)
-            out[...] = array[start:stop]
+            if array is not None:
+                out[...] = array[start:stop]
             return
         for row in range(start, stop, self.chunk_size):
             rows, chunk = min(self.chunk_size, stop - row), row // self.chunk_size

@@ -1,0 +1,135 @@
+"""The loader's own stages over a FlashDataset or a store split: one epoch's CPU batches.
+
+order (plan, rank share, schedule) -> read (a window prefetcher over reading threads or worker
+processes) -> assemble (one gather per field). :class:`OwnEpochs` knows what it serves and how it
+reads; :class:`~datalflash.loading.FlashDataLoader` adds the device transfer, the transform,
+state and resume around it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch.utils.data import BatchSampler, Sampler
+
+from datalflash.loading.batches import (
+    Batch,
+    memory_batches,
+    planned_chunk_batches,
+    planned_memory_batches,
+    sampled_chunk_batches,
+)
+from datalflash.loading.chunked import ChunkedDataset
+from datalflash.loading.memory import FlashDataset
+from datalflash.ordering import memory_plan, plan_epoch, schedule
+from datalflash.ordering.ranges import Ranges, rank_share, share_size, take, total
+from datalflash.reading import SpareBuffers, ThreadReader, make_reader
+
+
+@dataclass
+class Reading:
+    """How a store split's chunks are read: ``workers`` processes (0: threads), their start
+    method, init function and persistence (torch's ``num_workers`` family of arguments)."""
+
+    workers: int = 0
+    context: Any = None
+    worker_init_fn: Callable | None = None
+    persistent: bool = False
+    timeout: float = 0
+    read_ahead_bytes: int = 512 * 2**20
+
+
+@dataclass
+class OwnEpochs:
+    """Epochs of ``data`` served ``batch_size`` samples at a time, in the loader's own order
+    (``sampler`` and ``batch_sampler`` None) or a user's, by rank ``rank`` of ``world_size``."""
+
+    data: FlashDataset | ChunkedDataset
+    batch_size: int
+    shuffle: bool
+    drop_last: bool
+    sampler: Sampler | Iterable | None = None
+    batch_sampler: Sampler | Iterable | None = None
+    rank: int = 0
+    world_size: int = 1
+    window_chunks: int | None = None
+    reading: Reading = field(default_factory=Reading)
+    _reader: ThreadReader | None = None  # kept across epochs with persistent workers
+    _spare: SpareBuffers = field(default_factory=SpareBuffers)  # chunk buffers kept across epochs
+
+    @property
+    def own_order(self) -> bool:
+        """Whether the order is the loader's own (plannable, resumable) one."""
+        return self.sampler is None and self.batch_sampler is None
+
+    def num_batches(self, remaining: Ranges, skip: int) -> int:
+        """Batches of an epoch whose positions ``remaining`` are shared out, ``skip`` of this
+        rank's share already served."""
+        if self.batch_sampler is not None:
+            return len(self.batch_sampler)  # type: ignore[arg-type]  # (a sized sampler, as torch requires)
+        if self.sampler is not None:
+            n = len(self.sampler)  # type: ignore[arg-type]
+        else:
+            n = max(0, share_size(total(remaining), self.world_size, self.drop_last) - skip)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def batches(self, epoch: int, seed: int, remaining: Ranges, skip: int, pin_memory: bool) -> Iterator[Batch]:
+        """The CPU batches (``{field: tensor}``) of ``epoch``: this rank's share of ``remaining``
+        from position ``skip`` on, or a user's sampler's batches."""
+        data = self.data
+        index_batches = self._sampler_batches()
+        if index_batches is not None:
+            if isinstance(data, FlashDataset):
+                return memory_batches(data, index_batches, pin_memory)
+            return sampled_chunk_batches(
+                data, index_batches, cache_bytes=self.reading.read_ahead_bytes, pin_memory=pin_memory
+            )
+        share = rank_share(remaining, self.rank, self.world_size, self.drop_last)
+        share = take(share, skip, total(share))
+        if isinstance(data, FlashDataset):
+            plan = memory_plan(len(data), shuffle=self.shuffle, seed=seed, epoch=epoch)
+            return planned_memory_batches(
+                data, plan, schedule(plan, share, self.batch_size, self.drop_last), pin_memory
+            )
+        store, split = data.store, data.split
+        chunk_rows = [b - a for a, b in (store.chunk_bounds(split, c) for c in range(store.num_chunks(split)))]
+        window = self.window_chunks or max(1, len(chunk_rows))
+        plan = plan_epoch(chunk_rows, window=window, shuffle=self.shuffle, seed=seed, epoch=epoch)
+        sched = schedule(plan, share, self.batch_size, self.drop_last)
+        return self._with_reader(
+            data,
+            lambda reader: planned_chunk_batches(
+                data, plan, sched, reader=reader, ahead=1, timeout=self.reading.timeout, pin_memory=pin_memory
+            ),
+        )
+
+    def _with_reader(self, data: ChunkedDataset, source: Callable[[ThreadReader], Iterator[Batch]]) -> Iterator[Batch]:
+        """Run ``source`` with this epoch's reader: worker processes when ``reading.workers > 0``
+        (kept across epochs when persistent), else reading threads."""
+        r = self.reading
+        reader = self._reader or make_reader(data.store, r.workers, r.context, r.worker_init_fn, self._spare)
+        if r.persistent:
+            self._reader = reader
+        try:
+            yield from source(reader)
+        finally:
+            if not r.persistent:
+                reader.close()
+
+    def _sampler_batches(self) -> Iterable[Sequence[int]] | None:
+        """Batches of indices from a user's sampler or batch sampler; None: the loader's own order."""
+        if self.batch_sampler is not None:
+            return self.batch_sampler
+        if self.sampler is not None:
+            return BatchSampler(self.sampler, self.batch_size, self.drop_last)
+        return None
+
+    def close(self) -> None:
+        """Stop persistent worker processes and drop the kept chunk buffers."""
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        self._spare.clear()
