@@ -67,3 +67,43 @@ def test_import_starts_no_thread_and_touches_no_gpu():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["1", "False"]
+
+
+def test_original_import_paths_work_without_warnings():
+    script = textwrap.dedent(
+        """
+        from datalflash.core import ChunkedDataset, FlashDataLoader, FlashDataset, get_dataloaders
+        from datalflash.utils import DatasetConverter, split_sizes
+        from datalflash.loading import FlashDataLoader as loader
+        from datalflash.convert import DatasetConverter as converter
+        assert loader is FlashDataLoader and converter is DatasetConverter
+        print("ok")
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["ok"]
+
+
+def test_every_top_level_name_the_readme_shows_is_in_all():
+    import importlib
+    import re
+    from pathlib import Path
+
+    import datalflash
+
+    root = Path(__file__).resolve().parent.parent
+    text = (root / "README.md").read_text() + (root / "README.es.md").read_text()
+    shown = set(re.findall(r"datalflash\.([A-Za-z_]\w*)", text)) - {"__all__", "stores"}  # (an entry-point group)
+    names = set()
+    for name in shown:
+        try:
+            importlib.import_module(f"datalflash.{name}")  # a subpackage or module, not an export
+        except ModuleNotFoundError:
+            names.add(name)
+    assert {"DataLFlashError", "open_store", "shuffle_quality"} <= names
+    missing = sorted(n for n in names if n not in datalflash.__all__)
+    assert not missing, f"the README shows datalflash.{missing} but __all__ lacks them"
+    assert all(hasattr(datalflash, n) for n in datalflash.__all__)

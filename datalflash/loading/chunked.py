@@ -16,7 +16,7 @@ from datalflash.store.registry import open_store
 
 
 class ChunkedDataset(Dataset):
-    """Split ``split`` of a store. :class:`~datalflash.core.FlashDataLoader` reads it in whole
+    """Split ``split`` of a store. :class:`~datalflash.loading.FlashDataLoader` reads it in whole
     chunks, ahead of use; item access (``ds[i]``, ``__getitems__``) also works, for torch's
     DataLoader and for inspection, reading whole chunks and keeping the last one. ``verify``
     (when given a path): when chunk checksums are checked, see :func:`~datalflash.store.open_store`."""

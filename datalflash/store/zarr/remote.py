@@ -113,6 +113,9 @@ class RemoteZarrChunkStore(ZarrChunkStore):
         except Exception as e:  # zarr and fsspec raise many types for a missing or bad group
             raise StoreFormatError(f"{where}: split {split!r} is missing or not a Zarr v3 group: {e}") from None
 
+    def _has_metadata(self, split: str, field: str) -> bool:
+        return bool(self.fs.exists(f"{self.root}/{split}.zarr/{field}/zarr.json"))
+
     def _chunk_dir(self, split: str, field: str) -> tuple[Path, None]:
         return Path(f"{self.root}/{split}.zarr/{field}"), None  # object keys: no local links to follow
 

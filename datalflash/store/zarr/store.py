@@ -178,6 +178,10 @@ class ZarrChunkStore(ChunkStore):
         except (FileNotFoundError, ValueError, KeyError) as e:
             raise StoreFormatError(f"{path}: split {split!r} is missing or not a Zarr v3 group: {e}") from None
 
+    def _has_metadata(self, split: str, field: str) -> bool:
+        """Whether ``field``'s array metadata document exists in ``split`` (usable or not)."""
+        return os.path.isfile(os.path.join(self.split_path(split), field, "zarr.json"))
+
     def _open_split(self, split: str) -> dict[str, FieldHandle]:
         """``{field: (zarr array, direct chunk I/O or None)}``, each array checked against the
         manifest and the codec allow-list."""
@@ -186,7 +190,11 @@ class ZarrChunkStore(ChunkStore):
         for name in self.fields:
             try:
                 array = group[name]
-            except KeyError:
+            except KeyError:  # missing; or (zarr < 3.1) present with metadata zarr cannot parse
+                if self._has_metadata(split, name):
+                    raise StoreFormatError(
+                        f"{path}/{name}: split {split!r} field {name!r}: unusable Zarr metadata (zarr cannot open it)"
+                    ) from None
                 raise StoreFormatError(f"{path}: split {split!r} has no array for field {name!r}") from None
             except Exception as e:  # metadata zarr cannot parse (e.g. an unknown codec)
                 raise StoreFormatError(
