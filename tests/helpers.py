@@ -1,5 +1,9 @@
 """Small shared test helpers."""
 
+import os
+import subprocess
+import sys
+
 from torch.utils.data import Dataset
 
 
@@ -14,3 +18,11 @@ class Samples(Dataset):
 
     def __getitem__(self, i):
         return self.items[i]
+
+
+def torchrun(nproc, script, *args):
+    """Run ``script`` with ``args`` on ``nproc`` local ranks (torch.distributed.run, one intra-op
+    thread each); returns the finished process."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(script)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([*cmd, *map(str, args)], capture_output=True, text=True, timeout=300, env=env)

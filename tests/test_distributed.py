@@ -2,16 +2,14 @@
 batch counts, and resuming a 2-rank state on 1 and 4 ranks."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
+from helpers import torchrun
 from torch.utils.data import TensorDataset
 
 from datalflash.utils import DatasetConverter
@@ -33,30 +31,18 @@ def store(tmp_path_factory):
     return path
 
 
-def torchrun(nproc, store, out, *args):
+def run_ranks(nproc, store, out, *args):
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        str(SCRIPT),
-        str(store),
-        str(out),
-        *args,
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    run = torchrun(nproc, SCRIPT, store, out, *args)
     assert run.returncode == 0, run.stderr[-3000:]
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(nproc)]
 
 
 def test_ddp_epoch_covers_every_sample_once(store, tmp_path):
     """With a worker process per rank, reading chunks into shared memory."""
-    ranks = torchrun(2, store, tmp_path / "out", "--workers", "1")
+    ranks = run_ranks(2, store, tmp_path / "out", "--workers", "1")
     assert {r["batches"] for r in ranks} == {7}, "both ranks step the same number of times"
     assert len({r["seed"] for r in ranks}) == 1, "rank 0's seed reaches every rank"
     assert len({r["checksum"] for r in ranks}) == 1, "DDP kept the replicas equal"
@@ -69,14 +55,14 @@ def test_ddp_epoch_covers_every_sample_once(store, tmp_path):
 def stopped(store, tmp_path_factory):
     """Two ranks train 3 batches each; rank 0 saves the loader state."""
     out = tmp_path_factory.mktemp("ddp-first") / "out"
-    return torchrun(2, store, out, "--stop", "3"), out / "state.json"
+    return run_ranks(2, store, out, "--stop", "3"), out / "state.json"
 
 
 @pytest.mark.parametrize("resumed_world", [1, 4])
 def test_ddp_resume_on_another_world_size(store, stopped, tmp_path, resumed_world):
     first, state = stopped
     assert all(r["batches"] == 3 for r in first)
-    rest = torchrun(resumed_world, store, tmp_path / "rest", "--resume", str(state))
+    rest = run_ranks(resumed_world, store, tmp_path / "rest", "--resume", str(state))
     assert len({r["batches"] for r in rest}) == 1
     before = [i for r in first for i in r["seen"]]
     after = [i for r in rest for i in r["seen"]]

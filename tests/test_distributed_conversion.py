@@ -1,13 +1,12 @@
 """Conversion split across ranks under torchrun (gloo): the very store one process writes."""
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch.distributed as dist
+from helpers import torchrun
 
 from datalflash.utils import DatasetConverter
 
@@ -20,18 +19,8 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def torchrun(nproc, out, *args):
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        str(SCRIPT),
-        str(out),
-        *args,
-    ]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+def run_ranks(nproc, out, *args):
+    return torchrun(nproc, SCRIPT, out, *args)
 
 
 def files(path):
@@ -49,7 +38,7 @@ def test_two_ranks_write_the_store_one_process_writes(tmp_path, backend):
     single = DatasetConverter.create_chunked_dataset(
         Samples(), tmp_path / "single", chunk_size=64, backend=backend, progress=False
     )
-    run = torchrun(2, tmp_path / "dist", "--backend", backend)
+    run = run_ranks(2, tmp_path / "dist", "--backend", backend)
     assert run.returncode == 0, run.stderr[-3000:]
     a, b = files(single), files(tmp_path / "dist")
     assert a.keys() == b.keys()
@@ -62,10 +51,10 @@ def test_two_ranks_write_the_store_one_process_writes(tmp_path, backend):
 
 def test_a_dead_rank_publishes_nothing_and_a_rerun_finishes(tmp_path):
     out = tmp_path / "dist"
-    died = torchrun(2, out, "--die-rank", "1")
+    died = run_ranks(2, out, "--die-rank", "1")
     assert died.returncode != 0
     assert not out.exists()
-    rerun = torchrun(2, out)
+    rerun = run_ranks(2, out)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert DatasetConverter.verify(out, progress=False).ok
     assert [p.name for p in tmp_path.iterdir()] == ["dist"], "the dead run's staging directory was removed"

@@ -80,9 +80,7 @@ def test_original_import_paths_work_without_warnings():
         print("ok")
         """
     )
-    result = subprocess.run(
-        [sys.executable, "-W", "error", "-c", script], capture_output=True, text=True, timeout=120
-    )
+    result = subprocess.run([sys.executable, "-W", "error", "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["ok"]
 

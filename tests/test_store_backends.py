@@ -117,7 +117,7 @@ def test_zarr_direct_path_used_and_other_layouts_read_through_zarr(tmp_path):
     # Rewrite field "0" with a codec the direct path does not handle: zarr reads it instead.
     group = zarr.open_group(str(tmp_path / "s" / "train.zarr"), mode="r+")
     del group["0"]
-    group.create_array("0", data=x, chunks=(8, 4), compressors=GzipCodec(level=1))
+    group.create_array("0", shape=x.shape, dtype=x.dtype, chunks=(8, 4), compressors=GzipCodec(level=1))[...] = x
     store = open_store(tmp_path / "s")
     assert store._handle("train")["0"][1] is None
     np.testing.assert_array_equal(store.read_chunks("train", [3, 0])["0"], np.concatenate([x[24:], x[:8]]))
@@ -137,8 +137,17 @@ def test_zarr_missing_chunk_is_an_error(tmp_path):
 @pytest.mark.parametrize("compression", ["lz4", "zstd", "none"])
 def test_zarr_metadata_is_what_zarr_itself_writes(tmp_path, compression):
     """We write zarr.json files without zarr's store machinery; zarr.create_array with the same
-    arguments must give the same documents (every dtype family, an empty split included)."""
+    arguments must give the same documents (every dtype family, an empty split included). Keys
+    set to null count as absent, as the Zarr v3 spec has it (zarr 3.0 writes a null
+    ``consolidated_metadata``, later versions leave it out), and so does the byte order of
+    one-byte types (zarr 3.0 names it, later versions do not)."""
     import json
+
+    def document(path):
+        doc = {k: v for k, v in json.loads(path.read_text()).items() if v is not None}
+        if doc.get("node_type") == "array" and np.dtype(doc["data_type"]).itemsize == 1:
+            doc["codecs"] = [{"name": "bytes"} if c["name"] == "bytes" else c for c in doc["codecs"]]
+        return doc
 
     from zarr.codecs import BloscCodec, Crc32cCodec
 
@@ -163,9 +172,7 @@ def test_zarr_metadata_is_what_zarr_itself_writes(tmp_path, compression):
     for split in store.splits:
         ours = tmp_path / "s" / f"{split}.zarr"
         group = zarr.open_group(str(tmp_path / "zarr" / f"{split}.zarr"), mode="w-", zarr_format=3)
-        assert json.loads((ours / "zarr.json").read_text()) == json.loads(
-            (tmp_path / "zarr" / f"{split}.zarr" / "zarr.json").read_text()
-        )
+        assert document(ours / "zarr.json") == document(tmp_path / "zarr" / f"{split}.zarr" / "zarr.json")
         for name, spec in store.fields.items():
             rows = max(1, min(4, store.num_samples(split)))
             group.create_array(
@@ -177,8 +184,8 @@ def test_zarr_metadata_is_what_zarr_itself_writes(tmp_path, compression):
                 fill_value=0,
                 attributes={"datalflash_dtype": spec.dtype},
             )
-            theirs = json.loads((tmp_path / "zarr" / f"{split}.zarr" / name / "zarr.json").read_text())
-            assert json.loads((ours / name / "zarr.json").read_text()) == theirs, f"{split}/{name}"
+            theirs = document(tmp_path / "zarr" / f"{split}.zarr" / name / "zarr.json")
+            assert document(ours / name / "zarr.json") == theirs, f"{split}/{name}"
 
 
 @pytest.mark.parametrize("compressible", [True, False])

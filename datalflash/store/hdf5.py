@@ -109,7 +109,8 @@ class HDF5ChunkStore(ChunkStore):
             self._handle(split)[field].read_direct(out, source_sel=np.s_[start:stop])
         except OSError as e:
             dataset = self._handle(split)[field]
-            if dataset.fletcher32 and "filter" in str(e).lower():
+            message = str(e).lower()  # h5py words it "filter"; HDF5 before 1.14, "Fletcher32 checksum"
+            if dataset.fletcher32 and ("filter" in message or "fletcher32" in message):
                 raise ChecksumError(
                     f"{self.split_path(split)}: {self._where(split, field, start, stop)}: HDF5's filters (fletcher32 "
                     f"checksum{', ' + dataset.compression if dataset.compression else ''}) rejected the data: {e}"
