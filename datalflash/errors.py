@@ -27,5 +27,10 @@ class BackendError(DataLFlashError, ValueError):
     """An unknown backend id, a bad backend config, or an option the backend does not support."""
 
 
+class StoreChangedError(StoreReadError):
+    """The store was replaced by a newer generation and the one this reader opened is gone: open
+    it again to read the new one (a reader never mixes the chunks of two generations)."""
+
+
 class ChecksumError(StoreReadError):
     """A chunk's bytes do not match their checksum: the store is corrupt there."""

@@ -30,6 +30,7 @@ def files(path):
 def manifest_without_time(path):
     doc = json.loads((Path(path) / "manifest.json").read_text())
     doc["created"].pop("at")
+    doc.pop("generation")  # new for every store written
     return doc
 
 

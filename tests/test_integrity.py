@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from contextlib import nullcontext
 
 import h5py
 import numpy as np
@@ -274,9 +275,12 @@ def test_killed_conversion_leaves_nothing_or_the_previous_store(tmp_path, point)
         assert DatasetConverter.verify(out, progress=False).ok
         value = int(store.read_chunks("train", [0])["0"][0, 0])
         assert (value, store.num_samples("train")) in [(1, 50), (2, 300)]
+        store.close()  # (an open store keeps its generation beside the path while it is read)
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".store.")]
     assert leftovers, "a kill at this point leaves a staging or old directory behind"
-    with pytest.warns(UserWarning, match="interrupted conversion"):
+    # A kill while removing an old generation interrupted nothing to recover: it goes silently.
+    warns = pytest.warns(UserWarning, match="interrupted conversion") if point != "before-cleanup" else nullcontext()
+    with warns:
         DatasetConverter.create_chunked_dataset(
             TensorDataset(torch.full((300, 8), 2, dtype=torch.int32), torch.arange(300)),
             out,

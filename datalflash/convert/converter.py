@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,7 @@ class DatasetConverter:
             fields=fields,
             structure=structure,
             splits={name: SplitInfo(k, -(-k // chunk_size)) for name, k in sizes.items()},
+            generation=uuid.uuid4().hex,
             created={
                 "by": f"datalflash {__version__}",
                 "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -149,7 +151,7 @@ class DatasetConverter:
                 manifest,
                 prepare,
                 fill,
-                lambda staging: publishing.publish_store(staging, output_dir),
+                lambda staging: publishing.publish_store(staging, output_dir, overwrite),
                 rank,
                 world,
             )
@@ -162,7 +164,7 @@ class DatasetConverter:
             finally:
                 store.close()
             store.finish()
-            publishing.publish_store(staging, output_dir)
+            publishing.publish_store(staging, output_dir, overwrite)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +31,7 @@ MAX_DIM = 2**31
 MAX_SAMPLES = 2**40
 MAX_FIELDS = 4096
 CHECKSUM_ALGORITHM = "crc32c"
+GENERATION = re.compile(r"(|[0-9a-f]{8,64})")
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,7 @@ class Manifest:
     splits: dict[str, SplitInfo]
     created: dict = field(default_factory=dict)
     checksums: dict = field(default_factory=dict)  # {split: {field: [crc32c of each chunk]}} (memmap)
+    generation: str = ""  # a new id for every store written ("": a store written before generations)
 
     def to_json(self) -> dict:
         """The manifest document, ready for ``json.dump``."""
@@ -99,6 +103,7 @@ class Manifest:
             },
             "created": self.created,
             **({"checksums": {"algorithm": CHECKSUM_ALGORITHM, "splits": self.checksums}} if self.checksums else {}),
+            **({"generation": self.generation} if self.generation else {}),
         }
 
     @property
@@ -140,8 +145,13 @@ def read_manifest(directory: str | os.PathLike) -> Manifest:
     """Read and validate the manifest of the store at ``directory``."""
     path = Path(directory) / MANIFEST_NAME
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_MANIFEST_BYTES + 1)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not block us
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise StoreFormatError(f"{path}: not a regular file; refusing to read it")
+            raw = os.pread(fd, MAX_MANIFEST_BYTES + 1, 0)
+        finally:
+            os.close(fd)
     except FileNotFoundError:
         raise StoreFormatError(f"{directory}: not a datalflash store (no {MANIFEST_NAME})") from None
     except OSError as e:
@@ -196,6 +206,11 @@ def parse_manifest(doc: Any) -> Manifest:
     created = doc.get("created", {})
     _require(isinstance(created, dict), "'created' is not an object")
     checksums = _parse_checksums(doc.get("checksums"), splits, fields)
+    generation = doc.get("generation", "")
+    _require(
+        isinstance(generation, str) and GENERATION.fullmatch(generation) is not None,
+        "'generation' is not 8 to 64 lowercase hexadecimal digits",
+    )
     return Manifest(
         backend_id=backend["id"],
         backend_config=dict(backend.get("config", {})),
@@ -205,6 +220,7 @@ def parse_manifest(doc: Any) -> Manifest:
         splits=splits,
         created=created,
         checksums=checksums,
+        generation=generation,
     )
 
 

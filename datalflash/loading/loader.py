@@ -115,7 +115,7 @@ class FlashDataLoader:
             and collate_fn is None
             and (batch_size is not None or batch_sampler is not None)
         ):
-            _check_arguments(batch_size, shuffle, sampler, batch_sampler, drop_last)
+            _check_arguments(batch_size, shuffle, sampler, batch_sampler, drop_last, num_workers)
             self.rank, self.world_size = resolve_ranks(rank, world_size)
             check_seed_can_be_agreed(seed, self.world_size)
             if self._seed is None:  # drawn now, as torch draws its base seed; agreed when first used
@@ -303,9 +303,11 @@ def _apply_to_features(transform: Callable, batch: Any) -> Any:
 
 
 def _check_arguments(
-    batch_size: int | None, shuffle: bool | None, sampler: Any, batch_sampler: Any, drop_last: bool
+    batch_size: int | None, shuffle: bool | None, sampler: Any, batch_sampler: Any, drop_last: bool, num_workers: int
 ) -> None:
     """The argument rules of torch's DataLoader, with its messages."""
+    if not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError("num_workers option should be non-negative; use num_workers=0 to disable multiprocessing.")
     if sampler is not None and shuffle:
         raise ValueError("sampler option is mutually exclusive with shuffle")
     if batch_sampler is not None:

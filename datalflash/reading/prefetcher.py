@@ -14,9 +14,11 @@ import contextlib
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 
+from datalflash.errors import StoreReadError
 from datalflash.reading.readers import Handle, ThreadReader
 from datalflash.store.base import ChunkStore
 
@@ -95,6 +97,10 @@ class WindowPrefetcher:
                     f"{self.store.path}: reading split {self.split!r} chunk {chunk} took longer than "
                     f"timeout={self.timeout}s"
                 ) from None
+            except BrokenProcessPool as e:
+                raise StoreReadError(
+                    f"{self.store.path}: split {self.split!r} chunk {chunk}: the worker process reading it died ({e})"
+                ) from e
         return {name: b[: self._rows[v]] for name, b in self._reader.arrays(buffer).items()}
 
     def release(self, v: int) -> None:

@@ -11,15 +11,21 @@ gathered from.
 from __future__ import annotations
 
 import multiprocessing
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+import os
+import signal
+import threading
+import time
+from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
 import numpy as np
 import torch
 
+from datalflash.reading.pool import DaemonPool
 from datalflash.store.base import ChunkStore
 
 Buffer = dict[str, np.ndarray]
+CLOSE_TIMEOUT = 10.0  # seconds closing a reader waits for reads in progress before abandoning them
 Handle = tuple[int, Any]
 """A reader's buffer: ``(rows it holds, payload)``; :meth:`ThreadReader.arrays` gives its arrays."""
 
@@ -74,7 +80,7 @@ class ThreadReader:
     def __init__(self, store: ChunkStore, threads: int = 2, spare: SpareBuffers | None = None):
         self.store = store
         self.spare = spare if spare is not None else SpareBuffers()
-        self._pool: Executor = ThreadPoolExecutor(max(1, threads), thread_name_prefix="datalflash-read")
+        self._pool: DaemonPool | ProcessPoolExecutor = DaemonPool(threads, "datalflash-read")
 
     def _new(self, rows: int) -> Any:
         return self.store.allocate(rows)
@@ -99,15 +105,30 @@ class ThreadReader:
 
     def close(self) -> None:
         """Cancel queued reads and join the threads."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        if isinstance(self._pool, DaemonPool):
+            self._pool.shutdown(CLOSE_TIMEOUT)
+        else:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 _worker_store: ChunkStore | None = None
 
 
-def _init_worker(store: ChunkStore, worker_init_fn: Any, worker_id_queue: Any) -> None:
+PARENT_CHECK_SECONDS = 0.5  # how often a worker looks whether its parent is still there
+
+
+def _watch_parent(parent: int) -> None:
+    """Exit this worker as soon as its parent is gone (killed by any signal included)."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_SECONDS)
+    os._exit(1)
+
+
+def _init_worker(store: ChunkStore, worker_init_fn: Any, worker_id_queue: Any, parent: int) -> None:
     global _worker_store
     _worker_store = store
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: no traceback per worker
+    threading.Thread(target=_watch_parent, args=(parent,), name="datalflash-parent-watch", daemon=True).start()
     torch.set_num_threads(1)
     if worker_init_fn is not None:
         worker_init_fn(worker_id_queue.get())
@@ -153,7 +174,7 @@ class ProcessReader(ThreadReader):
             ids.put(i)
         self._ids = ids
         self._pool = ProcessPoolExecutor(
-            workers, mp_context=context, initializer=_init_worker, initargs=(store, worker_init_fn, ids)
+            workers, mp_context=context, initializer=_init_worker, initargs=(store, worker_init_fn, ids, os.getpid())
         )
 
     def _new(self, rows: int) -> Any:

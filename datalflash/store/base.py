@@ -23,6 +23,7 @@ from typing_extensions import Self
 from datalflash.errors import BackendError, DataLFlashError, StoreFormatError, StoreReadError
 from datalflash.format.manifest import FieldSpec, Manifest, SplitInfo, allocate, parse_manifest, write_manifest
 from datalflash.store import integrity
+from datalflash.store.generations import Pin, pin_generation
 from datalflash.store.integrity import ChecksumSchedule, ReadAttempt, ReadHook, RetryPolicy
 from datalflash.store.rows import checked_out, checked_pieces, checked_rows
 
@@ -63,7 +64,13 @@ class ChunkStore(ABC):
     """Reading threads that suit the store (threads waiting on a network want more)."""
 
     def __init__(
-        self, path: str | os.PathLike, manifest: Manifest, *, writable: bool = False, verify: str = "first"
+        self,
+        path: str | os.PathLike,
+        manifest: Manifest,
+        *,
+        writable: bool = False,
+        verify: str = "first",
+        pin: Pin | None = None,
     ) -> None:
         self.checksums = ChecksumSchedule(verify)
         self.path: str = os.fspath(path)
@@ -76,6 +83,8 @@ class ChunkStore(ABC):
         """Called with a :class:`~datalflash.store.integrity.ReadAttempt` before each attempt to
         read rows; what it raises is handled as an error of the read itself. A seam for fault
         injection in tests; None (the default) costs nothing."""
+        self._pin = pin  # the generation read (see datalflash.store.generations); pinned when first needed
+        self._pin_lock = threading.Lock()
         self._handles: dict[str, Any] = {}
         self._stale: list[Any] = []
         self._pid = os.getpid()
@@ -245,10 +254,26 @@ class ChunkStore(ABC):
                 f"the manifest says {expected} {spec.storage_dtype}"
             )
 
+    def root(self) -> str:
+        """The directory to open this store's files in: for a store opened for reading, the
+        generation it opened, whatever was renamed since (see :mod:`datalflash.store.generations`)."""
+        if self.writable:
+            return self.path
+        with self._pin_lock:  # (not self._lock: splits are opened under it, and they ask for the root)
+            if self._pin is None:
+                self._pin = pin_generation(self.path, self.manifest)
+            return self._pin.root
+
+    def file(self, *parts: str) -> str:
+        """The path to open the store's file ``parts`` by (inside :meth:`root`, links included;
+        a store must not make us read files outside it: StoreFormatError)."""
+        root = self.root()
+        return integrity.inside(root, os.path.join(root, *parts))
+
     def inside(self, path: str | os.PathLike) -> str:
         """``path`` as a string if it resolves inside the store (links included), else a
         StoreFormatError: a store must not make us read files outside it."""
-        return integrity.inside(self.path, path)
+        return integrity.inside(self.root(), path)
 
     def has_checksums(self, split: str) -> bool:
         """Whether the chunks of ``split`` carry checksums (stores written before them do not)."""
@@ -266,7 +291,7 @@ class ChunkStore(ABC):
         """The open handle of ``split`` in this process (reopened after a fork)."""
         if self._pid != os.getpid():  # a forked child: the parent's handles are not ours
             self._handles, self._stale = {}, []
-            self._lock = threading.Lock()
+            self._lock, self._pin_lock = threading.Lock(), threading.Lock()
             self._pid = os.getpid()
         handle = self._handles.get(split)
         if handle is None:
@@ -350,6 +375,9 @@ class ChunkStore(ABC):
             for handle in [*self._handles.values(), *self._stale]:
                 self._close(handle)
         self._handles, self._stale = {}, []
+        if self._pin is not None:
+            self._pin.close()
+            self._pin = None
 
     def _close(self, handle: Any) -> None:
         close = getattr(handle, "close", None)

@@ -15,6 +15,7 @@ import numpy as np
 
 from datalflash.errors import BackendError, ChecksumError, StoreFormatError
 from datalflash.store.base import ChunkStore, Fetched
+from datalflash.store.integrity import open_regular
 
 COMPRESSIONS = ("none", "gzip", "lzf")
 
@@ -72,11 +73,11 @@ class HDF5ChunkStore(ChunkStore):
             f[name].attrs["datalflash_dtype"] = spec.dtype
 
     def _open_split(self, split: str) -> h5py.File:
-        path = self.inside(self.split_path(split))
+        path = self.split_path(split)  # (named in errors; opened through the pinned root)
+        opened = self.file(f"{split}.h5")
+        os.close(open_regular(opened, path, self.writable, f"split {split!r}"))  # (no FIFO reaches HDF5)
         try:
-            f = h5py.File(path, "r+") if self.writable else h5py.File(path, "r", locking=False)
-        except FileNotFoundError:
-            raise StoreFormatError(f"{path}: the file of split {split!r} is missing") from None
+            f = h5py.File(opened, "r+") if self.writable else h5py.File(opened, "r", locking=False)
         except OSError as e:
             raise StoreFormatError(f"{path}: split {split!r} is not a readable HDF5 file: {e}") from None
         try:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import google_crc32c
 import numpy as np
 
-from datalflash.errors import ChecksumError, StoreFormatError
+from datalflash.errors import ChecksumError, StoreFormatError, StoreReadError
 
 VERIFY_MODES = ("first", "always", "never")
 TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.EAGAIN, errno.ESTALE, errno.EINTR})
@@ -23,6 +24,24 @@ def inside(root: str | os.PathLike, path: str | os.PathLike) -> str:
     if real != base and not real.startswith(base + os.sep):
         raise StoreFormatError(f"{path}: resolves to {real}, outside the store {base}; refusing to read it")
     return str(path)
+
+
+def open_regular(path: str, shown: str, writable: bool, what: str) -> int:
+    """A file descriptor of the regular file at ``path`` (named ``shown`` in errors, as the file of
+    ``what``). Opened without blocking, so a FIFO or device in its place is refused instead of
+    hanging: StoreFormatError; a missing file is a StoreFormatError too, an unreadable one
+    (permissions, a link loop) a StoreReadError."""
+    flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise StoreFormatError(f"{shown}: the file of {what} is missing") from None
+    except OSError as e:
+        raise StoreReadError(f"{shown}: cannot open the file of {what}: {type(e).__name__}: {e}") from e
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise StoreFormatError(f"{shown}: the file of {what} is not a regular file; refusing to read it")
+    return fd
 
 
 def crc32c(data: np.ndarray | memoryview | bytes, crc: int = 0) -> int:

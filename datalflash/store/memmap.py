@@ -17,7 +17,8 @@ from datalflash.errors import BackendError, StoreFormatError, StoreReadError
 from datalflash.format.manifest import Manifest
 from datalflash.store.base import ChunkStore, Fetched
 from datalflash.store.files import preallocate
-from datalflash.store.integrity import crc32c
+from datalflash.store.generations import Pin
+from datalflash.store.integrity import crc32c, open_regular
 from datalflash.store.rows import checked_pieces
 
 
@@ -45,9 +46,15 @@ class MemmapChunkStore(ChunkStore):
     streams_writes = True
 
     def __init__(
-        self, path: str | os.PathLike, manifest: Manifest, *, writable: bool = False, verify: str = "first"
+        self,
+        path: str | os.PathLike,
+        manifest: Manifest,
+        *,
+        writable: bool = False,
+        verify: str = "first",
+        pin: Pin | None = None,
     ) -> None:
-        super().__init__(path, manifest, writable=writable, verify=verify)
+        super().__init__(path, manifest, writable=writable, verify=verify, pin=pin)
         # {split: {field: [crc32c per chunk]}} of the chunks written by this process (0 until written)
         self._written = {split: {f: list(v) for f, v in sums.items()} for split, sums in manifest.checksums.items()}
 
@@ -95,11 +102,10 @@ class MemmapChunkStore(ChunkStore):
         handles: dict[str, tuple[int, int]] = {}
         try:
             for name, spec in self.fields.items():
-                path = self.inside(self.field_path(split, name))
-                try:
-                    fd = os.open(path, os.O_RDWR if self.writable else os.O_RDONLY)
-                except FileNotFoundError:
-                    raise StoreFormatError(f"{path}: the file of split {split!r} field {name!r} is missing") from None
+                path = self.field_path(split, name)  # (named in errors; opened through the pinned root)
+                fd = open_regular(
+                    self.file(split, f"{name}.npy"), path, self.writable, f"split {split!r} field {name!r}"
+                )
                 handles[name] = (fd, 0)
                 dtype, shape, offset = read_npy_header(fd, path)
                 expected = (self.num_samples(split), *spec.shape)

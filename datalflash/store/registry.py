@@ -7,8 +7,8 @@ import os
 from importlib.metadata import entry_points
 
 from datalflash.errors import BackendError
-from datalflash.format.manifest import read_manifest
 from datalflash.store.base import ChunkStore
+from datalflash.store.generations import open_current
 
 ENTRY_POINT_GROUP = "datalflash.stores"
 _BUILTIN = {
@@ -77,7 +77,11 @@ def open_store(
         )
     if cache_dir is not None:
         raise ValueError(f"{path}: a chunk cache is for stores opened by URL; a local store needs none")
-    manifest = read_manifest(path)
-    cls = get_backend(manifest.backend_id)
-    cls.config_from_manifest(manifest.backend_config)
-    return cls(path, manifest, verify=verify)
+    pin = open_current(os.fspath(path))
+    try:
+        cls = get_backend(pin.manifest.backend_id)
+        cls.config_from_manifest(pin.manifest.backend_config)
+        return cls(path, pin.manifest, verify=verify, pin=pin)
+    except BaseException:
+        pin.close()
+        raise

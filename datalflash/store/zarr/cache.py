@@ -17,6 +17,7 @@ import hashlib
 import os
 import threading
 import uuid
+import warnings
 from pathlib import Path
 
 from datalflash.arguments import require_int
@@ -24,7 +25,11 @@ from datalflash.arguments import require_int
 
 class ChunkCache:
     """Files under ``directory``, at most about ``budget_bytes`` in all (one object over while
-    an eviction runs)."""
+    an eviction runs).
+
+    A cache fault never fails a read: if the directory vanishes, fills up or turns read-only,
+    the cache warns once and stays off in this process (chunks then come from the object store).
+    """
 
     def __init__(self, directory: str | os.PathLike, budget_bytes: int):
         require_int("cache budget (bytes)", budget_bytes, 0)
@@ -33,6 +38,16 @@ class ChunkCache:
         self.budget = budget_bytes
         self._estimate: int | None = None  # bytes in the cache as last counted, plus what we added
         self._lock = threading.Lock()
+        self.failed: OSError | None = None  # the fault that turned the cache off
+
+    def _fail(self, error: OSError) -> None:
+        if self.failed is None:
+            self.failed = error
+            warnings.warn(
+                f"{self.directory}: the chunk cache failed ({type(error).__name__}: {error}); "
+                "reading from the object store without it",
+                stacklevel=4,
+            )
 
     def _path(self, namespace: str, key: str) -> Path:
         digest = hashlib.sha256(f"{namespace}\0{key}".encode()).hexdigest()
@@ -40,6 +55,8 @@ class ChunkCache:
 
     def get(self, namespace: str, key: str) -> bytes | None:
         """The cached object, or None."""
+        if self.failed is not None:
+            return None
         path = self._path(namespace, key)
         try:
             with open(path, "rb") as f:
@@ -47,26 +64,38 @@ class ChunkCache:
             os.utime(path)  # most recently used
         except FileNotFoundError:  # never cached, or evicted meanwhile by another process
             return None
+        except OSError as e:
+            self._fail(e)
+            return None
         return data
 
     def put(self, namespace: str, key: str, data: bytes) -> None:
         """Cache ``data`` (skipped when one object alone exceeds the budget)."""
-        if len(data) > self.budget:
+        if len(data) > self.budget or self.failed is not None:
             return
         path = self._path(namespace, key)
-        path.parent.mkdir(exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)  # (the whole cache, if it vanished)
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            self._fail(e)
+            return
         with self._lock:
             self._estimate = (self._count() if self._estimate is None else self._estimate) + len(data)
             if self._estimate > self.budget:
-                self._evict()
+                try:
+                    self._evict()
+                except OSError as e:
+                    self._fail(e)
 
     def drop(self, namespace: str, key: str) -> None:
         """Forget an object (it failed its checksum)."""
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             os.unlink(self._path(namespace, key))
 
     def _files(self) -> list[tuple[float, int, Path]]:

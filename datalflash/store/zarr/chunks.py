@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import stat
 import struct
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import numcodecs
 import numpy as np
 from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec
 
-from datalflash.errors import ChecksumError, StoreReadError
+from datalflash.errors import ChecksumError, StoreFormatError, StoreReadError
 from datalflash.store.files import preallocate
 from datalflash.store.integrity import crc32c, inside
 
@@ -43,7 +44,7 @@ _SHUFFLE = {
 
 
 def direct_io(
-    meta: Any, path: Path, expected_chunks: tuple[int, ...], root: Path | None = None
+    meta: Any, path: Path, expected_chunks: tuple[int, ...], root: Path | None = None, shown: Path | None = None
 ) -> DirectChunkIO | None:
     """A :class:`DirectChunkIO` for the array with metadata ``meta`` (an array's ``.metadata``)
     stored at ``path`` if its chunks are ``expected_chunks`` (rows per chunk, then the
@@ -71,12 +72,25 @@ def direct_io(
     if len(codecs) == 2:
         c = codecs[1]
         blosc = blosc_codec(c.cname.value, c.clevel, c.shuffle.value, c.blocksize)
-    return DirectChunkIO(path, chunk_shape, meta.chunk_key_encoding.separator, blosc, checksum, root)
+    return DirectChunkIO(path, chunk_shape, meta.chunk_key_encoding.separator, blosc, checksum, root, shown)
 
 
 def blosc_codec(cname: str, clevel: int, shuffle: str, blocksize: int = 0) -> numcodecs.Blosc:
     """numcodecs' Blosc codec for a Zarr ``blosc`` codec's configuration."""
     return numcodecs.Blosc(cname=cname, clevel=clevel, shuffle=_SHUFFLE[shuffle], blocksize=blocksize)
+
+
+def check_frame(header: bytes, size: int, nbytes: int, where: str) -> None:
+    """Raise StoreFormatError unless a Blosc frame of ``size`` bytes starting with ``header`` is
+    whole and decodes to exactly ``nbytes`` bytes (a decoder given a short frame fills only part
+    of its output, leaving the rest of a reused buffer as it was)."""
+    if size < BLOSC_HEADER_BYTES or len(header) < BLOSC_HEADER_BYTES:
+        raise StoreFormatError(f"{where}: a Blosc frame of {size} bytes has no whole header")
+    decoded, framed = struct.unpack_from("<I", header, 4)[0], struct.unpack_from("<I", header, 12)[0]
+    if decoded != nbytes:
+        raise StoreFormatError(f"{where}: the chunk decodes to {decoded} bytes, its shape needs {nbytes}")
+    if framed != size:
+        raise StoreFormatError(f"{where}: the Blosc frame says {framed} bytes, the chunk file holds {size}")
 
 
 class DirectChunkIO:
@@ -90,9 +104,11 @@ class DirectChunkIO:
         blosc: numcodecs.Blosc | None,
         checksum: bool = False,
         root: Path | None = None,
+        shown: Path | None = None,
     ):
         self.root = root  # chunk files must resolve inside it (when given)
         self.path = Path(path)
+        self.shown = Path(shown) if shown is not None else self.path  # the array's path in messages
         self.chunk_shape = chunk_shape
         self.separator = separator  # of the default chunk key encoding
         self.blosc = blosc
@@ -110,21 +126,30 @@ class DirectChunkIO:
         The chunk is decoded straight from a read-only mapping of its file, so its bytes are
         copied once, by the decoder, from the page cache into ``out``.
         """
-        path = self.chunk_path(chunk)
+        path, shown = self.chunk_path(chunk), self.shown_path(chunk)
         if self.root is not None:
             inside(self.root, path)
         try:
-            with open(path, "rb", buffering=0) as f:
-                size = os.fstat(f.fileno()).st_size
-                if size == 0:
-                    raise StoreReadError(f"{path}: chunk file is empty")
-                frame = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not block us
         except FileNotFoundError:
-            raise StoreReadError(f"{path}: chunk file is missing") from None
+            raise StoreReadError(f"{shown}: chunk file is missing") from None
         try:
-            self.decode(np.frombuffer(frame, dtype=np.uint8), out, verify, str(path))
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise StoreFormatError(f"{shown}: chunk file is not a regular file; refusing to read it")
+            if st.st_size == 0:
+                raise StoreReadError(f"{shown}: chunk file is empty")
+            frame = mmap.mmap(fd, st.st_size, access=mmap.ACCESS_READ)
+        finally:
+            os.close(fd)
+        try:
+            self.decode(np.frombuffer(frame, dtype=np.uint8), out, verify, str(shown))
         finally:
             frame.close()
+
+    def shown_path(self, chunk: int) -> Path:
+        """Chunk ``chunk``'s file as error messages name it (under the store's own path)."""
+        return self.shown / self.chunk_path(chunk).relative_to(self.path)
 
     def decode(self, encoded: np.ndarray, out: np.ndarray, verify: bool, where: str) -> None:
         """Check (when ``verify``) and decode the stored bytes of one chunk into ``out``."""
@@ -143,14 +168,18 @@ class DirectChunkIO:
             if self.blosc is None:
                 flat = target.reshape(-1).view(np.uint8)
                 if len(payload) != flat.nbytes:
-                    raise StoreReadError(
-                        f"{where}: chunk holds {len(payload)} bytes, expected {flat.nbytes} (truncated?)"
+                    raise StoreFormatError(
+                        f"{where}: chunk holds {len(payload)} bytes, the chunk's shape {self.chunk_shape} "
+                        f"needs {flat.nbytes}"
                     )
                 flat[...] = payload
             else:
+                check_frame(payload[:BLOSC_HEADER_BYTES].tobytes(), len(payload), target.nbytes, where)
                 self.blosc.decode(payload, out=target)
             if not full:  # a partial last chunk is stored padded to the full chunk shape
                 out[...] = target[: len(out)]
+        except (StoreFormatError, StoreReadError):
+            raise
         except (RuntimeError, ValueError) as e:
             raise StoreReadError(f"{where}: cannot decode chunk: {e}") from None
         finally:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from datalflash.errors import BackendError, StoreFormatError, StoreReadError
+from datalflash.errors import BackendError, StoreChangedError, StoreFormatError, StoreReadError
 from datalflash.format.manifest import MANIFEST_NAME, Manifest, manifest_from_bytes, parse_manifest
 from datalflash.store.base import Fetched
 from datalflash.store.zarr.cache import ChunkCache
@@ -92,7 +92,7 @@ class RemoteZarrChunkStore(ZarrChunkStore):
             raise BackendError(f"{url}: stores opened by URL are read-only")
         super().__init__(url.rstrip("/"), manifest, verify=verify)
         self.storage_options = dict(storage_options or {})
-        self.fs, self.root = _filesystem(self.path, self.storage_options)
+        self.fs, self.prefix = _filesystem(self.path, self.storage_options)
         self.cache_dir, self.cache_bytes = (os.fspath(cache_dir) if cache_dir is not None else None), cache_bytes
         self.cache = ChunkCache(cache_dir, cache_bytes) if cache_dir is not None else None
         doc = json.dumps(self.manifest.to_json(), sort_keys=True)
@@ -105,7 +105,7 @@ class RemoteZarrChunkStore(ZarrChunkStore):
         from zarr.storage import FsspecStore
 
         # this process's filesystem: fsspec caches one per process, and s3fs's cannot cross a fork
-        self.fs, self.root = _filesystem(self.path, self.storage_options)
+        self.fs, self.prefix = _filesystem(self.path, self.storage_options)
         where = self.split_path(split)
         try:
             store = FsspecStore.from_url(where, storage_options=self.storage_options or None, read_only=True)
@@ -114,10 +114,16 @@ class RemoteZarrChunkStore(ZarrChunkStore):
             raise StoreFormatError(f"{where}: split {split!r} is missing or not a Zarr v3 group: {e}") from None
 
     def _has_metadata(self, split: str, field: str) -> bool:
-        return bool(self.fs.exists(f"{self.root}/{split}.zarr/{field}/zarr.json"))
+        return bool(self.fs.exists(f"{self.prefix}/{split}.zarr/{field}/zarr.json"))
 
-    def _chunk_dir(self, split: str, field: str) -> tuple[Path, None]:
-        return Path(f"{self.root}/{split}.zarr/{field}"), None  # object keys: no local links to follow
+    def root(self) -> str:
+        """The store's URL (objects have no directory to pin; a changed generation is detected
+        by reading the manifest with each batch of chunks, see :meth:`_fetch`)."""
+        return self.path
+
+    def _chunk_dir(self, split: str, field: str) -> tuple[Path, None, Path]:
+        key = Path(f"{self.prefix}/{split}.zarr/{field}")
+        return key, None, key  # object keys: no local links to follow
 
     def _fetch(self, split: str, chunks: Sequence[int]) -> Fetched:
         """Every field's objects of ``chunks`` (``{key: (bytes, from the cache)}``): from the
@@ -136,15 +142,35 @@ class RemoteZarrChunkStore(ZarrChunkStore):
                 if data is not None:
                     objects[path.lstrip("/")] = (data, True)
         missing = [path for path in paths if path.lstrip("/") not in objects]
+        manifest_key = f"{self.prefix}/{MANIFEST_NAME}"
+        if missing and self.manifest.generation:  # read along with the chunks: still our generation?
+            missing.append(manifest_key)
         try:
             fetched = self.fs.cat(missing, on_error="omit") if missing else {}
         except Exception:  # a failed batch: each chunk is fetched alone, with retries, when read
             fetched = {}
+        manifest_keys = [k for k in fetched if k.lstrip("/") == manifest_key.lstrip("/")]
+        self._check_generation(fetched.pop(manifest_keys[0]) if manifest_keys else None)
         for key, data in fetched.items():
             objects[key.lstrip("/")] = (bytes(data), False)
             if self.cache is not None:
                 self.cache.put(self._namespace, key.lstrip("/"), bytes(data))
         return objects
+
+    def _check_generation(self, raw: bytes | None) -> None:
+        """StoreChangedError if the manifest ``raw`` (read with a batch of chunks) names another
+        generation than the one this store opened (best effort: object stores have no rename)."""
+        if raw is None:
+            return
+        try:
+            generation = json.loads(raw).get("generation", "")
+        except (ValueError, AttributeError):
+            generation = None
+        if generation != self.manifest.generation:
+            raise StoreChangedError(
+                f"{self.path}: the store was replaced (generation {self.manifest.generation} opened, "
+                f"{generation or 'another'} there now); open it again to read the new one"
+            )
 
     @staticmethod
     def _key(direct: DirectChunkIO, chunk: int) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -106,9 +107,9 @@ class ZarrChunkStore(ChunkStore):
             if 0 in spec.shape:  # samples of no bytes: zarr writes (nothing) itself
                 handles[name] = (zarr.open_array(root / name, mode="r+"), None)
                 continue
-            chunk_dir, inside = self._chunk_dir(split, name)
+            chunk_dir, inside, shown = self._chunk_dir(split, name)
             chunk_shape = (self._chunk_rows(split), *spec.shape)
-            handles[name] = (None, DirectChunkIO(chunk_dir, chunk_shape, "/", blosc, True, inside))
+            handles[name] = (None, DirectChunkIO(chunk_dir, chunk_shape, "/", blosc, True, inside, shown))
         self._handles[split] = handles
 
     def _array_document(self, split: str, spec: FieldSpec) -> dict:
@@ -155,23 +156,34 @@ class ZarrChunkStore(ChunkStore):
         (no padding to store for a split that is one short chunk)."""
         return max(1, min(self.chunk_size, self.num_samples(split)))
 
-    def _chunk_dir(self, split: str, field: str) -> tuple[Path, Path | None]:
-        """Where ``field``'s chunk files of ``split`` are, and the root they must resolve inside."""
-        return Path(self.inside(os.path.join(self.split_path(split), field))), Path(self.path)
+    def _chunk_dir(self, split: str, field: str) -> tuple[Path, Path | None, Path]:
+        """Where ``field``'s chunk files of ``split`` are opened, the root they must resolve
+        inside, and where messages say they are."""
+        shown = Path(self.split_path(split)) / field
+        return Path(self.file(f"{split}.zarr", field)), Path(self.root()), shown
 
     def _direct(self, split: str, field: str, meta: Any) -> DirectChunkIO | None:
         spec = self.fields[field]
-        path, root = self._chunk_dir(split, field)
+        path, root, shown = self._chunk_dir(split, field)
         # Stores written before small splits got short chunks hold chunk_size rows there.
         for rows in {self._chunk_rows(split), self.chunk_size}:
-            direct = direct_io(meta, path, (rows, *spec.shape), root=root)
+            direct = direct_io(meta, path, (rows, *spec.shape), root=root, shown=shown)
             if direct is not None:
                 return direct
         return None
 
     def _open_group(self, split: str) -> zarr.Group:
-        """The Zarr group of ``split``, opened for this process."""
-        path = self.inside(self.split_path(split))
+        """The Zarr group of ``split``, opened for this process (its metadata documents checked to
+        be regular files first: zarr would block on a FIFO)."""
+        path = self.file(f"{split}.zarr")
+        for document in ["zarr.json", *(f"{name}/zarr.json" for name in self.fields)]:
+            try:
+                mode = os.stat(os.path.join(path, document)).st_mode
+            except OSError:
+                continue  # missing or unreadable: zarr says so
+            if not stat.S_ISREG(mode):
+                shown = os.path.join(self.split_path(split), document)
+                raise StoreFormatError(f"{shown}: not a regular file; refusing to read it")
         try:
             store = LocalStore(path, read_only=not self.writable)
             return zarr.open_group(store, mode="r+" if self.writable else "r", zarr_format=3)
@@ -180,7 +192,7 @@ class ZarrChunkStore(ChunkStore):
 
     def _has_metadata(self, split: str, field: str) -> bool:
         """Whether ``field``'s array metadata document exists in ``split`` (usable or not)."""
-        return os.path.isfile(os.path.join(self.split_path(split), field, "zarr.json"))
+        return os.path.isfile(os.path.join(self.root(), f"{split}.zarr", field, "zarr.json"))
 
     def _open_split(self, split: str) -> dict[str, FieldHandle]:
         """``{field: (zarr array, direct chunk I/O or None)}``, each array checked against the

@@ -1,0 +1,170 @@
+"""Faults a shared store meets: re-conversion under a reader, racing writers, short frames, special
+files. Each test runs under a hard time limit (SIGALRM), so a hang fails instead of stalling CI."""
+
+import contextlib
+import json
+import os
+import pickle
+import signal
+import struct
+
+import numcodecs
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+from datalflash.convert import DatasetConverter
+from datalflash.errors import StoreChangedError, StoreExistsError, StoreFormatError
+from datalflash.loading import ChunkedDataset, FlashDataLoader
+from datalflash.store import open_store, verify_store
+from datalflash.store.generations import generation_dir
+from datalflash.store.integrity import crc32c
+
+BACKENDS = ["zarr", "memmap", "hdf5"]
+N, CHUNK = 60, 10
+
+
+@contextlib.contextmanager
+def time_limit(seconds):
+    """Fail (TimeoutError) instead of hanging past ``seconds``."""
+
+    def expired(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s: a hang")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def samples(offset):
+    """Sample ``i`` is ``([offset + i] * 4, offset + i)``: two conversions tell apart by ``offset``."""
+    values = torch.arange(offset, offset + N, dtype=torch.int64)
+    return TensorDataset(values[:, None].repeat(1, 4), values)
+
+
+def convert(data, path, backend, **kwargs):
+    kwargs.setdefault("overwrite", True)
+    return DatasetConverter.create_chunked_dataset(
+        data,
+        path,
+        chunk_size=CHUNK,
+        split_ratios={"train": 1.0},
+        shuffle=False,
+        backend=backend,
+        progress=False,
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_reader_keeps_reading_the_generation_it_opened(tmp_path, backend):
+    path = tmp_path / "store"
+    convert(samples(0), path, backend)
+    with time_limit(60):
+        loader = FlashDataLoader(ChunkedDataset(path), batch_size=5, shuffle=True, seed=0, window_chunks=1)
+        batches = iter(loader)
+        seen = [next(batches)[1] for _ in range(3)]
+        convert(samples(1000), path, backend)  # a new generation replaces the store mid-epoch
+        seen += [b[1] for b in batches]
+        assert sorted(torch.cat(seen).tolist()) == list(range(N))  # all of the old store, none of the new
+        old = json.loads((path / "manifest.json").read_text())["generation"]
+        assert next(iter(ChunkedDataset(path)))[1] == 1000  # a new reader reads the new store
+        worker_copy = pickle.loads(pickle.dumps(loader.dataset))  # a spawned worker's copy of the old reader
+        assert worker_copy[N - 1][1] == N - 1
+    kept = [p.name for p in tmp_path.iterdir() if ".gen-" in p.name]
+    assert len(kept) == 1 and old not in kept[0]  # the old generation, kept while it is read
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_old_generations_go_once_unused_and_stale_readers_say_so(tmp_path, backend):
+    path = tmp_path / "store"
+    convert(samples(0), path, backend)
+    first = open_store(path)
+    first_generation = first.manifest.generation
+    first.read_chunks("train", [0])
+    convert(samples(1000), path, backend)
+    assert generation_dir(path, first_generation).is_dir()  # `first` still has it open
+    assert first.read_chunks("train", [5])["1"][0] == 50
+    first.close()
+    convert(samples(2000), path, backend)  # the next conversion removes generations nobody reads
+    assert [p.name for p in tmp_path.iterdir()] == ["store"]
+    with pytest.raises(StoreChangedError, match="replaced after it was opened"):
+        first.read_chunks("train", [0])
+    assert open_store(path).read_chunks("train", [0])["1"][0] == 2000
+
+
+class PublishesFirst(Dataset):
+    """A dataset whose conversion, near its end, lets another conversion into the same path
+    publish first (two jobs racing to convert the same data)."""
+
+    def __init__(self, path, backend, overwrite):
+        self.data, self.path, self.backend, self.overwrite = samples(0), path, backend, overwrite
+        self.raced = False
+
+    def __len__(self):
+        return N
+
+    def __getitem__(self, i):
+        if i == N - 1 and not self.raced:
+            self.raced = True
+            convert(samples(1000), self.path, self.backend, overwrite=self.overwrite)
+        return self.data[i]
+
+
+@pytest.mark.parametrize("backend", ["zarr", "memmap"])
+def test_racing_conversions_without_overwrite_publish_exactly_one(tmp_path, backend):
+    path = tmp_path / "store"
+    racer = PublishesFirst(path, backend, overwrite=False)
+    with pytest.raises(StoreExistsError, match="published by another writer while this conversion ran"):
+        convert(racer, path, backend, overwrite=False)
+    assert racer.raced
+    assert [p.name for p in tmp_path.iterdir()] == ["store"]  # the loser's staging is gone
+    assert open_store(path).read_chunks("train", [0])["1"][0] == 1000  # the winner's store, whole
+    assert verify_store(path, progress=False).ok
+
+
+@pytest.mark.parametrize("backend", ["zarr", "memmap"])
+def test_racing_conversions_with_overwrite_the_last_publisher_wins(tmp_path, backend):
+    path = tmp_path / "store"
+    racer = PublishesFirst(path, backend, overwrite=True)
+    convert(racer, path, backend, overwrite=True)
+    store = open_store(path)
+    assert store.read_chunks("train", [0])["1"][0] == 0  # the last to publish
+    assert verify_store(path, progress=False).ok
+    assert [p.name for p in tmp_path.iterdir()] == ["store"]  # the other store: unused, removed
+
+
+def test_a_short_blosc_frame_is_a_format_error_and_verify_finds_it(tmp_path):
+    path = tmp_path / "store"
+    convert(samples(0), path, "zarr")
+    chunk_file = path / "train.zarr" / "0" / "c" / "2" / "0"
+    short = np.frombuffer(numcodecs.Blosc(cname="lz4").encode(np.arange(8 * 4, dtype=np.int64)), np.uint8)
+    chunk_file.write_bytes(short.tobytes() + struct.pack("<I", crc32c(short)))  # checksum-valid, 8 rows of 10
+    store = open_store(path, verify="always")
+    with pytest.raises(StoreFormatError, match=r"split 'train' field '0' chunks 2\.\.2.*decodes to 256 bytes"):
+        store.read_chunks("train", [3, 2], out=store.allocate(20))  # into a reused buffer
+    report = verify_store(path, progress=False)
+    assert [(split, chunk) for split, chunk, _ in report.bad] == [("train", 2)]
+
+
+SPECIAL = {
+    "zarr": ["train.zarr/0/c/1/0", "train.zarr/0/zarr.json", "manifest.json"],
+    "memmap": ["train/0.npy", "manifest.json"],
+    "hdf5": ["train.h5", "manifest.json"],
+}
+
+
+@pytest.mark.parametrize("backend,relative", [(b, r) for b, rs in SPECIAL.items() for r in rs])
+def test_a_fifo_in_place_of_a_file_is_refused_without_blocking(tmp_path, backend, relative):
+    path = tmp_path / "store"
+    convert(samples(0), path, backend)
+    target = path / relative
+    target.unlink()
+    os.mkfifo(target)
+    with time_limit(20), pytest.raises(StoreFormatError, match="not a regular file"):
+        open_store(path, verify="always").read_chunks("train", [1])
