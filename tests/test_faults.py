@@ -168,3 +168,98 @@ def test_a_fifo_in_place_of_a_file_is_refused_without_blocking(tmp_path, backend
     os.mkfifo(target)
     with time_limit(20), pytest.raises(StoreFormatError, match="not a regular file"):
         open_store(path, verify="always").read_chunks("train", [1])
+
+
+TRAINER = """
+import os, sys, time
+import multiprocessing
+from datalflash.loading import ChunkedDataset, FlashDataLoader
+loader = FlashDataLoader(ChunkedDataset(sys.argv[1]), batch_size=5, window_chunks=1, num_workers=2,
+                         multiprocessing_context=sys.argv[2])
+batches = iter(loader)
+next(batches)
+print(" ".join(str(p.pid) for p in multiprocessing.active_children()), flush=True)
+time.sleep(600)
+"""
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with contextlib.suppress(OSError):  # a zombie (exited, not yet reaped by init) is gone too
+        return open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0] != "Z"
+    return True
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_reading_workers_exit_when_their_trainer_is_killed(tmp_path, method):
+    import subprocess
+    import sys
+    import time
+
+    convert(samples(0), tmp_path / "store", "memmap")
+    trainer = subprocess.Popen(
+        [sys.executable, "-c", TRAINER, str(tmp_path / "store"), method], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        with time_limit(120):
+            workers = [int(pid) for pid in trainer.stdout.readline().split()]
+        assert len(workers) == 2
+        trainer.kill()
+        trainer.wait(30)
+        deadline = time.monotonic() + 10
+        while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(alive(pid) for pid in workers), "workers outlived their killed trainer"
+    finally:
+        trainer.kill()
+
+
+def test_a_killed_reading_worker_is_an_error_naming_the_chunk(tmp_path):
+    import multiprocessing
+
+    from datalflash.errors import StoreReadError
+
+    convert(samples(0), tmp_path / "store", "memmap")
+    loader = FlashDataLoader(
+        ChunkedDataset(tmp_path / "store"), batch_size=5, window_chunks=1, num_workers=1, multiprocessing_context="fork"
+    )
+    batches = iter(loader)
+    with time_limit(60):
+        next(batches)
+        for worker in multiprocessing.active_children():
+            os.kill(worker.pid, signal.SIGKILL)
+        with pytest.raises(StoreReadError, match=r"split 'train' chunk \d+: .*worker process"):
+            list(batches)
+
+
+def test_a_broken_remote_cache_warns_once_and_reading_goes_on(tmp_path):
+    fsspec = pytest.importorskip("fsspec", reason="fsspec is not installed")
+    convert(samples(0), tmp_path / "store", "zarr")
+    fsspec.filesystem("memory").put(str(tmp_path / "store"), "/faulty-cache", recursive=True)
+    cache = tmp_path / "cache"
+    store = open_store("memory://faulty-cache", cache_dir=cache, cache_bytes=2**20)
+    assert store.read_chunks("train", [0])["1"].tolist() == list(range(CHUNK))
+    import shutil
+
+    shutil.rmtree(cache)
+    cache.write_text("not a directory any more")  # the cache can neither be read nor written now
+    with pytest.warns(UserWarning, match="the chunk cache failed") as warned:
+        got = np.concatenate([store.read_chunks("train", [c])["1"] for c in range(N // CHUNK)])
+    assert got.tolist() == list(range(N)) and len(warned) == 1
+
+
+def test_a_remote_store_replaced_under_a_reader_is_refused(tmp_path):
+    fsspec = pytest.importorskip("fsspec", reason="fsspec is not installed")
+    fs = fsspec.filesystem("memory")
+    convert(samples(0), tmp_path / "a", "zarr")
+    convert(samples(1000), tmp_path / "b", "zarr")
+    fs.put(str(tmp_path / "a"), "/replaced", recursive=True)
+    store = open_store("memory://replaced")
+    assert store.read_chunks("train", [0])["1"][0] == 0
+    fs.rm("/replaced", recursive=True)
+    fs.put(str(tmp_path / "b"), "/replaced", recursive=True)  # uploaded over the store being read
+    with pytest.raises(StoreChangedError, match="the store was replaced"):
+        store.read_chunks("train", [1])

@@ -16,11 +16,13 @@ import signal
 import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import numpy as np
 import torch
 
+from datalflash.errors import StoreReadError
 from datalflash.reading.pool import DaemonPool
 from datalflash.store.base import ChunkStore
 
@@ -189,7 +191,12 @@ class ProcessReader(ThreadReader):
 
     def read(self, split: str, chunk: int, buffer: Handle, offset: int) -> Future:
         """Read ``chunk`` into the shared buffer in a worker process."""
-        return self._pool.submit(_read_in_worker, split, chunk, id(buffer[1]), buffer[1], offset)
+        try:
+            return self._pool.submit(_read_in_worker, split, chunk, id(buffer[1]), buffer[1], offset)
+        except BrokenProcessPool as e:
+            raise StoreReadError(
+                f"{self.store.path}: split {split!r} chunk {chunk}: a reading worker process died ({e})"
+            ) from e
 
     def close(self) -> None:
         """Cancel queued reads and stop the worker processes."""
