@@ -263,3 +263,23 @@ def test_a_remote_store_replaced_under_a_reader_is_refused(tmp_path):
     fs.put(str(tmp_path / "b"), "/replaced", recursive=True)  # uploaded over the store being read
     with pytest.raises(StoreChangedError, match="the store was replaced"):
         store.read_chunks("train", [1])
+
+
+LOOPED = {"zarr": "train.zarr/0/c/1/0", "memmap": "train/0.npy", "hdf5": "train.h5"}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_link_loop_in_place_of_a_file_is_a_read_error_naming_it(tmp_path, backend):
+    from datalflash.errors import StoreReadError
+
+    path = tmp_path / "store"
+    convert(samples(0), path, backend)
+    target = path / LOOPED[backend]
+    target.unlink()
+    target.symlink_to(target.name)  # a link to itself: ELOOP
+    store = open_store(path, verify="always")
+    with time_limit(20), pytest.raises(StoreReadError, match=rf"split 'train'.*{target.name}|{target.name}.*Too many"):
+        store.read_chunks("train", [1])
+    if backend == "memmap":  # (its read-ahead hint opens the split too: the same error, not a bare OSError)
+        with pytest.raises(StoreReadError):
+            open_store(path).will_need("train", [1])

@@ -191,3 +191,74 @@ def test_get_dataloaders_by_url(local_store, tmp_path):
         assert torch.equal(images, rows[index])
         seen.extend(index.tolist())
     assert sorted(seen) == list(range(N)) and any((tmp_path / "cache").glob("??/*"))
+
+
+class PausableProxy:
+    """A TCP proxy on 127.0.0.1 to ``target``; ``pause()`` makes it stop answering (as a stopped
+    endpoint does: connections stay open, nothing comes back)."""
+
+    def __init__(self, target_port):
+        import threading
+
+        self.target_port, self.paused, self.stop = target_port, threading.Event(), threading.Event()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import threading
+
+        while not self.stop.is_set():
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, source, sink):
+        while not self.stop.is_set():
+            try:
+                data = source.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            while self.paused.is_set() and not self.stop.is_set():
+                self.stop.wait(0.1)
+            try:
+                sink.sendall(data)
+            except OSError:
+                return
+
+    def pause(self):
+        self.paused.set()
+
+    def close(self):
+        self.stop.set()
+        self.server.close()
+
+
+def test_a_stalled_endpoint_is_an_error_within_the_timeout(s3):
+    import time
+
+    from datalflash.errors import StoreReadError
+
+    target = int(s3["client_kwargs"]["endpoint_url"].rsplit(":", 1)[1])
+    proxy = PausableProxy(target)
+    try:
+        options = {**s3, "client_kwargs": {**s3["client_kwargs"], "endpoint_url": f"http://127.0.0.1:{proxy.port}"}}
+        store = open_store("s3://bucket/store", storage_options=options, remote_timeout=2)
+        assert len(store.read_chunks("train", [0])["1"]) == 64
+        proxy.pause()
+        start = time.monotonic()
+        with pytest.raises(StoreReadError, match="no answer within 2 s"):
+            store.read_chunks("train", [1])
+        assert time.monotonic() - start < 10
+        start = time.monotonic()
+        with pytest.raises(StoreReadError, match="cannot read the manifest: no answer within 2 s"):
+            open_store("s3://bucket/store", storage_options=options, remote_timeout=2)
+        assert time.monotonic() - start < 10
+    finally:
+        proxy.close()

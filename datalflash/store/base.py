@@ -183,12 +183,7 @@ class ChunkStore(ABC):
         """
         total = sum(stop - start for start, stop in (self.chunk_bounds(split, c) for c in chunks))
         result = checked_out(self.fields, self.allocate(total) if out is None else out, total)
-        try:  # open (and check) the split first: its errors name what they concern
-            self._handle(split)
-        except DataLFlashError:
-            raise
-        except Exception as e:
-            raise StoreReadError(f"{self.path}: cannot open split {split!r}: {type(e).__name__}: {e}") from e
+        self._handle(split)  # open (and check) the split first: its errors name what they concern
         fetched = self._fetch(split, chunks)
         offset = 0
         for first, stop_chunk in chunk_runs(chunks):
@@ -299,7 +294,14 @@ class ChunkStore(ABC):
                 handle = self._handles.get(split)
                 if handle is None:
                     self._split(split)
-                    handle = self._handles[split] = self._open_split(split)
+                    try:
+                        handle = self._handles[split] = self._open_split(split)
+                    except DataLFlashError:
+                        raise
+                    except Exception as e:  # I/O, permissions, link loops: one vocabulary on every backend
+                        raise StoreReadError(
+                            f"{self.path}: cannot open split {split!r}: {type(e).__name__}: {e}"
+                        ) from e
         return handle
 
     @abstractmethod

@@ -63,17 +63,24 @@ def open_store(
     storage_options: dict | None = None,
     cache_dir: str | os.PathLike | None = None,
     cache_bytes: int = 10 * 2**30,
+    remote_timeout: float = 30.0,
 ) -> ChunkStore:
     """Open the store at ``path`` read-only; the manifest names its backend. ``verify``: when
     chunk checksums are checked (``"first"`` read of each chunk in this process, ``"always"``,
     ``"never"``). ``path`` may be a URL (``s3://bucket/store``, ``memory://...``) of a Zarr
     store, opened through fsspec with ``storage_options``; its chunks are then kept in
-    ``cache_dir`` (if given, at most ``cache_bytes``)."""
+    ``cache_dir`` (if given, at most ``cache_bytes``), and a request that gets no answer within
+    ``remote_timeout`` seconds is a StoreReadError."""
     from datalflash.store.zarr.remote import is_url, open_remote_store
 
     if isinstance(path, str) and is_url(path):
         return open_remote_store(
-            path, verify=verify, storage_options=storage_options, cache_dir=cache_dir, cache_bytes=cache_bytes
+            path,
+            verify=verify,
+            storage_options=storage_options,
+            cache_dir=cache_dir,
+            cache_bytes=cache_bytes,
+            timeout=remote_timeout,
         )
     if cache_dir is not None:
         raise ValueError(f"{path}: a chunk cache is for stores opened by URL; a local store needs none")

@@ -8,6 +8,7 @@ filesystem packages are optional: ``pip install 'datalflash[remote]'`` (fsspec, 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -26,6 +27,19 @@ from datalflash.store.zarr.chunks import DirectChunkIO
 from datalflash.store.zarr.store import ZarrChunkStore
 
 REMOTE_READ_THREADS = 32  # chunk reads in flight (threads wait on the network, not the CPU)
+REMOTE_TIMEOUT = 30.0  # seconds one request (or one batch of them) may take before it is an error
+
+
+def request(fs: Any, method: str, *args: Any, timeout: float, **kwargs: Any) -> Any:
+    """``fs.<method>(*args, **kwargs)``, bounded by ``timeout`` seconds on asynchronous
+    filesystems (s3fs, gcsfs, http: fsspec runs them on its event loop and gives up then, however
+    the endpoint stalls); a timeout is a ``TimeoutError``. Synchronous filesystems run unbounded."""
+    if getattr(fs, "async_impl", False):
+        try:
+            return getattr(fs, method)(*args, timeout=timeout, **kwargs)
+        except asyncio.TimeoutError as e:  # (fsspec's FSTimeoutError; not an OSError before Python 3.11)
+            raise TimeoutError(f"no answer within {timeout:g} s") from e
+    return getattr(fs, method)(*args, **kwargs)
 
 
 def is_url(path: Any) -> bool:
@@ -52,14 +66,16 @@ def open_remote_store(
     storage_options: dict | None = None,
     cache_dir: str | os.PathLike | None = None,
     cache_bytes: int = 10 * 2**30,
+    timeout: float = REMOTE_TIMEOUT,
 ) -> RemoteZarrChunkStore:
     """Open the Zarr store at ``url`` read-only; ``storage_options`` go to fsspec (endpoint, keys).
     With ``cache_dir``, chunk objects are kept there (at most ``cache_bytes``, shared safely by
-    processes; see :mod:`datalflash.store.zarr.cache`)."""
+    processes; see :mod:`datalflash.store.zarr.cache`). A request (a batch of chunk requests) that
+    takes longer than ``timeout`` seconds is a StoreReadError (see :func:`request`)."""
     fs, root = _filesystem(url, storage_options)
     where = f"{url.rstrip('/')}/{MANIFEST_NAME}"
     try:
-        raw = bytes(fs.cat_file(f"{root}/{MANIFEST_NAME}"))
+        raw = bytes(request(fs, "cat_file", f"{root}/{MANIFEST_NAME}", timeout=timeout))
     except FileNotFoundError:
         raise StoreFormatError(f"{url}: not a datalflash store (no {MANIFEST_NAME})") from None
     except OSError as e:
@@ -68,7 +84,13 @@ def open_remote_store(
     if manifest.backend_id != "zarr":
         raise BackendError(f"{url}: only zarr stores open by URL, this one is {manifest.backend_id!r}")
     return RemoteZarrChunkStore(
-        url, manifest, verify=verify, storage_options=storage_options, cache_dir=cache_dir, cache_bytes=cache_bytes
+        url,
+        manifest,
+        verify=verify,
+        storage_options=storage_options,
+        cache_dir=cache_dir,
+        cache_bytes=cache_bytes,
+        timeout=timeout,
     )
 
 
@@ -87,11 +109,13 @@ class RemoteZarrChunkStore(ZarrChunkStore):
         storage_options: dict | None = None,
         cache_dir: str | os.PathLike | None = None,
         cache_bytes: int = 10 * 2**30,
+        timeout: float = REMOTE_TIMEOUT,
     ) -> None:
         if writable:
             raise BackendError(f"{url}: stores opened by URL are read-only")
         super().__init__(url.rstrip("/"), manifest, verify=verify)
         self.storage_options = dict(storage_options or {})
+        self.timeout = timeout  # seconds a request (or batch) may take
         self.fs, self.prefix = _filesystem(self.path, self.storage_options)
         self.cache_dir, self.cache_bytes = (os.fspath(cache_dir) if cache_dir is not None else None), cache_bytes
         self.cache = ChunkCache(cache_dir, cache_bytes) if cache_dir is not None else None
@@ -107,6 +131,12 @@ class RemoteZarrChunkStore(ZarrChunkStore):
         # this process's filesystem: fsspec caches one per process, and s3fs's cannot cross a fork
         self.fs, self.prefix = _filesystem(self.path, self.storage_options)
         where = self.split_path(split)
+        try:  # a stalled endpoint would hang zarr: one bounded request first
+            request(self.fs, "cat_file", f"{self.prefix}/{split}.zarr/zarr.json", timeout=self.timeout)
+        except TimeoutError as e:
+            raise StoreReadError(f"{where}: cannot open split {split!r}: {e}") from e
+        except OSError:
+            pass  # missing or unreadable: zarr says which, below
         try:
             store = FsspecStore.from_url(where, storage_options=self.storage_options or None, read_only=True)
             return zarr.open_group(store, mode="r", zarr_format=3)
@@ -114,7 +144,7 @@ class RemoteZarrChunkStore(ZarrChunkStore):
             raise StoreFormatError(f"{where}: split {split!r} is missing or not a Zarr v3 group: {e}") from None
 
     def _has_metadata(self, split: str, field: str) -> bool:
-        return bool(self.fs.exists(f"{self.prefix}/{split}.zarr/{field}/zarr.json"))
+        return bool(request(self.fs, "exists", f"{self.prefix}/{split}.zarr/{field}/zarr.json", timeout=self.timeout))
 
     def root(self) -> str:
         """The store's URL (objects have no directory to pin; a changed generation is detected
@@ -146,7 +176,9 @@ class RemoteZarrChunkStore(ZarrChunkStore):
         if missing and self.manifest.generation:  # read along with the chunks: still our generation?
             missing.append(manifest_key)
         try:
-            fetched = self.fs.cat(missing, on_error="omit") if missing else {}
+            fetched = request(self.fs, "cat", missing, on_error="omit", timeout=self.timeout) if missing else {}
+        except TimeoutError as e:  # a stalled endpoint: no point asking again chunk by chunk
+            raise StoreReadError(f"{self.path}: split {split!r} chunks {list(chunks)}: {e}") from e
         except Exception:  # a failed batch: each chunk is fetched alone, with retries, when read
             fetched = {}
         manifest_keys = [k for k in fetched if k.lstrip("/") == manifest_key.lstrip("/")]
@@ -184,7 +216,7 @@ class RemoteZarrChunkStore(ZarrChunkStore):
         data, cached = (fetched or {}).get(key, (None, False))
         try:
             if data is None:
-                data = self.fs.cat_file(str(direct.chunk_path(chunk)))
+                data = request(self.fs, "cat_file", str(direct.chunk_path(chunk)), timeout=self.timeout)
         except FileNotFoundError:
             raise StoreReadError(
                 f"{self.path}: split {split!r} field {field!r} chunk {chunk}: {key} is missing"
@@ -195,18 +227,18 @@ class RemoteZarrChunkStore(ZarrChunkStore):
                 return
             except StoreReadError:
                 self.cache.drop(self._namespace, key)
-                data = self.fs.cat_file(str(direct.chunk_path(chunk)))
+                data = request(self.fs, "cat_file", str(direct.chunk_path(chunk)), timeout=self.timeout)
         direct.decode(np.frombuffer(data, dtype=np.uint8), out, self.checksums.due(split, chunk), where)
 
     def __reduce__(self) -> tuple[Any, tuple]:
         """Pickle by URL, manifest and options: the copy opens its own filesystem."""
-        options = (self.storage_options, self.cache_dir, self.cache_bytes)
+        options = (self.storage_options, self.cache_dir, self.cache_bytes, self.timeout)
         return _reopen_remote, (self.path, self.manifest.to_json(), self.verify, options)
 
 
 def _reopen_remote(url: str, manifest: dict, verify: str, options: tuple) -> RemoteZarrChunkStore:
     """A pickled remote store, opened anew in this process."""
-    storage_options, cache_dir, cache_bytes = options
+    storage_options, cache_dir, cache_bytes, timeout = options
     return RemoteZarrChunkStore(
         url,
         parse_manifest(manifest),
@@ -214,4 +246,5 @@ def _reopen_remote(url: str, manifest: dict, verify: str, options: tuple) -> Rem
         storage_options=storage_options,
         cache_dir=cache_dir,
         cache_bytes=cache_bytes,
+        timeout=timeout,
     )
