@@ -283,3 +283,69 @@ def test_a_link_loop_in_place_of_a_file_is_a_read_error_naming_it(tmp_path, back
     if backend == "memmap":  # (its read-ahead hint opens the split too: the same error, not a bare OSError)
         with pytest.raises(StoreReadError):
             open_store(path).will_need("train", [1])
+
+
+SCALE = """
+import json, os, sys, time, uuid
+import numpy as np
+
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+from datalflash.format.manifest import FieldSpec, Manifest, SplitInfo, write_manifest
+from datalflash.loading import ChunkedDataset, FlashDataLoader
+import torch
+path, n, chunk = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+os.makedirs(os.path.join(path, "train"))
+with open(os.path.join(path, "train", "x.npy"), "wb") as f:  # sparse: the blocks are never written
+    np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": (n,)})
+    f.truncate(f.tell() + n)
+write_manifest(path, Manifest("memmap", {}, chunk, {"x": FieldSpec("x", "uint8", ())},
+               {"kind": "field", "name": "x"}, {"train": SplitInfo(n, -(-n // chunk))}, generation=uuid.uuid4().hex))
+base = rss()
+start = time.perf_counter()
+loader = FlashDataLoader(ChunkedDataset(path), batch_size=256, shuffle=True, seed=0, read_ahead_bytes=8 * 2**20)
+batches = iter(loader)
+first = next(batches)
+seconds = time.perf_counter() - start
+state = json.dumps(loader.state_dict())
+print(json.dumps({"seconds": seconds, "rss": rss() - base, "state": len(state), "batches": len(loader),
+                  "shape": list(first.shape)}))
+"""
+
+
+def test_a_store_of_ten_billion_samples_opens_and_serves_at_once(tmp_path):
+    import subprocess
+    import sys
+
+    n = 10**10
+    run = subprocess.run(
+        [sys.executable, "-c", SCALE, str(tmp_path / "huge"), str(n), str(10**5)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout)
+    assert result["shape"] == [256] and result["batches"] == -(-n // 256)
+    assert result["seconds"] < 1.0, result
+    assert result["rss"] < 200 * 2**20, result
+    assert result["state"] < 2**20, result
+
+
+def test_a_manifest_declaring_absurd_counts_is_refused_at_open(tmp_path):
+    from datalflash.errors import StoreReadError
+
+    path = tmp_path / "store"
+    convert(samples(0), path, "memmap")
+    doc = json.loads((path / "manifest.json").read_text())
+    doc["chunk_size"], doc["splits"]["train"] = 1, {"num_samples": 10**12, "num_chunks": 10**12}
+    (path / "manifest.json").write_text(json.dumps(doc))
+    with time_limit(10), pytest.raises(StoreFormatError, match="more than the 16777216 a split may have"):
+        open_store(path)
+    doc["chunk_size"], doc["splits"]["train"] = 10**6, {"num_samples": 10**12, "num_chunks": 10**6}
+    doc.pop("checksums")
+    (path / "manifest.json").write_text(json.dumps(doc))
+    store = open_store(path)  # what the files hold is checked when the split opens
+    with time_limit(10), pytest.raises((StoreFormatError, StoreReadError), match=r"holds \(60,"):
+        next(iter(FlashDataLoader(ChunkedDataset(store), batch_size=8, shuffle=True)))

@@ -28,7 +28,7 @@ from datalflash.convert.pipeline import fill_store
 from datalflash.convert.ranks import conversion_ranks, convert_across_ranks
 from datalflash.convert.samples import BlockReader, block_size, infer_schema
 from datalflash.errors import BackendError, ConversionError
-from datalflash.format.manifest import Manifest, SplitInfo, allocate
+from datalflash.format.manifest import MAX_CHUNKS, Manifest, SplitInfo, allocate
 from datalflash.loading.memory import FlashDataset
 from datalflash.store.base import ChunkStore
 from datalflash.store.registry import get_backend
@@ -109,6 +109,11 @@ class DatasetConverter:
         n = _dataset_length(pytorch_dataset)
         ratios = DEFAULT_SPLITS if split_ratios is None else split_ratios
         sizes = split_sizes(n, ratios)
+        if max(-(-k // chunk_size) for k in sizes.values()) > MAX_CHUNKS:
+            raise ConversionError(
+                f"chunk_size={chunk_size} cuts a split of {max(sizes.values())} samples into more than "
+                f"{MAX_CHUNKS} chunks; use a larger chunk_size"
+            )
         backend_cls, config = _backend(backend, compression)
         output_dir = Path(output_dir)
         rank, world = conversion_ranks(rank, world_size, backend_cls)

@@ -29,6 +29,7 @@ MAX_MANIFEST_BYTES = 16 * 2**20
 MAX_NDIM = 32
 MAX_DIM = 2**31
 MAX_SAMPLES = 2**40
+MAX_CHUNKS = 2**24  # per split: an epoch plan costs a few bytes per chunk
 MAX_FIELDS = 4096
 CHECKSUM_ALGORITHM = "crc32c"
 GENERATION = re.compile(r"(|[0-9a-f]{8,64})")
@@ -288,5 +289,6 @@ def _parse_splits(raw: Any, chunk_size: int) -> dict[str, SplitInfo]:
             is_int(c) and c == -(-n // chunk_size),
             f"split {name!r}: num_chunks {c!r} does not match {n} samples in chunks of {chunk_size}",
         )
+        _require(c <= MAX_CHUNKS, f"split {name!r}: {c} chunks, more than the {MAX_CHUNKS} a split may have")
         splits[name] = SplitInfo(n, c)
     return splits

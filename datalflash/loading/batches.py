@@ -39,10 +39,10 @@ def planned_memory_batches(
     dataset: FlashDataset, plan: EpochPlan, sched: Schedule, pin_memory: bool
 ) -> Iterator[Batch]:
     """Batches of a RAM dataset's own plan (one window holding every sample)."""
-    if not sched.batches:
+    if not sched:
         return
     order = torch.from_numpy(plan.order(0))
-    for batch in sched.batches:
+    for batch in sched.iter_batches():
         index = order[batch[0][1] : batch[0][2]] if len(batch) == 1 else torch.cat([order[a:b] for _, a, b in batch])
         yield gather([(dataset.fields, index)], pin_memory=pin_memory)
 
@@ -58,35 +58,41 @@ def planned_chunk_batches(
     pin_memory: bool,
 ) -> Iterator[Batch]:
     """Batches of a store split's plan, as ``sched`` cuts them for this rank; a batch may take
-    its rows from two or more visits."""
-    if not sched.batches:
+    its rows from two or more visits. Visits and batches are generated as they are served, so
+    nothing is built per window or batch up front."""
+    if not sched:
         return
-    visits = sched.visits
+    visits = sched.iter_visits()
     prefetcher = WindowPrefetcher(
         dataset.store,
         dataset.split,
-        [plan.windows[v.window] for v in visits],
-        [v.chunks for v in visits],
+        (plan.window_chunks(visit.window) for visit in visits),
+        (visit.chunks for visit in sched.iter_visits()),
+        rows=plan.max_window_rows,
         reader=reader,
         ahead=ahead,
         timeout=timeout,
     )
+    spans = enumerate(sched.iter_spans())
     try:
-        left = [sum(b - a for a, b in v.spans) for v in visits]  # positions each visit still serves
+        left: dict[int, tuple[int, int]] = {}  # visit -> (window, positions it still serves), as met
         resident: dict[int, tuple[dict[str, torch.Tensor], torch.Tensor]] = {}
-        for pieces in sched.batches:
+        for pieces in sched.iter_batches():
             segments = []
             for v, a, b in pieces:
+                while v not in left:
+                    seen, (window, visit_spans) = next(spans)
+                    left[seen] = (window, sum(hi - lo for lo, hi in visit_spans))
                 if v not in resident:
                     tensors = tensors_from_storage(prefetcher.get(v), dataset.fields)
-                    resident[v] = (tensors, torch.from_numpy(plan.order(visits[v].window)))
+                    resident[v] = (tensors, torch.from_numpy(plan.order(left[v][0])))
                 tensors, order = resident[v]
                 segments.append((tensors, order[a:b]))
-                left[v] -= b - a
+                left[v] = (left[v][0], left[v][1] - (b - a))
             batch = gather(segments, pin_memory=pin_memory)
             for v, _, _ in pieces:
-                if left[v] == 0 and v in resident:
-                    del resident[v]
+                if v in left and left[v][1] == 0 and v in resident:
+                    del resident[v], left[v]
                     prefetcher.release(v)
             yield batch
     finally:

@@ -25,6 +25,7 @@ from datalflash.loading.batches import (
 from datalflash.loading.chunked import ChunkedDataset
 from datalflash.loading.memory import FlashDataset
 from datalflash.ordering import memory_plan, plan_epoch, schedule
+from datalflash.ordering.plan import split_chunk_rows
 from datalflash.ordering.ranges import Ranges, rank_share, share_size, take, total
 from datalflash.reading import SpareBuffers, ThreadReader, make_reader
 
@@ -94,8 +95,7 @@ class OwnEpochs:
             return planned_memory_batches(
                 data, plan, schedule(plan, share, self.batch_size, self.drop_last), pin_memory
             )
-        store, split = data.store, data.split
-        chunk_rows = [b - a for a, b in (store.chunk_bounds(split, c) for c in range(store.num_chunks(split)))]
+        chunk_rows = split_chunk_rows(len(data), data.store.chunk_size)
         window = self.window_chunks or max(1, len(chunk_rows))
         plan = plan_epoch(chunk_rows, window=window, shuffle=self.shuffle, seed=seed, epoch=epoch)
         sched = schedule(plan, share, self.batch_size, self.drop_last)

@@ -14,8 +14,8 @@ own generator, so it is computed only when that window is used.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -32,64 +32,103 @@ def sample_order(n: int, *, shuffle: bool, seed: int, epoch: int) -> np.ndarray:
     return epoch_rng(seed, epoch).permutation(n) if shuffle else np.arange(n)
 
 
-def batch_bounds(total: int, batch_size: int, drop_last: bool) -> list[tuple[int, int]]:
+def iter_batch_bounds(total: int, batch_size: int, drop_last: bool) -> Iterator[tuple[int, int]]:
     """``(start, stop)`` positions of each batch over ``total`` samples, as torch cuts them."""
     stop = total - total % batch_size if drop_last else total
-    return [(i, min(i + batch_size, total)) for i in range(0, stop, batch_size)]
+    return ((i, min(i + batch_size, total)) for i in range(0, stop, batch_size))
+
+
+def batch_bounds(total: int, batch_size: int, drop_last: bool) -> list[tuple[int, int]]:
+    """:func:`iter_batch_bounds` as a list."""
+    return list(iter_batch_bounds(total, batch_size, drop_last))
 
 
 @dataclass(frozen=True)
 class EpochPlan:
     """The read and sample order of one epoch of a chunked split.
 
-    ``windows[w]`` lists the chunk ids of window ``w`` in read order and ``chunk_rows[c]`` the
-    rows of chunk ``c``; :meth:`order` gives the order in which a window's rows are served.
+    ``chunks`` lists the chunk ids in read order; consecutive groups of ``window`` of them are the
+    windows (:meth:`window_chunks`); ``chunk_rows[c]`` is the rows of chunk ``c``; :meth:`order`
+    gives the order in which a window's rows are served. Everything is an array: the plan of a
+    split of millions of chunks costs a few bytes per chunk, and nothing per window or batch.
     """
 
-    windows: list[np.ndarray]
+    chunks: np.ndarray
+    window: int
     chunk_rows: np.ndarray
     shuffle: bool
     seed: int
     epoch: int
+    window_rows: np.ndarray = field(init=False, repr=False)
+    """Rows of each window."""
+    window_offsets: np.ndarray = field(init=False, repr=False)
+    """Position in the epoch's sequence where each window starts (plus the total)."""
+
+    def __post_init__(self) -> None:
+        rows = self.chunk_rows[self.chunks]
+        starts = np.arange(0, len(self.chunks), self.window)
+        window_rows = np.add.reduceat(rows, starts).astype(np.int64) if len(rows) else np.zeros(0, np.int64)
+        object.__setattr__(self, "window_rows", window_rows)
+        object.__setattr__(self, "window_offsets", np.concatenate([[0], np.cumsum(window_rows)]).astype(np.int64))
 
     @property
-    def window_rows(self) -> np.ndarray:
-        """Rows of each window."""
-        return np.array([int(self.chunk_rows[ids].sum()) for ids in self.windows], dtype=np.int64)
+    def num_windows(self) -> int:
+        """Windows in the epoch."""
+        return len(self.window_rows)
+
+    def window_chunks(self, w: int) -> np.ndarray:
+        """Chunk ids of window ``w``, in read order."""
+        return self.chunks[w * self.window : (w + 1) * self.window]
 
     @property
-    def window_offsets(self) -> np.ndarray:
-        """Position in the epoch's sequence where each window starts (plus the total)."""
-        return np.concatenate([[0], np.cumsum(self.window_rows)]).astype(np.int64)
+    def windows(self) -> list[np.ndarray]:
+        """Every window's chunk ids (a list per window: for small plans and tests)."""
+        return [self.window_chunks(w) for w in range(self.num_windows)]
+
+    @property
+    def max_window_rows(self) -> int:
+        """Rows of the largest window (what a window buffer must hold)."""
+        return int(self.window_rows.max()) if len(self.window_rows) else 0
 
     def order(self, w: int) -> np.ndarray:
         """Rows of window ``w`` in the order they are served (a permutation when shuffling)."""
-        rows = int(self.chunk_rows[self.windows[w]].sum())
+        rows = int(self.window_rows[w])
         if not self.shuffle:
             return np.arange(rows)
-        if len(self.windows) == 1 and len(self.chunk_rows) == 1:  # RAM data: one permutation
+        if self.num_windows == 1 and len(self.chunk_rows) == 1:  # RAM data: one permutation
             return sample_order(rows, shuffle=True, seed=self.seed, epoch=self.epoch)
         return epoch_rng(self.seed, self.epoch, w + 1).permutation(rows)
 
     def chunks_of(self, w: int, rows: np.ndarray) -> np.ndarray:
         """The chunks of window ``w`` that hold window rows ``rows`` (sorted, unique)."""
-        starts = np.cumsum(self.chunk_rows[self.windows[w]])
-        return np.unique(self.windows[w][np.searchsorted(starts, rows, side="right")])
+        ids = self.window_chunks(w)
+        starts = np.cumsum(self.chunk_rows[ids])
+        return np.unique(ids[np.searchsorted(starts, rows, side="right")])
 
 
-def plan_epoch(chunk_rows: Sequence[int], *, window: int, shuffle: bool, seed: int, epoch: int) -> EpochPlan:
+def plan_epoch(
+    chunk_rows: Sequence[int] | np.ndarray, *, window: int, shuffle: bool, seed: int, epoch: int
+) -> EpochPlan:
     """Plan one epoch over chunks of ``chunk_rows[c]`` rows each, ``window`` chunks at a time."""
     if window < 1:
         raise ValueError(f"window must be >= 1 chunk, got {window}")
-    num_chunks = len(chunk_rows)
-    chunks = epoch_rng(seed, epoch).permutation(num_chunks) if shuffle else np.arange(num_chunks)
-    windows = [chunks[i : i + window] for i in range(0, num_chunks, window)]
-    return EpochPlan(windows, np.asarray(chunk_rows, dtype=np.int64), shuffle, seed, epoch)
+    rows = np.asarray(chunk_rows, dtype=np.int64)
+    chunks = epoch_rng(seed, epoch).permutation(len(rows)) if shuffle else np.arange(len(rows))
+    return EpochPlan(chunks, window, rows, shuffle, seed, epoch)
+
+
+def split_chunk_rows(num_samples: int, chunk_size: int) -> np.ndarray:
+    """Rows of each chunk of a split of ``num_samples`` samples in chunks of ``chunk_size``."""
+    num_chunks = -(-num_samples // chunk_size)
+    rows = np.full(num_chunks, chunk_size, dtype=np.int64)
+    if num_chunks:
+        rows[-1] = num_samples - (num_chunks - 1) * chunk_size
+    return rows
 
 
 def memory_plan(n: int, *, shuffle: bool, seed: int, epoch: int) -> EpochPlan:
     """The plan of RAM data of ``n`` samples: one window, served in :func:`sample_order`."""
-    return EpochPlan([np.zeros(1, dtype=np.int64)], np.array([n], dtype=np.int64), shuffle, seed, epoch)
+    return EpochPlan(np.zeros(1, dtype=np.int64), 1, np.array([n], dtype=np.int64), shuffle, seed, epoch)
 
 
 def window_size(num_chunks: int, chunk_nbytes: int, read_ahead_bytes: int, requested: int | None = None) -> int:

@@ -9,12 +9,12 @@ within that visit's window order.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from datalflash.ordering.plan import EpochPlan, batch_bounds
+from datalflash.ordering.plan import EpochPlan, iter_batch_bounds
 from datalflash.ordering.ranges import total
 
 
@@ -28,15 +28,81 @@ class Visit:
     chunks: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
-@dataclass
 class Schedule:
-    """What one rank reads (``visits``, in order) and serves (``batches``)."""
+    """What one rank reads (:meth:`iter_visits`, in order) and serves (:meth:`iter_batches`), for
+    the positions ``ranges`` of ``plan``'s sequence, cut in batches of ``batch_size``.
 
-    visits: list[Visit]
-    batches: list[list[tuple[int, int, int]]]
+    Both are generated as they are consumed, so a schedule costs nothing per window or batch up
+    front, however large the split; :attr:`visits` and :attr:`batches` list them (small schedules).
+    A batch is a list of ``(visit, start, stop)`` pieces: visit numbers count :meth:`iter_visits`.
+    """
+
+    def __init__(self, plan: EpochPlan, ranges: Sequence[tuple[int, int]], batch_size: int, drop_last: bool):
+        self.plan, self.ranges = plan, list(ranges)
+        self.batch_size, self.drop_last = batch_size, drop_last
+        self.count = total(self.ranges)
+
+    def __bool__(self) -> bool:
+        """Whether there is at least one batch."""
+        return self.count >= (self.batch_size if self.drop_last else 1)
+
+    def iter_spans(self) -> Iterator[tuple[int, list[tuple[int, int]]]]:
+        """``(window, spans)`` of each visit: maximal runs of the sequence inside one window."""
+        current: tuple[int, list[tuple[int, int]]] | None = None
+        for w, lo, hi in _window_pieces(self.plan.window_offsets, self.ranges):
+            if current is not None and current[0] == w:
+                spans = current[1]
+                if spans[-1][1] == lo:
+                    spans[-1] = (spans[-1][0], hi)
+                else:
+                    spans.append((lo, hi))
+            else:
+                if current is not None:
+                    yield current
+                current = (w, [(lo, hi)])
+        if current is not None:
+            yield current
+
+    def iter_visits(self) -> Iterator[Visit]:
+        """The visits, each with the chunks that must be read for it (only those holding its rows)."""
+        plan = self.plan
+        for w, spans in self.iter_spans():
+            if spans == [(0, int(plan.window_rows[w]))]:
+                chunks = np.sort(plan.window_chunks(w))
+            else:
+                order = plan.order(w)
+                chunks = plan.chunks_of(w, np.concatenate([order[a:b] for a, b in spans]))
+            yield Visit(w, spans, chunks)
+
+    def iter_batches(self) -> Iterator[list[tuple[int, int, int]]]:
+        """The batches, cut over the positions as torch cuts them."""
+        pieces = ((v, a, b) for v, (_, spans) in enumerate(self.iter_spans()) for a, b in spans)
+        piece, used = None, 0  # the piece being cut, of which `used` positions are already in batches
+        for start, stop in iter_batch_bounds(self.count, self.batch_size, self.drop_last):
+            need, batch = stop - start, []
+            while need:
+                if piece is None:
+                    piece, used = next(pieces), 0
+                v, a, b = piece
+                n = min(need, b - a - used)
+                batch.append((v, a + used, a + used + n))
+                need, used = need - n, used + n
+                if used == b - a:
+                    piece = None
+            yield batch
+
+    @property
+    def visits(self) -> list[Visit]:
+        """:meth:`iter_visits` as a list."""
+        return list(self.iter_visits())
+
+    @property
+    def batches(self) -> list[list[tuple[int, int, int]]]:
+        """:meth:`iter_batches` as a list."""
+        return list(self.iter_batches())
 
 
-def _window_pieces(offsets: np.ndarray, ranges: Sequence[tuple[int, int]]):
+def _window_pieces(offsets: np.ndarray, ranges: Sequence[tuple[int, int]]) -> Iterator[tuple[int, int, int]]:
     """``(window, start, stop)`` pieces, window positions, of the sequence positions in ``ranges``."""
     for a, b in ranges:
         w = int(np.searchsorted(offsets, a, side="right")) - 1
@@ -47,39 +113,5 @@ def _window_pieces(offsets: np.ndarray, ranges: Sequence[tuple[int, int]]):
 
 
 def schedule(plan: EpochPlan, ranges: Sequence[tuple[int, int]], batch_size: int, drop_last: bool) -> Schedule:
-    """The visits and batches of a rank serving ``ranges`` of ``plan``'s sequence."""
-    offsets = plan.window_offsets
-    visits: list[Visit] = []
-    for w, lo, hi in _window_pieces(offsets, ranges):
-        if visits and visits[-1].window == w:
-            spans = visits[-1].spans
-            if spans[-1][1] == lo:
-                spans[-1] = (spans[-1][0], hi)
-            else:
-                spans.append((lo, hi))
-        else:
-            visits.append(Visit(w, [(lo, hi)]))
-    window_rows = plan.window_rows
-    for visit in visits:
-        if visit.spans == [(0, int(window_rows[visit.window]))]:
-            visit.chunks = np.sort(plan.windows[visit.window])
-        else:
-            order = plan.order(visit.window)
-            visit.chunks = plan.chunks_of(visit.window, np.concatenate([order[a:b] for a, b in visit.spans]))
-    return Schedule(visits, _cut(visits, total(ranges), batch_size, drop_last))
-
-
-def _cut(visits: list[Visit], count: int, batch_size: int, drop_last: bool) -> list[list[tuple[int, int, int]]]:
-    pieces = [(v, a, b) for v, visit in enumerate(visits) for a, b in visit.spans]
-    batches, p, used = [], 0, 0  # piece p, of which `used` positions are already in batches
-    for start, stop in batch_bounds(count, batch_size, drop_last):
-        need, batch = stop - start, []
-        while need:
-            v, a, b = pieces[p]
-            n = min(need, b - a - used)
-            batch.append((v, a + used, a + used + n))
-            need, used = need - n, used + n
-            if used == b - a:
-                p, used = p + 1, 0
-        batches.append(batch)
-    return batches
+    """The (lazy) :class:`Schedule` of a rank serving ``ranges`` of ``plan``'s sequence."""
+    return Schedule(plan, ranges, batch_size, drop_last)

@@ -11,7 +11,7 @@ reader's threads or processes.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
@@ -26,61 +26,77 @@ from datalflash.store.base import ChunkStore
 class WindowPrefetcher:
     """Reads visits of ``split`` in order, ``ahead`` visits ahead.
 
-    ``windows[v]`` lists the chunk ids of visit ``v``'s window (its rows are those chunks
-    concatenated) and ``needed[v]`` the chunks of it to read (default: all). ``get(v)`` blocks
-    until they are in memory and returns ``{field: array}`` of the window's rows (rows of chunks
-    not read are undefined); ``release(v)`` hands its buffer back for the visits ahead. Visits
-    are taken in order. ``ahead + 1`` buffers exist, one more only while a single batch spans
-    more visits than that.
+    ``windows`` gives, visit by visit, the chunk ids of the visit's window (its rows are those
+    chunks concatenated) and ``needed`` the chunks of it to read (default: all); both may be
+    iterators, taken only as far as the reads ahead need (a split of millions of windows costs
+    nothing up front). ``rows`` is the most rows of a window (default: counted from ``windows``,
+    which must then be a sequence). ``get(v)`` blocks until visit ``v``'s chunks are in memory
+    and returns ``{field: array}`` of the window's rows (rows of chunks not read are undefined);
+    ``release(v)`` hands its buffer back for the visits ahead. Visits are taken in order.
+    ``ahead + 1`` buffers exist, one more only while a single batch spans more visits than that.
     """
 
     def __init__(
         self,
         store: ChunkStore,
         split: str,
-        windows: Sequence[Iterable[int]],
-        needed: Sequence[Iterable[int]] | None = None,
+        windows: Iterable[Iterable[int]],
+        needed: Iterable[Iterable[int]] | None = None,
         *,
+        rows: int | None = None,
         reader: ThreadReader | None = None,
         ahead: int = 1,
         timeout: float = 0,
     ):
         self.store, self.split = store, split
-        self.windows = [list(map(int, w)) for w in windows]
-        self.needed = [set(map(int, n)) for n in needed] if needed is not None else [set(w) for w in self.windows]
+        if rows is None:
+            windows = [list(w) for w in windows]
+            rows = max((self._window_rows(w) for w in windows), default=0)
+        self._rows = rows
+        self._visits = iter(zip(windows, needed) if needed is not None else ((w, None) for w in windows))
         self.timeout = timeout
         self._ahead = max(1, ahead)
-        self._rows = [sum(b - a for a, b in (store.chunk_bounds(split, c) for c in w)) for w in self.windows]
         self._own_reader = reader is None
         self._reader = reader if reader is not None else ThreadReader(store)
-        self._pending: dict[int, tuple[Handle, list[tuple[int, Future]]]] = {}
+        self._pending: dict[int, tuple[Handle, list[tuple[int, Future]], int]] = {}
         self._next = 0  # next visit to submit
+        self._exhausted = False
         self._in_use = 0  # buffers of visits submitted and not released
         self._closed = False
+
+    def _window_rows(self, window: Iterable[int]) -> int:
+        return sum(b - a for a, b in (self.store.chunk_bounds(self.split, int(c)) for c in window))
 
     def _buffer(self, force: bool) -> Handle | None:
         """A buffer for the next visit: none while ``ahead + 1`` are in use, unless ``force``."""
         if self._in_use > self._ahead and not force:
             return None
         self._in_use += 1
-        return self._reader.allocate(max(self._rows, default=0))
+        return self._reader.allocate(self._rows)
 
     def _submit(self, force: int | None = None) -> None:
         """Submit the next visits while a buffer is free; visit ``force`` gets one regardless."""
-        while self._next < len(self.windows):
+        while not self._exhausted:
             v = self._next
             buffer = self._buffer(force=v == force)
             if buffer is None:
                 return
-            wanted = [c for c in self.windows[v] if c in self.needed[v]]
-            self.store.will_need(self.split, wanted)
+            visit = next(self._visits, None)
+            if visit is None:
+                self._exhausted = True
+                self._in_use -= 1
+                self._reader.recycle(buffer)
+                return
+            window = [int(c) for c in visit[0]]
+            needed = set(window) if visit[1] is None else {int(c) for c in visit[1]}
+            self.store.will_need(self.split, [c for c in window if c in needed])
             tasks, offset = [], 0
-            for chunk in self.windows[v]:
+            for chunk in window:
                 start, stop = self.store.chunk_bounds(self.split, chunk)
-                if chunk in self.needed[v]:
+                if chunk in needed:
                     tasks.append((chunk, self._reader.read(self.split, chunk, buffer, offset)))
                 offset += stop - start
-            self._pending[v] = (buffer, tasks)
+            self._pending[v] = (buffer, tasks, offset)
             self._next += 1
 
     def get(self, v: int) -> dict[str, np.ndarray]:
@@ -88,7 +104,7 @@ class WindowPrefetcher:
         if self._closed:
             raise RuntimeError("prefetcher is closed")
         self._submit(force=v)
-        buffer, tasks = self._pending[v]
+        buffer, tasks, rows = self._pending[v]
         for chunk, future in tasks:
             try:
                 future.result(timeout=self.timeout or None)
@@ -101,7 +117,7 @@ class WindowPrefetcher:
                 raise StoreReadError(
                     f"{self.store.path}: split {self.split!r} chunk {chunk}: the worker process reading it died ({e})"
                 ) from e
-        return {name: b[: self._rows[v]] for name, b in self._reader.arrays(buffer).items()}
+        return {name: b[:rows] for name, b in self._reader.arrays(buffer).items()}
 
     def release(self, v: int) -> None:
         """Visit ``v`` is no longer needed: its buffer reads the visits ahead."""
@@ -117,12 +133,12 @@ class WindowPrefetcher:
         if self._closed:
             return
         self._closed = True
-        for _, tasks in self._pending.values():
+        for _, tasks, _ in self._pending.values():
             for _, future in tasks:
                 future.cancel()
         if self._own_reader:
             self._reader.close()
-        for buffer, tasks in self._pending.values():  # a read still running may write it: drop it
+        for buffer, tasks, _ in self._pending.values():  # a read still running may write it: drop it
             if all(future.done() for _, future in tasks):
                 self._reader.recycle(buffer)
         self._pending.clear()
