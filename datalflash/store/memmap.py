@@ -7,6 +7,7 @@ Files are plain ``.npy`` (``numpy.load(path, mmap_mode="r")`` reads them). Rows 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -17,7 +18,6 @@ from datalflash.errors import BackendError, StoreFormatError, StoreReadError
 from datalflash.format.manifest import Manifest
 from datalflash.store.base import ChunkStore, Fetched
 from datalflash.store.files import preallocate
-from datalflash.store.generations import Pin
 from datalflash.store.integrity import crc32c, open_regular
 from datalflash.store.rows import checked_pieces
 
@@ -45,18 +45,11 @@ class MemmapChunkStore(ChunkStore):
     backend_id = "memmap"
     streams_writes = True
 
-    def __init__(
-        self,
-        path: str | os.PathLike,
-        manifest: Manifest,
-        *,
-        writable: bool = False,
-        verify: str = "first",
-        pin: Pin | None = None,
-    ) -> None:
-        super().__init__(path, manifest, writable=writable, verify=verify, pin=pin)
-        # {split: {field: [crc32c per chunk]}} of the chunks written by this process (0 until written)
-        self._written = {split: {f: list(v) for f, v in sums.items()} for split, sums in manifest.checksums.items()}
+    @functools.cached_property
+    def _written(self) -> dict[str, dict[str, list[int]]]:
+        """``{split: {field: [crc32c per chunk]}}`` of the chunks written by this process (those
+        of the manifest it was built with to start with; 0 until written)."""
+        return {split: {f: list(v) for f, v in sums.items()} for split, sums in self.manifest.checksums.items()}
 
     @classmethod
     def normalize_config(cls, compression: Any = "default", **options: Any) -> dict:
