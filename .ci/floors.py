@@ -3,9 +3,8 @@ constraints (``name==floor``): the minimum-versions job installs exactly these."
 
 import re
 import sys
-from pathlib import Path
-
 import tomllib
+from pathlib import Path
 
 project = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"]
 extras = sys.argv[1:]  # optional extras whose floors are pinned too

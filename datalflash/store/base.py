@@ -9,16 +9,16 @@ its class (:attr:`ChunkStore.streams_writes`, :attr:`~ChunkStore.concurrent_writ
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Self
 
 import numpy as np
-from typing_extensions import Self
 
 from datalflash.errors import BackendError, DataLFlashError, StoreFormatError, StoreReadError
 from datalflash.format.manifest import FieldSpec, Manifest, SplitInfo, allocate, parse_manifest, write_manifest
@@ -27,7 +27,6 @@ from datalflash.store.generations import Pin, pin_generation
 from datalflash.store.integrity import ChecksumSchedule, ReadAttempt, ReadHook, RetryPolicy
 from datalflash.store.rows import checked_out, checked_pieces, checked_rows
 
-StoreT = TypeVar("StoreT", bound="ChunkStore")
 Fetched = Mapping[str, Any]
 """Encoded chunk objects a backend fetched for one :meth:`ChunkStore.read_chunks` call, by key."""
 
@@ -385,6 +384,10 @@ class ChunkStore(ABC):
         close = getattr(handle, "close", None)
         if close is not None:
             close()
+
+    def __del__(self) -> None:  # a store dropped without close() must not leak its open files
+        with contextlib.suppress(Exception):
+            self.close()
 
     def __enter__(self) -> Self:
         return self

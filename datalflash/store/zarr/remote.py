@@ -8,7 +8,6 @@ filesystem packages are optional: ``pip install 'datalflash[remote]'`` (fsspec, 
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import os
@@ -37,7 +36,7 @@ def request(fs: Any, method: str, *args: Any, timeout: float, **kwargs: Any) -> 
     if getattr(fs, "async_impl", False):
         try:
             return getattr(fs, method)(*args, timeout=timeout, **kwargs)
-        except asyncio.TimeoutError as e:  # (fsspec's FSTimeoutError; not an OSError before Python 3.11)
+        except TimeoutError as e:  # (fsspec's FSTimeoutError is one)
             raise TimeoutError(f"no answer within {timeout:g} s") from e
     return getattr(fs, method)(*args, **kwargs)
 
