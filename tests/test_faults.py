@@ -349,3 +349,43 @@ def test_a_manifest_declaring_absurd_counts_is_refused_at_open(tmp_path):
     store = open_store(path)  # what the files hold is checked when the split opens
     with time_limit(10), pytest.raises((StoreFormatError, StoreReadError), match=r"holds \(60,"):
         next(iter(FlashDataLoader(ChunkedDataset(store), batch_size=8, shuffle=True)))
+
+
+def stall_reads(worker_id):
+    """worker_init_fn: every read in this worker hangs (a storage that stopped answering)."""
+    import time
+
+    import datalflash.reading.readers as readers
+
+    readers._worker_store.read_hook = lambda attempt: time.sleep(3600)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_stuck_read_times_out_and_closing_does_not_wait_for_it(tmp_path, monkeypatch, workers):
+    import time
+
+    import datalflash.reading.readers as readers
+
+    monkeypatch.setattr(readers, "CLOSE_TIMEOUT", 1.0)
+    convert(samples(0), tmp_path / "store", "memmap")
+    data = ChunkedDataset(tmp_path / "store")
+    if workers == 0:
+        data.store.read_hook = lambda attempt: time.sleep(3600)
+    loader = FlashDataLoader(
+        data,
+        batch_size=5,
+        window_chunks=1,
+        timeout=0.5,
+        num_workers=workers,
+        worker_init_fn=stall_reads if workers else None,
+        multiprocessing_context="fork" if workers else None,
+    )
+    start = time.monotonic()
+    with time_limit(30), pytest.warns(UserWarning, match="still in a read after 1 s"):  # noqa: PT031
+        with pytest.raises(TimeoutError, match=r"took longer than timeout=0\.5s"):
+            next(iter(loader))
+        loader.close()
+        import gc
+
+        gc.collect()
+    assert time.monotonic() - start < 10

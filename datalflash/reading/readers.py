@@ -15,6 +15,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -82,7 +83,7 @@ class ThreadReader:
     def __init__(self, store: ChunkStore, threads: int = 2, spare: SpareBuffers | None = None):
         self.store = store
         self.spare = spare if spare is not None else SpareBuffers()
-        self._pool: DaemonPool | ProcessPoolExecutor = DaemonPool(threads, "datalflash-read")
+        self._pool = DaemonPool(threads, "datalflash-read")
 
     def _new(self, rows: int) -> Any:
         return self.store.allocate(rows)
@@ -107,10 +108,7 @@ class ThreadReader:
 
     def close(self) -> None:
         """Cancel queued reads and join the threads."""
-        if isinstance(self._pool, DaemonPool):
-            self._pool.shutdown(CLOSE_TIMEOUT)
-        else:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool.shutdown(CLOSE_TIMEOUT)
 
 
 _worker_store: ChunkStore | None = None
@@ -126,9 +124,10 @@ def _watch_parent(parent: int) -> None:
     os._exit(1)
 
 
-def _init_worker(store: ChunkStore, worker_init_fn: Any, worker_id_queue: Any, parent: int) -> None:
+def _init_worker(store: ChunkStore, worker_init_fn: Any, worker_id_queue: Any, parent: int, pids: Any) -> None:
     global _worker_store
     _worker_store = store
+    pids.put(os.getpid())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: no traceback per worker
     threading.Thread(target=_watch_parent, args=(parent,), name="datalflash-parent-watch", daemon=True).start()
     torch.set_num_threads(1)
@@ -174,9 +173,12 @@ class ProcessReader(ThreadReader):
         ids = context.Queue()
         for i in range(workers):
             ids.put(i)
-        self._ids = ids
-        self._pool = ProcessPoolExecutor(
-            workers, mp_context=context, initializer=_init_worker, initargs=(store, worker_init_fn, ids, os.getpid())
+        self._ids, self._pids = ids, context.SimpleQueue()
+        self._processes = ProcessPoolExecutor(
+            workers,
+            mp_context=context,
+            initializer=_init_worker,
+            initargs=(store, worker_init_fn, ids, os.getpid(), self._pids),
         )
 
     def _new(self, rows: int) -> Any:
@@ -192,17 +194,48 @@ class ProcessReader(ThreadReader):
     def read(self, split: str, chunk: int, buffer: Handle, offset: int) -> Future:
         """Read ``chunk`` into the shared buffer in a worker process."""
         try:
-            return self._pool.submit(_read_in_worker, split, chunk, id(buffer[1]), buffer[1], offset)
+            return self._processes.submit(_read_in_worker, split, chunk, id(buffer[1]), buffer[1], offset)
         except BrokenProcessPool as e:
             raise StoreReadError(
                 f"{self.store.path}: split {split!r} chunk {chunk}: a reading worker process died ({e})"
             ) from e
 
     def close(self) -> None:
-        """Cancel queued reads and stop the worker processes."""
-        super().close()
+        """Cancel queued reads and stop the worker processes; a worker still in a read after
+        :data:`CLOSE_TIMEOUT` seconds is killed, with a warning."""
+        pids = []
+        while not self._pids.empty():
+            pids.append(self._pids.get())
+        self._processes.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + CLOSE_TIMEOUT
+        while any(_running(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        stuck = [pid for pid in pids if _running(pid)]
+        for pid in stuck:
+            os.kill(pid, signal.SIGKILL)
+        if stuck:
+            warnings.warn(
+                f"killed {len(stuck)} reading worker process(es) still in a read after {CLOSE_TIMEOUT:g} s "
+                f"(pids {stuck}): the storage is not answering",
+                stacklevel=2,
+            )
+        self._processes.shutdown(wait=True)  # (every worker has exited now: this only reaps them)
         self._ids.close()
         self._ids.join_thread()
+        self._pids.close()
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not exited (a zombie has)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
+    except OSError:  # no /proc here: it exists
+        return True
 
 
 def make_reader(
