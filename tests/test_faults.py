@@ -389,3 +389,17 @@ def test_a_stuck_read_times_out_and_closing_does_not_wait_for_it(tmp_path, monke
 
         gc.collect()
     assert time.monotonic() - start < 10
+
+
+def test_overwrite_never_replaces_something_that_appeared_and_is_not_a_store(tmp_path):
+    from datalflash.convert.publish import publish_store, staging_dir
+
+    path = tmp_path / "store"
+    convert(samples(0), tmp_path / "staged", "memmap")
+    staging = staging_dir(path)
+    os.rename(tmp_path / "staged", staging)
+    path.mkdir()
+    (path / "thesis.tex").write_text("do not delete")  # appeared while the conversion ran
+    with pytest.raises(StoreExistsError, match="is not a datalflash store"):
+        publish_store(staging, path, overwrite=True)
+    assert (path / "thesis.tex").read_text() == "do not delete"

@@ -141,6 +141,11 @@ def publish_store(staging: Path, output_dir: Path, overwrite: bool) -> None:
                         f"{output_dir} was published by another writer while this conversion ran; "
                         "this store was not published (pass overwrite=True to replace it)"
                     ) from None
+                if output_dir.exists() and not (output_dir / MANIFEST_NAME).is_file():
+                    raise StoreExistsError(
+                        f"{output_dir} appeared while this conversion ran and is not a datalflash store; "
+                        "refusing to overwrite it (this store was not published)"
+                    ) from None
                 old = _set_aside(output_dir)
                 if old is not None:
                     set_aside.append(old)
