@@ -2,11 +2,13 @@
 files. Each test runs under a hard time limit (SIGALRM), so a hang fails instead of stalling CI."""
 
 import contextlib
+import gc
 import json
 import os
 import pickle
 import signal
 import struct
+import threading
 
 import numcodecs
 import numpy as np
@@ -351,6 +353,14 @@ def test_a_manifest_declaring_absurd_counts_is_refused_at_open(tmp_path):
         next(iter(FlashDataLoader(ChunkedDataset(store), batch_size=8, shuffle=True)))
 
 
+def wait_for_no_reading_threads(seconds=10):
+    import time
+
+    deadline = time.monotonic() + seconds
+    while any(t.name.startswith("datalflash-read") for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def stall_reads(worker_id):
     """worker_init_fn: every read in this worker hangs (a storage that stopped answering)."""
     import time
@@ -369,8 +379,9 @@ def test_a_stuck_read_times_out_and_closing_does_not_wait_for_it(tmp_path, monke
     monkeypatch.setattr(readers, "CLOSE_TIMEOUT", 1.0)
     convert(samples(0), tmp_path / "store", "memmap")
     data = ChunkedDataset(tmp_path / "store")
+    release = threading.Event()  # (set at the end, so the abandoned thread ends before other tests count threads)
     if workers == 0:
-        data.store.read_hook = lambda attempt: time.sleep(3600)
+        data.store.read_hook = lambda attempt: release.wait(60)
     loader = FlashDataLoader(
         data,
         batch_size=5,
@@ -380,15 +391,16 @@ def test_a_stuck_read_times_out_and_closing_does_not_wait_for_it(tmp_path, monke
         worker_init_fn=stall_reads if workers else None,
         multiprocessing_context="fork" if workers else None,
     )
+    gc.collect()  # (what earlier tests left to collect is not this test's time)
     start = time.monotonic()
     with time_limit(30), pytest.warns(UserWarning, match="still in a read after 1 s"):  # noqa: PT031
         with pytest.raises(TimeoutError, match=r"took longer than timeout=0\.5s"):
             next(iter(loader))
         loader.close()
-        import gc
-
         gc.collect()
     assert time.monotonic() - start < 10
+    release.set()
+    wait_for_no_reading_threads()
 
 
 def test_overwrite_never_replaces_something_that_appeared_and_is_not_a_store(tmp_path):
@@ -403,3 +415,49 @@ def test_overwrite_never_replaces_something_that_appeared_and_is_not_a_store(tmp
     with pytest.raises(StoreExistsError, match="is not a datalflash store"):
         publish_store(staging, path, overwrite=True)
     assert (path / "thesis.tex").read_text() == "do not delete"
+
+
+class FailsAt(Dataset):
+    def __len__(self):
+        return 400
+
+    def __getitem__(self, i):
+        if i == 250:
+            raise RuntimeError("disk on fire")
+        return torch.zeros(4), i
+
+
+def test_a_source_failing_in_a_worker_gives_one_clean_conversion_error(tmp_path):
+    from datalflash.convert.samples import WorkerTraceback
+    from datalflash.errors import ConversionError
+
+    with pytest.raises(ConversionError) as info:
+        DatasetConverter.create_chunked_dataset(
+            FailsAt(), tmp_path / "s", chunk_size=50, shuffle=False, num_workers=2, progress=False
+        )
+    assert str(info.value) == "reading sample 250 failed: RuntimeError: disk on fire"
+    assert isinstance(info.value.__cause__, WorkerTraceback) and "disk on fire" in str(info.value.__cause__)
+    assert info.value.__suppress_context__  # torch's "Caught ... in DataLoader worker" wrapper is not shown
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_stuck_read_in_a_samplers_order_times_out_too(tmp_path, monkeypatch):
+    import time
+
+    import datalflash.reading.readers as readers
+
+    monkeypatch.setattr(readers, "CLOSE_TIMEOUT", 1.0)
+    convert(samples(0), tmp_path / "store", "zarr")
+    data = ChunkedDataset(tmp_path / "store")
+    release = threading.Event()
+    data.store.read_hook = lambda attempt: release.wait(60)
+    loader = FlashDataLoader(data, batch_size=5, sampler=list(range(N)), timeout=0.5)
+    gc.collect()  # (what earlier tests left to collect is not this test's time)
+    start = time.monotonic()
+    with time_limit(30), pytest.warns(UserWarning, match="still in a read"):  # noqa: PT031
+        with pytest.raises(TimeoutError, match=r"chunk 0 took longer than timeout=0\.5s"):
+            next(iter(loader))
+        gc.collect()
+    assert time.monotonic() - start < 10
+    release.set()
+    wait_for_no_reading_threads()

@@ -196,14 +196,24 @@ class DatasetConverter:
         structure, fields = infer_schema(_first_sample(pytorch_dataset, 0), 0)
         blocks = read_blocks(np.arange(n), block_size(pytorch_dataset, fields, n), n)
         reader = BlockReader(pytorch_dataset, blocks, structure, fields, num_workers)
-        if memory_optimized:
-            storage, filled = allocate(fields, n), 0
-            for block in blocks:
-                filled += reader.read(block, storage, filled)
-        else:
-            parts = []
-            for block in blocks:
-                parts.append(allocate(fields, len(block)))
-                reader.read(block, parts[-1])
-            storage = {name: np.concatenate([p[name] for p in parts]) for name in fields}
+        try:
+            storage = _read_all(reader, blocks, fields, n, memory_optimized)
+        finally:
+            reader.close()
         return FlashDataset.from_fields(tensors_from_storage(storage, fields), structure)
+
+
+def _read_all(
+    reader: BlockReader, blocks: list[np.ndarray], fields: dict, n: int, memory_optimized: bool
+) -> dict[str, np.ndarray]:
+    """Every block of the source, into one storage array per field."""
+    if memory_optimized:
+        storage, filled = allocate(fields, n), 0
+        for block in blocks:
+            filled += reader.read(block, storage, filled)
+        return storage
+    parts = []
+    for block in blocks:
+        parts.append(allocate(fields, len(block)))
+        reader.read(block, parts[-1])
+    return {name: np.concatenate([p[name] for p in parts]) for name in fields}

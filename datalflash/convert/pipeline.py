@@ -101,3 +101,4 @@ def fill_store(
         finally:
             for future, _ in pending:
                 future.cancel()
+            reader.close()

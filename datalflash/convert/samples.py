@@ -70,6 +70,23 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} of dtype {dtype}" if dtype is not None else type(value).__name__
 
 
+class WorkerTraceback(Exception):
+    """Where a conversion failed in a DataLoader worker process: the traceback it printed (the
+    exception object itself cannot cross processes)."""
+
+
+def _from_worker(error: ConversionError) -> ConversionError:
+    """The ConversionError a worker raised, without torch's "Caught ... in DataLoader worker"
+    wrapping: its own message, the worker's traceback as its cause."""
+    text = str(error)
+    if not text.startswith("Caught ") or "Original Traceback" not in text:
+        return error
+    last = text.strip().splitlines()[-1]  # "datalflash.errors.ConversionError: reading sample 7 failed: ..."
+    clean = ConversionError(last.split(": ", 1)[1] if ": " in last else last)
+    clean.__cause__ = WorkerTraceback(text.split("Original ", 1)[1])
+    return clean
+
+
 class IndexedDataset(Dataset):
     """Yields ``(index, sample)``, and turns a failing ``__getitem__`` into a ConversionError."""
 
@@ -158,6 +175,11 @@ class BlockReader:
                 )
             )
 
+    def close(self) -> None:
+        """Let go of the DataLoader reading the source: its workers stop now (the iterator's last
+        reference), not whenever the garbage collector gets to it."""
+        self._stream = None
+
     @property
     def vectorized(self) -> bool:
         """Whether blocks can be read in any order and from several threads."""
@@ -206,7 +228,16 @@ class BlockReader:
                 dest = from_storage(out[name][offset : offset + rows], spec.dtype)
                 torch.index_select(tensor, 0, index, out=dest)
         elif self._stream is not None:
-            for name, values in next(self._stream).items():
+            clean = None
+            try:
+                arrays = next(self._stream)
+            except ConversionError as e:
+                clean = _from_worker(e)
+                if clean is e:
+                    raise
+            if clean is not None:  # raised here, out of the except block: torch's wrapper (and the
+                raise clean from clean.__cause__  # iterator its traceback holds) is not kept as context
+            for name, values in arrays.items():
                 out[name][offset : offset + rows] = values
         return rows
 

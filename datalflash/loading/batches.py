@@ -13,7 +13,8 @@ Each source turns an epoch's order into CPU batches of ``{field: tensor}``:
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import TimeoutError as FutureTimeout
 
 import torch
 
@@ -22,7 +23,8 @@ from datalflash.batching.tensors import tensors_from_storage
 from datalflash.loading.chunked import ChunkedDataset
 from datalflash.loading.memory import FlashDataset, checked_index
 from datalflash.ordering import EpochPlan, Schedule
-from datalflash.reading import ThreadReader, WindowPrefetcher
+from datalflash.reading import ThreadReader, WindowPrefetcher, readers
+from datalflash.reading.pool import DaemonPool
 
 Batch = dict[str, torch.Tensor]
 
@@ -100,12 +102,43 @@ def planned_chunk_batches(
 
 
 def sampled_chunk_batches(
-    dataset: ChunkedDataset, batches: Iterable[Sequence[int]], *, cache_bytes: int, pin_memory: bool
+    dataset: ChunkedDataset,
+    batches: Iterable[Sequence[int]],
+    *,
+    cache_bytes: int,
+    pin_memory: bool,
+    timeout: float = 0,
 ) -> Iterator[Batch]:
-    """Batches in a sampler's order: each batch reads the chunks it needs (kept in an LRU cache)."""
+    """Batches in a sampler's order: each batch reads the chunks it needs (kept in an LRU cache),
+    in a reading thread waited on for at most ``timeout`` seconds (0: no limit)."""
     store = dataset.store
     capacity = max(1, cache_bytes // max(1, store.manifest.chunk_nbytes))
     cache: OrderedDict[int, dict[str, torch.Tensor]] = OrderedDict()
+    pool = DaemonPool(1, "datalflash-read")
+
+    def read(chunk: int) -> dict[str, torch.Tensor]:
+        try:
+            return pool.submit(dataset.chunk_tensors, chunk).result(timeout=timeout or None)
+        except FutureTimeout:
+            raise TimeoutError(
+                f"{store.path}: reading split {dataset.split!r} chunk {chunk} took longer than timeout={timeout}s"
+            ) from None
+
+    try:
+        yield from _sampled(dataset, batches, cache, capacity, read, pin_memory)
+    finally:
+        pool.shutdown(readers.CLOSE_TIMEOUT)
+
+
+def _sampled(
+    dataset: ChunkedDataset,
+    batches: Iterable[Sequence[int]],
+    cache: OrderedDict[int, dict[str, torch.Tensor]],
+    capacity: int,
+    read: Callable[[int], dict[str, torch.Tensor]],
+    pin_memory: bool,
+) -> Iterator[Batch]:
+    store = dataset.store
     for indices in batches:
         index = checked_index(indices, len(dataset))
         chunk_of = index // store.chunk_size
@@ -114,7 +147,7 @@ def sampled_chunk_batches(
             if chunk in cache:
                 cache.move_to_end(chunk)
             else:
-                cache[chunk] = dataset.chunk_tensors(chunk)
+                cache[chunk] = read(chunk)
                 if len(cache) > max(capacity, 1):
                     cache.popitem(last=False)
             where = torch.nonzero(chunk_of == chunk).flatten()

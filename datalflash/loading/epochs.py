@@ -86,7 +86,11 @@ class OwnEpochs:
             if isinstance(data, FlashDataset):
                 return memory_batches(data, index_batches, pin_memory)
             return sampled_chunk_batches(
-                data, index_batches, cache_bytes=self.reading.read_ahead_bytes, pin_memory=pin_memory
+                data,
+                index_batches,
+                cache_bytes=self.reading.read_ahead_bytes,
+                pin_memory=pin_memory,
+                timeout=self.reading.timeout,
             )
         share = rank_share(remaining, self.rank, self.world_size, self.drop_last)
         share = take(share, skip, total(share))
