@@ -63,6 +63,18 @@ def tree_state(path):
     return sorted((str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in path.rglob("*"))
 
 
+def unmount(mountpoint, seconds=5.0):
+    """Unmount, giving processes that are exiting (the loader's workers) up to ``seconds``."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while subprocess.run(["umount", str(mountpoint)], capture_output=True).returncode != 0:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def can_mount():
     return os.geteuid() == 0 and shutil.which("mount") is not None
 
@@ -84,7 +96,7 @@ def test_reading_never_writes_inside_the_store(store, tmp_path):
         train_epoch_checking_every_sample(mountpoint, num_workers=2)
         assert tree_state(store) == before
     finally:
-        if subprocess.run(["umount", str(mountpoint)]).returncode != 0:
+        if not unmount(mountpoint):
             subprocess.run(["umount", "-l", str(mountpoint)])
             pytest.fail("the store was still open after the loader was closed")
 
