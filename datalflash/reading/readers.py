@@ -206,20 +206,21 @@ class ProcessReader(ThreadReader):
         pids = []
         while not self._pids.empty():
             pids.append(self._pids.get())
-        self._processes.shutdown(wait=False, cancel_futures=True)
-        deadline = time.monotonic() + CLOSE_TIMEOUT
-        while any(_running(pid) for pid in pids) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        stuck = [pid for pid in pids if _running(pid)]
-        for pid in stuck:
-            os.kill(pid, signal.SIGKILL)
-        if stuck:
+        closer = threading.Thread(
+            target=self._processes.shutdown, kwargs={"wait": True, "cancel_futures": True}, daemon=True
+        )
+        closer.start()  # (shutting down joins the workers, without a deadline of its own)
+        closer.join(CLOSE_TIMEOUT)
+        if closer.is_alive():
+            stuck = [pid for pid in pids if _running(pid)]
+            for pid in stuck:
+                os.kill(pid, signal.SIGKILL)
             warnings.warn(
                 f"killed {len(stuck)} reading worker process(es) still in a read after {CLOSE_TIMEOUT:g} s "
                 f"(pids {stuck}): the storage is not answering",
                 stacklevel=2,
             )
-        self._processes.shutdown(wait=True)  # (every worker has exited now: this only reaps them)
+            closer.join(CLOSE_TIMEOUT)
         self._ids.close()
         self._ids.join_thread()
         self._pids.close()
