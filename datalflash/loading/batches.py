@@ -64,11 +64,10 @@ def planned_chunk_batches(
     nothing is built per window or batch up front."""
     if not sched:
         return
-    visits = sched.iter_visits()
     prefetcher = WindowPrefetcher(
         dataset.store,
         dataset.split,
-        (plan.window_chunks(visit.window) for visit in visits),
+        (plan.window_chunks(window) for window, _ in sched.iter_spans()),  # (cheap: no window orders)
         (visit.chunks for visit in sched.iter_visits()),
         rows=plan.max_window_rows,
         reader=reader,

@@ -20,13 +20,13 @@ import contextlib
 import fcntl
 import os
 import shutil
-import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from datalflash.errors import StoreChangedError, StoreFormatError
 from datalflash.format.manifest import MANIFEST_NAME, Manifest, manifest_from_bytes
+from datalflash.store.integrity import open_file
 
 PROC_FD = "/proc/self/fd"
 
@@ -40,10 +40,8 @@ def generation_dir(path: str | os.PathLike, generation: str) -> Path:
 def read_regular(path: str, dir_fd: int | None = None, limit: int = 16 * 2**20) -> tuple[int, bytes]:
     """``(fd, first limit + 1 bytes)`` of the regular file at ``path`` (relative to ``dir_fd``);
     special files (FIFOs, devices, sockets) are refused before anything could block on them."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    fd, _ = open_file(path, path, dir_fd=dir_fd)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise StoreFormatError(f"{path}: not a regular file; refusing to read it")
         data = os.pread(fd, limit + 1, 0)
     except BaseException:
         os.close(fd)
@@ -59,13 +57,12 @@ class Pin:
     lock_fd: int
     directory: str  # where it was found (the store's path, or its set-aside generation)
     manifest: Manifest  # as read from it
+    closed: bool = False
 
     @property
     def root(self) -> str:
         """A path to open the generation's files by, whatever was renamed since."""
         return f"{PROC_FD}/{self.dir_fd}" if os.path.isdir(PROC_FD) else self.directory
-
-    closed: bool = False
 
     def close(self) -> None:
         """Release the directory and the shared lock (once: the numbers may be reused after)."""
@@ -82,37 +79,30 @@ class Pin:
 
 def _open_generation(directory: str, manifest: Manifest | None) -> Pin | None:
     """The pin of ``directory`` if it holds ``manifest``'s generation (any, when None), else None."""
-    try:
-        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    try:
-        lock_fd, raw = read_regular(MANIFEST_NAME, dir_fd=dir_fd)
-    except FileNotFoundError:
-        os.close(dir_fd)
-        return None
-    except BaseException:
-        os.close(dir_fd)
-        raise
-    try:
+    with contextlib.ExitStack() as opened:  # closes what was opened unless the pin keeps it
+        try:
+            dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        opened.callback(os.close, dir_fd)
+        try:
+            lock_fd, raw = read_regular(MANIFEST_NAME, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return None
+        opened.callback(os.close, lock_fd)
         found = manifest_from_bytes(raw, os.path.join(directory, MANIFEST_NAME))
-    except BaseException:
-        os.close(lock_fd)
-        os.close(dir_fd)
-        raise
-    if manifest is not None and (found.generation != manifest.generation if manifest.generation else found != manifest):
-        os.close(lock_fd)
-        os.close(dir_fd)
-        return None
-    try:
-        fcntl.flock(lock_fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:  # held exclusively: being removed
-        os.close(lock_fd)
-        os.close(dir_fd)
-        return None
-    except OSError:  # no flock on this filesystem: read it unlocked
-        pass
-    return Pin(dir_fd, lock_fd, directory, found)
+        if manifest is not None and (
+            found.generation != manifest.generation if manifest.generation else found != manifest
+        ):
+            return None
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:  # held exclusively: being removed
+            return None
+        except OSError:  # no flock on this filesystem: read it unlocked
+            pass
+        opened.pop_all()
+        return Pin(dir_fd, lock_fd, directory, found)
 
 
 def open_current(path: str) -> Pin:

@@ -26,22 +26,34 @@ def inside(root: str | os.PathLike, path: str | os.PathLike) -> str:
     return str(path)
 
 
-def open_regular(path: str, shown: str, writable: bool, what: str) -> int:
-    """A file descriptor of the regular file at ``path`` (named ``shown`` in errors, as the file of
-    ``what``). Opened without blocking, so a FIFO or device in its place is refused instead of
-    hanging: StoreFormatError; a missing file is a StoreFormatError too, an unreadable one
-    (permissions, a link loop) a StoreReadError."""
+def open_file(
+    path: str | os.PathLike, shown: str | os.PathLike, *, writable: bool = False, dir_fd: int | None = None
+) -> tuple[int, os.stat_result]:
+    """``(descriptor, stat)`` of the regular file at ``path`` (relative to ``dir_fd``), opened
+    without blocking: a FIFO, device or socket in its place is refused (StoreFormatError naming
+    ``shown``) before anything could block on it. The open's own OSErrors (missing, permissions,
+    link loops) are raised as they are, for the caller to name."""
     flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_NONBLOCK | os.O_CLOEXEC
+    fd = os.open(path, flags, dir_fd=dir_fd)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise StoreFormatError(f"{shown}: not a regular file; refusing to read it")
+    return fd, st
+
+
+def open_regular(path: str, shown: str, writable: bool, what: str) -> int:
+    """A descriptor of the regular file at ``path`` (named ``shown`` in errors, as the file of
+    ``what``), see :func:`open_file`; a missing file is a StoreFormatError, an unreadable one
+    (permissions, a link loop) a StoreReadError."""
     try:
-        fd = os.open(path, flags)
+        return open_file(path, f"{shown}: the file of {what}", writable=writable)[0]
     except FileNotFoundError:
         raise StoreFormatError(f"{shown}: the file of {what} is missing") from None
+    except StoreFormatError:
+        raise
     except OSError as e:
         raise StoreReadError(f"{shown}: cannot open the file of {what}: {type(e).__name__}: {e}") from e
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise StoreFormatError(f"{shown}: the file of {what} is not a regular file; refusing to read it")
-    return fd
 
 
 def crc32c(data: np.ndarray | memoryview | bytes, crc: int = 0) -> int:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import stat
 import struct
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec
 
 from datalflash.errors import ChecksumError, StoreFormatError, StoreReadError
 from datalflash.store.files import preallocate
-from datalflash.store.integrity import crc32c, inside
+from datalflash.store.integrity import crc32c, inside, open_file
 
 CRC_BYTES = 4
 BLOSC_HEADER_BYTES = 16
@@ -130,13 +129,10 @@ class DirectChunkIO:
         if self.root is not None:
             inside(self.root, path)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not block us
+            fd, st = open_file(path, shown)  # (a FIFO must not block us)
         except FileNotFoundError:
             raise StoreReadError(f"{shown}: chunk file is missing") from None
         try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise StoreFormatError(f"{shown}: chunk file is not a regular file; refusing to read it")
             if st.st_size == 0:
                 raise StoreReadError(f"{shown}: chunk file is empty")
             frame = mmap.mmap(fd, st.st_size, access=mmap.ACCESS_READ)
