@@ -9,15 +9,26 @@ running, with a warning, and nothing holds up the interpreter's exit.
 
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
 _STOP = None
+_live: weakref.WeakSet[DaemonPool] = weakref.WeakSet()  # pools not shut down yet
+_exit_registered = False
+
+
+def _shutdown_live_pools() -> None:
+    """At interpreter exit: let reads in progress finish (up to the deadline) before the
+    interpreter stops daemon threads, which must not happen in the middle of native code."""
+    for pool in list(_live):
+        pool.shutdown()
 
 
 class DaemonPool:
@@ -31,6 +42,11 @@ class DaemonPool:
         self._queued = 0  # tasks no thread has taken yet
         self._lock = threading.Lock()
         self._closed = False
+        global _exit_registered
+        if not _exit_registered:
+            atexit.register(_shutdown_live_pools)
+            _exit_registered = True
+        _live.add(self)
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
         """Run ``fn(*args)`` in a pool thread; its result or exception arrives in the Future."""
@@ -67,6 +83,7 @@ class DaemonPool:
     def shutdown(self, timeout: float = 10.0) -> list[str]:
         """Cancel what has not started, let running calls finish for up to ``timeout`` seconds,
         and return the names of the threads abandoned still running (warning about them)."""
+        _live.discard(self)
         with self._lock:
             self._closed = True
             pending = []
