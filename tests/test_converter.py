@@ -170,12 +170,22 @@ def test_write_failing_mid_chunk_leaves_nothing(tmp_path, monkeypatch, backend):
 
 BAD_INPUTS = [
     # (samples, kwargs, message pattern)
-    ([torch.zeros(3), torch.zeros(4)], {}, r"sample 1 field 'data': got float32 \(4,\).*float32 \(3,\)"),
+    (
+        [torch.zeros(3), torch.zeros(4)],
+        {"fields": {"data": "array"}},
+        r"sample 1 field 'data': got float32 \(4,\).*float32 \(3,\)",
+    ),
+    ([torch.zeros(3), torch.zeros(3, 1)], {}, r"sample 1 field 'data'.*number of dimensions"),
+    ([torch.zeros(3), "text"], {}, r"sample 1 field 'data': got str, but sample 0 had float32"),
+    ([torch.zeros(3), torch.zeros(4)], {"fields": {"data": "str"}}, r"holds arrays .*declares it str"),
+    ([torch.zeros(3), torch.zeros(4)], {"fields": {"nope": "ragged"}}, r"fields= names \['nope'\]"),
+    ([torch.zeros(3), torch.zeros(4)], {"fields": {"data": "jagged"}}, r"kind 'jagged'"),
+    ([1, 2], {"fields": {"data": "ragged"}}, r"holds scalars"),
     ([torch.zeros(3), torch.zeros(3, dtype=torch.float64)], {}, r"sample 1 field 'data': got float64"),
     ([(torch.zeros(2), 1), (torch.zeros(2), 1.5)], {}, r"sample 1 field '1': got float64 \(\).*int64"),
     ([{"a": 1}, {"b": 1}], {}, r"sample 1.*keys \['a'\]"),
     ([(1, 2), (1,)], {}, r"sample 1.*tuple of 2"),
-    (["text", "more"], {}, r"sample 0 field 'data': unsupported type str"),
+    ([object(), object()], {}, r"sample 0 field 'data': unsupported type object"),
     ([(np.array(["a"]), 1)] * 2, {}, r"sample 0 field '0': unsupported type ndarray of dtype <U1"),
     ([np.zeros(2, dtype=object)] * 2, {}, r"unsupported type ndarray of dtype object"),
     ([{"bad key": 1}], {}, r"sample 0: dict key 'bad key'"),
@@ -206,7 +216,15 @@ def test_bad_sample_in_a_worker_names_the_index(tmp_path):
     items = [torch.zeros(2)] * 40
     items[33] = torch.zeros(5)
     with pytest.raises(ConversionError, match="sample 33 field 'data'"):
-        convert(Samples(items), tmp_path / "s", chunk_size=8, num_workers=2, shuffle=False, progress=False)
+        convert(
+            Samples(items),
+            tmp_path / "s",
+            chunk_size=8,
+            num_workers=2,
+            shuffle=False,
+            progress=False,
+            fields={"data": "array"},
+        )
 
 
 def test_iterable_dataset_refused(tmp_path):

@@ -9,6 +9,7 @@ conversion leaves nothing behind.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import time
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from datalflash.arguments import require_int
 from datalflash.batching.tensors import tensors_from_storage
@@ -26,9 +28,9 @@ from datalflash.convert import publish as publishing
 from datalflash.convert.layout import DEFAULT_SPLITS, read_blocks, source_order, split_sizes
 from datalflash.convert.pipeline import fill_store
 from datalflash.convert.ranks import conversion_ranks, convert_across_ranks
-from datalflash.convert.samples import BlockReader, block_size, infer_schema
+from datalflash.convert.samples import PROBES, BlockReader, ShapeVariesError, block_size, infer_schema
 from datalflash.errors import BackendError, ConversionError
-from datalflash.format.manifest import MAX_CHUNKS, Manifest, SplitInfo, allocate
+from datalflash.format.manifest import MAX_CHUNKS, FieldSpec, Manifest, SplitInfo, allocate
 from datalflash.loading.memory import FlashDataset
 from datalflash.store.base import ChunkStore
 from datalflash.store.registry import get_backend
@@ -50,11 +52,28 @@ def _dataset_length(dataset: Any) -> int:
     return n
 
 
-def _first_sample(dataset: Any, index: int) -> Any:
+def _sample(dataset: Any, index: int) -> Any:
     try:
         return dataset[index]
     except Exception as e:
         raise ConversionError(f"reading sample {index} failed: {type(e).__name__}: {e}") from e
+
+
+def _probe(dataset: Any, order: np.ndarray) -> list[tuple[int, Any]]:
+    """The first sample in store order and up to :data:`PROBES` - 1 more spread over the rest,
+    as ``(index, sample)``: what the schema is inferred from."""
+    positions = np.unique(np.linspace(0, len(order) - 1, min(PROBES, len(order))).astype(np.int64))
+    return [(int(order[p]), _sample(dataset, int(order[p]))) for p in positions]
+
+
+def _announce_ragged(fields: Mapping[str, FieldSpec], progress: bool) -> None:
+    """Say which fields are stored with a shape per sample (progress output)."""
+    if progress:
+        for name, spec in fields.items():
+            if spec.ragged:
+                shown = "(" + ", ".join("*" if d is None else str(d) for d in spec.shape) + ")"
+                what = f"{spec.kind} ({spec.dtype} {shown}, * varies)" if spec.kind == "ragged" else spec.kind
+                tqdm.write(f"datalflash: field {name!r} is {what}: stored as values + a shape per sample")
 
 
 def _backend(backend: str, compression: Any) -> tuple[type[ChunkStore], dict]:
@@ -88,6 +107,7 @@ class DatasetConverter:
         progress: bool = True,
         rank: int | None = None,
         world_size: int | None = None,
+        fields: Mapping[str, Any] | None = None,
     ) -> Path:
         """Write ``pytorch_dataset`` as a chunked store at ``output_dir``; returns its path.
 
@@ -103,6 +123,13 @@ class DatasetConverter:
         share of the chunks and rank 0 publishes the store, which is the one a single process
         would write (see :mod:`datalflash.convert.ranks`); every rank must call this. To convert
         on one process of a distributed job (``if rank == 0: ...``), pass ``rank=0, world_size=1``.
+
+        Field kinds are inferred from the samples: tensors, arrays and numbers of one shape are
+        fixed-shape fields; a field whose shape varies between samples is stored *ragged* (its
+        values plus a shape per sample; the progress output says so); ``str`` and ``bytes``
+        values are text and byte fields. ``fields`` overrides the inference per field, with a
+        kind (``"array"``, ``"ragged"``, ``"str"``, ``"bytes"``) or a dict (``{"kind": "ragged",
+        "shape": [3, None, None]}``): ``"array"`` makes a sample of another shape an error.
         """
         require_int("chunk_size", chunk_size, 1, ConversionError)
         require_int("num_workers", num_workers, 0, ConversionError)
@@ -122,12 +149,13 @@ class DatasetConverter:
             publishing.check_output(output_dir, overwrite)
 
         order = source_order(n, shuffle, seed)
-        structure, fields = infer_schema(_first_sample(pytorch_dataset, int(order[0])), int(order[0]))
+        structure, specs = infer_schema(_probe(pytorch_dataset, order), fields)
+        _announce_ragged(specs, progress and rank == 0)
         manifest = Manifest(
             backend_id=backend,
             backend_config=config,
             chunk_size=chunk_size,
-            fields=fields,
+            fields=specs,
             structure=structure,
             splits={name: SplitInfo(k, -(-k // chunk_size)) for name, k in sizes.items()},
             generation=uuid.uuid4().hex,
@@ -161,19 +189,22 @@ class DatasetConverter:
                 world,
             )
             return output_dir
-        staging = publishing.staging_dir(output_dir)
-        try:
-            store = backend_cls.create(staging, manifest)
+        while True:
             try:
-                fill_store(store, pytorch_dataset, order, num_workers, progress)
-            finally:
-                store.close()
-            store.finish()
-            publishing.publish_store(staging, output_dir, overwrite)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        return output_dir
+                _convert_here(
+                    backend_cls, manifest, pytorch_dataset, order, output_dir, num_workers, progress, overwrite
+                )
+                return output_dir
+            except ShapeVariesError as e:
+                field = e.field
+                if field is None or field not in manifest.fields or (fields and field in fields):
+                    raise
+                declared = {**(fields or {}), field: "ragged"}
+                if progress:
+                    tqdm.write(f"datalflash: {e}; converting again with field {field!r} ragged")
+                fields = declared
+                structure, specs = infer_schema(_probe(pytorch_dataset, order), fields)
+                manifest = dataclasses.replace(manifest, fields=specs, structure=structure)
 
     @staticmethod
     def verify(path: str | os.PathLike, *, progress: bool = True) -> VerifyReport:
@@ -193,7 +224,13 @@ class DatasetConverter:
         (peak about twice that).
         """
         n = _dataset_length(pytorch_dataset)
-        structure, fields = infer_schema(_first_sample(pytorch_dataset, 0), 0)
+        structure, fields = infer_schema(_probe(pytorch_dataset, np.arange(n)))
+        ragged = [name for name, spec in fields.items() if spec.ragged]
+        if ragged:
+            raise ConversionError(
+                f"fields {ragged} vary in shape or hold text or bytes; a FlashDataset holds one tensor per field. "
+                "Convert to a store (create_chunked_dataset) and load it with FlashDataLoader"
+            )
         blocks = read_blocks(np.arange(n), block_size(pytorch_dataset, fields, n), n)
         reader = BlockReader(pytorch_dataset, blocks, structure, fields, num_workers)
         try:
@@ -201,6 +238,32 @@ class DatasetConverter:
         finally:
             reader.close()
         return FlashDataset.from_fields(tensors_from_storage(storage, fields), structure)
+
+
+def _convert_here(
+    backend_cls: type[ChunkStore],
+    manifest: Manifest,
+    dataset: Dataset,
+    order: np.ndarray,
+    output_dir: Path,
+    num_workers: int,
+    progress: bool,
+    overwrite: bool,
+) -> None:
+    """Write the store in a staging directory in this process and publish it at ``output_dir``
+    (nothing is left behind when it fails)."""
+    staging = publishing.staging_dir(output_dir)
+    try:
+        store = backend_cls.create(staging, manifest)
+        try:
+            fill_store(store, dataset, order, num_workers, progress)
+        finally:
+            store.close()
+        store.finish()
+        publishing.publish_store(staging, output_dir, overwrite)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def _read_all(

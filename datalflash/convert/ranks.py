@@ -23,7 +23,7 @@ import torch.distributed as dist
 from datalflash.convert.layout import owner
 from datalflash.distributed import is_initialized, resolve_ranks
 from datalflash.errors import ConversionError
-from datalflash.format.manifest import Manifest
+from datalflash.format.manifest import Manifest, checksum_keys
 from datalflash.store.base import ChunkStore
 
 
@@ -109,10 +109,10 @@ def _merged_checksums(manifest: Manifest, per_rank: list[dict]) -> dict:
     merged: dict[str, dict[str, list[int]]] = {}
     k = 0
     for split, info in manifest.splits.items():
-        merged[split] = {field: [0] * info.num_chunks for field in manifest.fields}
+        merged[split] = {key: [0] * info.num_chunks for key in checksum_keys(manifest.fields)}
         for chunk in range(info.num_chunks):
             sums = per_rank[owner(k, len(per_rank))].get(split, {})
-            for field in manifest.fields:
-                merged[split][field][chunk] = sums[field][chunk]
+            for key in merged[split]:
+                merged[split][key][chunk] = sums[key][chunk]
             k += 1
     return merged

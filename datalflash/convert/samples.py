@@ -8,7 +8,8 @@ array per field, checking every sample against the schema of the first.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Iterator, Sequence
+import re
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -19,24 +20,44 @@ from datalflash.batching.tensors import as_storage, from_storage, torch_dtype_na
 from datalflash.errors import ConversionError
 from datalflash.format.dtypes import numpy_dtype_name, storage_dtype
 from datalflash.format.manifest import FieldSpec, allocate, sample_nbytes
+from datalflash.format.ragged import RaggedArray
 from datalflash.format.structure import field_names, flatten, infer_structure
 
+Signature = tuple[str, str, tuple[int, ...]]
+"""``(kind, dtype name, shape)`` of one leaf value: kind ``array``, ``str`` or ``bytes``."""
 
-def leaf_signature(value: Any) -> tuple[str, tuple[int, ...]] | None:
-    """``(dtype name, shape)`` of one leaf value, or None if format v1 cannot store it."""
+FIELD_KINDS = ("array", "ragged", "bytes", "str")
+PROBES = 32  # samples looked at (spread over the dataset) to tell fixed-shape fields from ragged ones
+
+
+def leaf_signature(value: Any) -> Signature | None:
+    """``(kind, dtype name, shape)`` of one leaf value, or None if the format cannot store it."""
     if isinstance(value, torch.Tensor):
         name = torch_dtype_name(value.dtype)
-        return (name, tuple(value.shape)) if _storable(name) else None
-    if isinstance(value, (np.ndarray, np.generic)):
+        return ("array", name, tuple(value.shape)) if _storable(name) else None
+    if isinstance(value, (np.ndarray, np.generic)) and value.dtype.kind not in "USO":
         numpy_name = numpy_dtype_name(value.dtype)
-        return (numpy_name, tuple(np.shape(value))) if numpy_name else None
+        return ("array", numpy_name, tuple(np.shape(value))) if numpy_name else None
+    if isinstance(value, str):
+        return ("str", "uint8", (len(value.encode("utf-8")),))
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return ("bytes", "uint8", (memoryview(value).nbytes,))
     if isinstance(value, bool):
-        return ("bool", ())
+        return ("array", "bool", ())
     if isinstance(value, numbers.Integral):
-        return ("int64", ())
+        return ("array", "int64", ())
     if isinstance(value, numbers.Real):
-        return ("float64", ())
+        return ("array", "float64", ())
     return None
+
+
+def leaf_values(value: Any, spec: FieldSpec) -> np.ndarray:
+    """A leaf as its storage array (a str as its UTF-8 bytes, bytes as uint8)."""
+    if spec.kind == "str":
+        return np.frombuffer(value.encode("utf-8"), dtype=np.uint8)
+    if spec.kind == "bytes":
+        return np.frombuffer(memoryview(value).cast("B"), dtype=np.uint8)
+    return as_storage(value, spec.dtype)
 
 
 def _storable(name: str) -> bool:
@@ -47,27 +68,106 @@ def _storable(name: str) -> bool:
     return True
 
 
-def infer_schema(sample: Any, index: int) -> tuple[dict, dict[str, FieldSpec]]:
-    """Structure spec and field specs from one sample (the first one read)."""
+def infer_schema(
+    samples: Sequence[tuple[int, Any]], declared: Mapping[str, Any] | None = None
+) -> tuple[dict, dict[str, FieldSpec]]:
+    """Structure spec and field specs from a few samples (the first one's structure): a field
+    whose shape differs between them is ragged; ``declared`` (``{field: kind or {"kind",
+    "dtype", "shape"}}``) overrides what they suggest."""
+    index, first = samples[0]
     try:
-        structure = infer_structure(sample)
+        structure = infer_structure(first)
     except ValueError as e:
         raise ConversionError(f"sample {index}: {e}") from None
-    fields = {}
-    for name, leaf in zip(field_names(structure), flatten(sample, structure)):
-        signature = leaf_signature(leaf)
-        if signature is None:
-            raise ConversionError(
-                f"sample {index} field {name!r}: unsupported type {_describe(leaf)}; "
-                "use tensors, numpy arrays or Python numbers"
-            )
-        fields[name] = FieldSpec(name, *signature)
+    names = field_names(structure)
+    declared = dict(declared or {})
+    unknown = sorted(set(declared) - set(names))
+    if unknown:
+        raise ConversionError(f"fields= names {unknown}, but the samples' fields are {names}")
+    seen: dict[str, list[Signature]] = {name: [] for name in names}
+    for i, sample in samples:
+        try:
+            leaves = flatten(sample, structure)
+        except ValueError as e:
+            raise ConversionError(f"sample {i}: {e}") from None
+        for name, leaf in zip(names, leaves):
+            signature = leaf_signature(leaf)
+            if signature is None:
+                raise ConversionError(
+                    f"sample {i} field {name!r}: unsupported type {_describe(leaf)}; "
+                    "use tensors, numpy arrays, Python numbers, str or bytes"
+                )
+            seen[name].append(signature)
+    fields = {name: _field_spec(name, seen[name], declared.get(name), samples) for name in names}
     return structure, fields
+
+
+def _field_spec(name: str, seen: list[Signature], declared: Any, samples: Sequence[tuple[int, Any]]) -> FieldSpec:
+    kind, dtype, shape = seen[0]
+    if isinstance(declared, str):
+        declared = {"kind": declared}
+    if declared is not None and not isinstance(declared, Mapping):
+        raise ConversionError(f"fields[{name!r}] is {declared!r}: give a kind ({FIELD_KINDS}) or a dict with 'kind'")
+    declared = dict(declared or {})
+    want = declared.pop("kind", None)
+    dtype = declared.pop("dtype", dtype)
+    declared_shape = declared.pop("shape", None)
+    if declared or (want is not None and want not in FIELD_KINDS):
+        raise ConversionError(
+            f"fields[{name!r}]: kind {want!r} or keys {sorted(declared)} not understood; kinds are {FIELD_KINDS}, "
+            "keys 'kind', 'dtype', 'shape'"
+        )
+    for (index, _), (k, d, sh) in zip(samples, seen):
+        if k != kind or (kind == "array" and (d != seen[0][1] or len(sh) != len(shape))):
+            raise ConversionError(
+                f"sample {index} field {name!r}: got {_signature_text((k, d, sh))}, but sample {samples[0][0]} had "
+                f"{_signature_text(seen[0])}; a field keeps one kind, dtype and number of dimensions"
+            )
+    typical = int(np.mean([np.prod(sh) for _, _, sh in seen]) * storage_dtype(dtype).itemsize)
+    if kind in ("str", "bytes"):
+        if want not in (None, kind):
+            raise ConversionError(f"field {name!r} holds {kind} values; fields= declares it {want}")
+        return FieldSpec(name, "uint8", (None,), kind, typical)
+    if want in ("str", "bytes"):
+        raise ConversionError(f"field {name!r} holds arrays ({dtype} {shape}); fields= declares it {want}")
+    varying = [len({sh[d] for _, _, sh in seen}) > 1 for d in range(len(shape))]
+    if want == "array" or (want is None and not any(varying)):
+        return FieldSpec(name, dtype, shape)
+    if declared_shape is not None:  # e.g. [3, None, None]: which dimensions vary
+        if len(declared_shape) != len(shape) or None not in declared_shape:
+            raise ConversionError(
+                f"fields[{name!r}]: shape {declared_shape} must have the samples' {len(shape)} dimensions, "
+                "None where they vary"
+            )
+        ragged_shape = tuple(None if d is None else int(d) for d in declared_shape)
+    elif want == "ragged" and not any(varying):
+        ragged_shape = (None,) * len(shape) if shape else ()
+    else:
+        ragged_shape = tuple(None if v else size for v, size in zip(varying, shape))
+    if not ragged_shape:
+        raise ConversionError(f"field {name!r} holds scalars; a ragged field's samples have at least one dimension")
+    return FieldSpec(name, dtype, ragged_shape, "ragged", typical)
+
+
+def _signature_text(signature: Signature) -> str:
+    kind, dtype, shape = signature
+    return f"{dtype} {shape}" if kind == "array" else kind
 
 
 def _describe(value: Any) -> str:
     dtype = getattr(value, "dtype", None)
     return f"{type(value).__name__} of dtype {dtype}" if dtype is not None else type(value).__name__
+
+
+class ShapeVariesError(ConversionError):
+    """A field taken for fixed-shape met a sample of another shape (the converter then converts
+    again with the field ragged, unless ``fields=`` declared it fixed)."""
+
+    @property
+    def field(self) -> str | None:
+        """The field whose shape varies."""
+        match = re.search(r" field '([^']+)': got ", str(self))
+        return match.group(1) if match else None
 
 
 class WorkerTraceback(Exception):
@@ -82,7 +182,8 @@ def _from_worker(error: ConversionError) -> ConversionError:
     if not text.startswith("Caught ") or "Original Traceback" not in text:
         return error
     last = text.strip().splitlines()[-1]  # "datalflash.errors.ConversionError: reading sample 7 failed: ..."
-    clean = ConversionError(last.split(": ", 1)[1] if ": " in last else last)
+    kind = ShapeVariesError if last.startswith(f"{__name__}.ShapeVariesError") else ConversionError
+    clean = kind(last.split(": ", 1)[1] if ": " in last else last)
     clean.__cause__ = WorkerTraceback(text.split("Original ", 1)[1])
     return clean
 
@@ -110,23 +211,50 @@ class BlockCollator:
         self.structure = structure
         self.fields = fields
 
-    def __call__(self, items: Sequence[tuple[int, Any]]) -> dict[str, np.ndarray]:
+    def __call__(self, items: Sequence[tuple[int, Any]]) -> dict[str, Any]:
         arrays = allocate(self.fields, len(items))
+        ragged: dict[str, list[np.ndarray]] = {name: [] for name, spec in self.fields.items() if spec.ragged}
         for row, (index, sample) in enumerate(items):
             try:
                 leaves = flatten(sample, self.structure)
             except ValueError as e:
                 raise ConversionError(f"sample {index}: {e}") from None
             for (name, spec), leaf in zip(self.fields.items(), leaves):
-                signature = leaf_signature(leaf)
-                if signature != (spec.dtype, spec.shape):
-                    found = f"{signature[0]} {signature[1]}" if signature else _describe(leaf)
-                    raise ConversionError(
-                        f"sample {index} field {name!r}: got {found}, but the first sample had "
-                        f"{spec.dtype} {spec.shape}; every sample must have the same dtype and shape"
-                    )
-                arrays[name][row] = as_storage(leaf, spec.dtype)
+                self._check(index, spec, leaf_signature(leaf), leaf)
+                if spec.ragged:
+                    ragged[name].append(leaf_values(leaf, spec))
+                else:
+                    arrays[name][row] = as_storage(leaf, spec.dtype)
+        for name, samples in ragged.items():
+            spec = self.fields[name]
+            arrays[name] = RaggedArray.from_samples(samples, len(spec.shape), spec.storage_dtype)
         return arrays
+
+    @staticmethod
+    def _check(index: int, spec: FieldSpec, signature: Signature | None, leaf: Any) -> None:
+        """ConversionError unless the leaf of sample ``index`` fits field ``spec``."""
+        if signature is None:
+            found = _describe(leaf)
+        else:
+            kind, dtype, shape = signature
+            if spec.kind in ("str", "bytes"):
+                if kind == spec.kind:
+                    return
+            elif kind == "array" and dtype == spec.dtype and len(shape) == len(spec.shape):
+                if all(f is None or f == s for f, s in zip(spec.shape, shape)):
+                    return
+                if not spec.ragged:
+                    raise ShapeVariesError(
+                        f"sample {index} field {spec.name!r}: got {dtype} {shape}, but the first sample had "
+                        f"{spec.dtype} {spec.shape}; every sample must have the same dtype and shape "
+                        "(declare the field ragged with fields= to store samples of varying shape)"
+                    )
+            found = f"{kind} {dtype} {shape}" if kind == "array" else kind
+        expected = spec.kind if spec.kind in ("str", "bytes") else f"{spec.dtype} of shape {list(spec.shape)}"
+        raise ConversionError(
+            f"sample {index} field {spec.name!r}: got {found}, but the field holds {expected} "
+            "(None: a dimension that varies); every sample must have the same kind and dtype"
+        )
 
 
 BLOCK_BYTES = 4 * 2**20

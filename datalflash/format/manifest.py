@@ -5,6 +5,7 @@ See ``formats/SPEC.md`` for the specification and ``formats/manifest.schema.json
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -20,6 +21,7 @@ import numpy as np
 from datalflash.arguments import is_int
 from datalflash.errors import StoreFormatError
 from datalflash.format.dtypes import SUPPORTED_DTYPES, storage_dtype
+from datalflash.format.ragged import RaggedBuffer
 from datalflash.format.structure import is_valid_field_name, validate_structure
 
 FORMAT_NAME = "datalflash-store"
@@ -35,37 +37,89 @@ CHECKSUM_ALGORITHM = "crc32c"
 GENERATION = re.compile(r"(|[0-9a-f]{8,64})")
 
 
+FIELD_KINDS = ("array", "ragged", "bytes", "str")
+"""``array``: one shape for every sample; ``ragged``: the shape varies (``None`` dimensions);
+``bytes`` / ``str``: byte strings / text (UTF-8), stored as ragged uint8."""
+
+
 @dataclass(frozen=True)
 class FieldSpec:
-    """One field: its torch dtype name and per-sample shape."""
+    """One field: its kind, torch dtype name and per-sample shape (``None`` where a ragged
+    field's samples differ); ``typical_nbytes`` estimates a ragged sample's bytes (for sizing)."""
 
     name: str
     dtype: str
-    shape: tuple[int, ...]
+    shape: tuple[int | None, ...]
+    kind: str = "array"
+    typical_nbytes: int = 0
+
+    @property
+    def ragged(self) -> bool:
+        """Whether samples differ in shape (ragged, bytes and str fields)."""
+        return self.kind != "array"
 
     @property
     def storage_dtype(self) -> np.dtype:
-        """The numpy dtype of the stored bytes."""
+        """The numpy dtype of the stored bytes (of each element, for a ragged field)."""
         return storage_dtype(self.dtype)
 
     @property
+    def fixed_shape(self) -> tuple[int, ...]:
+        """The per-sample shape of a fixed-shape field."""
+        if self.ragged:
+            raise TypeError(f"field {self.name!r} is {self.kind}: its samples have no one shape")
+        return tuple(d for d in self.shape if d is not None)
+
+    @property
+    def shapes_array(self) -> FieldSpec:
+        """The stored table of a ragged field's sample shapes, as a fixed-shape int64 array."""
+        return FieldSpec(f"{self.name}/shapes", "int64", (len(self.shape),))
+
+    @property
     def sample_nbytes(self) -> int:
-        """Bytes of one sample of this field."""
-        return math.prod(self.shape) * self.storage_dtype.itemsize
+        """Bytes of one sample of this field (an estimate, for a ragged field)."""
+        if self.ragged:
+            return 8 * len(self.shape) + max(self.typical_nbytes, self.storage_dtype.itemsize)
+        return math.prod(self.fixed_shape) * self.storage_dtype.itemsize
 
     def to_json(self) -> dict:
         """The field as written in the manifest."""
-        return {"dtype": self.dtype, "storage_dtype": self.storage_dtype.str, "shape": list(self.shape)}
+        doc: dict[str, Any] = {"dtype": self.dtype, "storage_dtype": self.storage_dtype.str, "shape": list(self.shape)}
+        if self.ragged:
+            doc.update(kind=self.kind, typical_nbytes=self.typical_nbytes)
+        return doc
+
+
+def physical_arrays(fields: Mapping[str, FieldSpec]) -> dict[str, FieldSpec]:
+    """The fixed-shape arrays a backend stores for ``fields``: each fixed field, and the shape
+    table (``"<field>/shapes"``) of each ragged one (whose values are stored chunk by chunk)."""
+    arrays = {}
+    for name, spec in fields.items():
+        table = spec.shapes_array if spec.ragged else spec
+        arrays[table.name] = table
+    return arrays
+
+
+def checksum_keys(fields: Mapping[str, FieldSpec]) -> list[str]:
+    """What a store keeps one checksum per chunk of: each physical array, and the values
+    (``"<field>/values"``) of each ragged field."""
+    return [*physical_arrays(fields), *(f"{n}/values" for n, s in fields.items() if s.ragged)]
 
 
 def sample_nbytes(fields: Mapping[str, FieldSpec]) -> int:
-    """Bytes of one sample of all ``fields`` together."""
+    """Bytes of one sample of all ``fields`` together (an estimate where fields are ragged)."""
     return sum(spec.sample_nbytes for spec in fields.values())
 
 
-def allocate(fields: Mapping[str, FieldSpec], rows: int) -> dict[str, np.ndarray]:
-    """Empty storage arrays for ``rows`` samples of each of ``fields``."""
-    return {name: np.empty((rows, *f.shape), dtype=f.storage_dtype) for name, f in fields.items()}
+def allocate(fields: Mapping[str, FieldSpec], rows: int) -> dict[str, Any]:
+    """Empty storage for ``rows`` samples of each of ``fields``: an array for a fixed-shape
+    field, a :class:`~datalflash.format.ragged.RaggedBuffer` for a ragged one."""
+    return {
+        name: RaggedBuffer(rows, len(f.shape), f.storage_dtype)
+        if f.ragged
+        else np.empty((rows, *f.fixed_shape), dtype=f.storage_dtype)
+        for name, f in fields.items()
+    }
 
 
 @dataclass(frozen=True)
@@ -107,9 +161,14 @@ class Manifest:
             **({"generation": self.generation} if self.generation else {}),
         }
 
+    @functools.cached_property
+    def arrays(self) -> dict[str, FieldSpec]:
+        """The fixed-shape arrays stored for the fields (see :func:`physical_arrays`)."""
+        return physical_arrays(self.fields)
+
     @property
     def sample_nbytes(self) -> int:
-        """Bytes of one sample, all fields together."""
+        """Bytes of one sample, all fields together (an estimate where fields are ragged)."""
         return sample_nbytes(self.fields)
 
     @property
@@ -237,7 +296,7 @@ def _parse_checksums(raw: Any, splits: Mapping[str, SplitInfo], fields: Mapping[
     for split, per_field in per_split.items():
         _require(split in splits, f"checksums for unknown split {split!r}")
         _require(
-            isinstance(per_field, dict) and set(per_field) == set(fields),
+            isinstance(per_field, dict) and set(per_field) == set(checksum_keys(fields)),
             f"checksums of split {split!r} do not list every field",
         )
         for name, values in per_field.items():
@@ -267,13 +326,24 @@ def _parse_fields(raw: Any) -> dict[str, FieldSpec]:
                 stored == storage_dtype(dtype).str,
                 f"field {name!r}: storage_dtype {stored!r} does not match dtype {dtype!r}",
             )
+        kind = spec.get("kind", "array")
+        _require(kind in FIELD_KINDS, f"field {name!r}: kind {kind!r} is not one of {list(FIELD_KINDS)}")
         shape = spec.get("shape")
         _require(
-            isinstance(shape, list) and len(shape) <= MAX_NDIM and all(is_int(d) and 0 <= d < MAX_DIM for d in shape),
-            f"field {name!r}: shape {shape!r} is not a list of non-negative integers",
+            isinstance(shape, list)
+            and len(shape) <= MAX_NDIM
+            and all((is_int(d) and 0 <= d < MAX_DIM) or (d is None and kind != "array") for d in shape),
+            f"field {name!r}: shape {shape!r} is not a list of non-negative integers"
+            + (" and nulls" if kind != "array" else ""),
         )
-        _require(math.prod(shape) < MAX_DIM, f"field {name!r}: shape {shape} is too large")
-        fields[name] = FieldSpec(name, dtype, tuple(shape))
+        _require(math.prod(d or 1 for d in shape) < MAX_DIM, f"field {name!r}: shape {shape} is too large")
+        if kind != "array":
+            _require(None in shape, f"field {name!r}: a {kind} field's shape has a null (varying) dimension")
+        if kind in ("bytes", "str"):
+            _require(dtype == "uint8" and shape == [None], f"field {name!r}: a {kind} field is uint8 of shape [null]")
+        typical = spec.get("typical_nbytes", 0)
+        _require(is_int(typical) and 0 <= typical < MAX_DIM, f"field {name!r}: bad typical_nbytes {typical!r}")
+        fields[name] = FieldSpec(name, dtype, tuple(shape), kind, typical if kind != "array" else 0)
     return fields
 
 

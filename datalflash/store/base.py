@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -22,10 +22,11 @@ import numpy as np
 
 from datalflash.errors import BackendError, DataLFlashError, StoreFormatError, StoreReadError
 from datalflash.format.manifest import FieldSpec, Manifest, SplitInfo, allocate, parse_manifest, write_manifest
+from datalflash.format.ragged import RaggedSlot, checked_counts
 from datalflash.store import integrity
 from datalflash.store.generations import Pin, pin_generation
 from datalflash.store.integrity import ChecksumSchedule, ReadAttempt, ReadHook, RetryPolicy
-from datalflash.store.rows import checked_out, checked_pieces, checked_rows
+from datalflash.store.rows import as_ragged, checked_out, checked_pieces, checked_rows
 
 Fetched = Mapping[str, Any]
 """Encoded chunk objects a backend fetched for one :meth:`ChunkStore.read_chunks` call, by key."""
@@ -127,6 +128,12 @@ class ChunkStore(ABC):
         return self.manifest.fields
 
     @property
+    def arrays(self) -> dict[str, FieldSpec]:
+        """The fixed-shape arrays the backend stores: each fixed field, and the shape table
+        (``"<field>/shapes"``) of each ragged one (see :func:`~datalflash.format.manifest.physical_arrays`)."""
+        return self.manifest.arrays
+
+    @property
     def splits(self) -> dict[str, SplitInfo]:
         """``{name: SplitInfo}``: samples and chunks of each split."""
         return self.manifest.splits
@@ -165,17 +172,19 @@ class ChunkStore(ABC):
         return f"{type(self).__name__}({str(self.path)!r}, fields={list(self.fields)}, {splits})"
 
     # ----------------------------------------------------------------- reading
-    def allocate(self, rows: int) -> dict[str, np.ndarray]:
-        """Empty storage buffers for ``rows`` samples of every field."""
+    def allocate(self, rows: int) -> dict[str, Any]:
+        """Empty storage buffers for ``rows`` samples of every field (a
+        :class:`~datalflash.format.ragged.RaggedBuffer` for a ragged one)."""
         return allocate(self.fields, rows)
 
     def read_chunks(
         self,
         split: str,
         chunks: Sequence[int],
-        out: Mapping[str, np.ndarray] | None = None,
-    ) -> dict[str, np.ndarray]:
-        """Read whole chunks, concatenated in the given order, one array per field.
+        out: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Read whole chunks, concatenated in the given order, one array per field (a
+        :class:`~datalflash.format.ragged.RaggedArray` per ragged field).
 
         ``out`` (from :meth:`allocate`) receives the rows if given: each array needs at least as
         many rows as the chunks hold. Returns views of exactly the rows read.
@@ -188,12 +197,32 @@ class ChunkStore(ABC):
         for first, stop_chunk in chunk_runs(chunks):
             start = self.chunk_bounds(split, first)[0]
             stop = self.chunk_bounds(split, stop_chunk - 1)[1]
-            for name in self.fields:
-                rows = result[name][offset : offset + stop - start]
-                self._read_with_retries(split, name, start, stop, rows, fetched)
+            for name, spec in self.fields.items():
+                if spec.ragged:
+                    self._read_ragged(split, name, range(first, stop_chunk), result[name][offset:], fetched)
+                else:
+                    rows = result[name][offset : offset + stop - start]
+                    self._read_with_retries(split, name, start, stop, rows, fetched)
             self.checksums.read(split, range(first, stop_chunk))
             offset += stop - start
-        return result
+        return {name: as_ragged(rows) if self.fields[name].ragged else rows for name, rows in result.items()}
+
+    def _read_ragged(self, split: str, field: str, chunks: range, out: RaggedSlot, fetched: Fetched | None) -> None:
+        """Read a run of chunks of a ragged field into the slot ``out``: the shape table, then,
+        with the sizes it gives (checked), each chunk's values."""
+        spec = self.fields[field]
+        start, stop = self.chunk_bounds(split, chunks[0])[0], self.chunk_bounds(split, chunks[-1])[1]
+        table = spec.shapes_array.name
+        self._read_with_retries(split, table, start, stop, out.shapes[: stop - start], fetched)
+        pieces = []
+        for chunk in chunks:
+            a, b = self.chunk_bounds(split, chunk)
+            where = f"{self.path}: split {split!r} field {field!r} chunk {chunk}"
+            counts = checked_counts(out.shapes[a - start : b - start], spec.shape, spec.storage_dtype.itemsize, where)
+            values = np.empty(int(counts.sum()), spec.storage_dtype)
+            self._attempt(split, field, a, b, lambda c=chunk, v=values: self._read_values(split, field, c, v, fetched))
+            pieces.append(values)
+        out.put(pieces[0] if len(pieces) == 1 else np.concatenate(pieces), 0, stop - start)
 
     def _fetch(self, split: str, chunks: Sequence[int]) -> Fetched | None:
         """Fetch what reading ``chunks`` needs in one go, before the rows are read (a store
@@ -203,11 +232,16 @@ class ChunkStore(ABC):
     def _read_with_retries(
         self, split: str, field: str, start: int, stop: int, out: np.ndarray, fetched: Fetched | None
     ) -> None:
+        self._attempt(split, field, start, stop, lambda: self._read_rows(split, field, start, stop, out, fetched))
+
+    def _attempt(self, split: str, field: str, start: int, stop: int, read: Callable[[], None]) -> None:
+        """Run ``read`` (of rows ``start:stop`` of ``field``), retrying transient errors as
+        :attr:`retry` says; errors name store, split, field and chunks."""
         for attempt in range(self.retry.retries + 1):
             try:
                 if self.read_hook is not None:
                     self.read_hook(ReadAttempt(split, field, start, stop, attempt))
-                self._read_rows(split, field, start, stop, out, fetched)
+                read()
                 return
             except DataLFlashError as e:  # the backend's own error: add where it happened
                 if f"split {split!r}" in str(e) and f"field {field!r}" in str(e):
@@ -239,9 +273,9 @@ class ChunkStore(ABC):
                 self._stale.append(handle)
 
     def ensure_matches_manifest(self, split: str, field: str, shape: tuple, dtype: Any, where: str) -> None:
-        """Raise StoreFormatError if a field's stored array disagrees with the manifest."""
-        spec = self.fields[field]
-        expected = (self.num_samples(split), *spec.shape)
+        """Raise StoreFormatError if a stored array (one of :attr:`arrays`) disagrees with the manifest."""
+        spec = self.arrays[field]
+        expected = (self.num_samples(split), *spec.fixed_shape)
         if tuple(shape) != expected or np.dtype(dtype) != spec.storage_dtype:
             raise StoreFormatError(
                 f"{where}: split {split!r} field {field!r} holds {tuple(shape)} {np.dtype(dtype)}, "
@@ -314,6 +348,11 @@ class ChunkStore(ABC):
         """Read rows ``start:stop`` of ``field`` into the C-contiguous ``out`` (``fetched``: what
         :meth:`_fetch` returned for this call)."""
 
+    def _read_values(self, split: str, field: str, chunk: int, out: np.ndarray, fetched: Fetched | None) -> None:
+        """Read the values of chunk ``chunk`` of the ragged ``field`` into ``out``, which has the
+        size the shape table gives (StoreFormatError when the stored values have another)."""
+        raise BackendError(f"the {self.backend_id} backend does not store ragged fields")
+
     # ----------------------------------------------------------------- writing
     @classmethod
     def create(cls, path: str | os.PathLike, manifest: Manifest) -> ChunkStore:
@@ -327,13 +366,19 @@ class ChunkStore(ABC):
             store._create_split(split)
         return store
 
-    def write_chunk(self, split: str, chunk: int, arrays: Mapping[str, np.ndarray]) -> None:
-        """Write one whole chunk: ``arrays[field]`` holds its rows in storage dtype."""
+    def write_chunk(self, split: str, chunk: int, arrays: Mapping[str, Any]) -> None:
+        """Write one whole chunk: ``arrays[field]`` holds its rows in storage dtype (a
+        :class:`~datalflash.format.ragged.RaggedArray` for a ragged field)."""
         start, stop = self._writable_chunk(split, chunk)
-        for name in self.fields:
-            self._write_rows(split, name, start, checked_rows(self.fields, split, chunk, name, arrays, stop - start))
+        for name, spec in self.fields.items():
+            rows = checked_rows(self.fields, split, chunk, name, arrays, stop - start)
+            if spec.ragged:
+                self._write_rows(split, spec.shapes_array.name, start, rows.shapes)
+                self._write_values(split, name, chunk, np.ascontiguousarray(rows.values))
+            else:
+                self._write_rows(split, name, start, rows)
 
-    def write_chunk_pieces(self, split: str, chunk: int, pieces: Iterable[Mapping[str, np.ndarray]]) -> None:
+    def write_chunk_pieces(self, split: str, chunk: int, pieces: Iterable[Mapping[str, Any]]) -> None:
         """Write one whole chunk given as consecutive pieces of its rows (a piece may be
         overwritten once the next one is asked for). This gathers them and calls
         :meth:`write_chunk`; backends with :attr:`streams_writes` write each piece as it comes.
@@ -367,7 +412,12 @@ class ChunkStore(ABC):
 
     @abstractmethod
     def _write_rows(self, split: str, field: str, start: int, data: np.ndarray) -> None:
-        """Write ``data`` at rows ``start:start+len(data)`` of ``field``."""
+        """Write ``data`` at rows ``start:start+len(data)`` of the array ``field`` (one of :attr:`arrays`)."""
+
+    def _write_values(self, split: str, field: str, chunk: int, values: np.ndarray) -> None:
+        """Write the values of chunk ``chunk`` of the ragged ``field`` (its samples' elements,
+        one after the other)."""
+        raise BackendError(f"the {self.backend_id} backend does not store ragged fields")
 
     # ----------------------------------------------------------------- lifecycle
     def close(self) -> None:

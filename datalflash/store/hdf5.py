@@ -47,7 +47,7 @@ class HDF5ChunkStore(ChunkStore):
     def has_checksums(self, split: str) -> bool:
         """Whether ``split``'s chunks carry checksums."""
         f = self._handle(split)
-        return all(f[name].fletcher32 or f[name].chunks is None for name in self.fields)
+        return all(f[name].fletcher32 or f[name].chunks is None for name in self.arrays)
 
     def split_path(self, split: str) -> str:
         """The HDF5 file of ``split``."""
@@ -58,19 +58,30 @@ class HDF5ChunkStore(ChunkStore):
         n = self.num_samples(split)
         f = h5py.File(self.split_path(split), "w-")
         self._handles[split] = f
-        for name, spec in self.fields.items():
-            shape = (n, *spec.shape)
-            chunked = n > 0 and 0 not in spec.shape
-            f.create_dataset(
-                name,
-                shape=shape,
-                dtype=spec.storage_dtype,
-                chunks=(min(self.chunk_size, n), *spec.shape) if chunked else None,
-                compression=None if config["compression"] == "none" or not chunked else config["compression"],
-                compression_opts=config["level"] if chunked else None,
-                fletcher32=chunked,
-            )
+        for name, spec in self.arrays.items():
+            shape = (n, *spec.fixed_shape)
+            self._create_dataset(f, name, shape, spec.storage_dtype, (min(self.chunk_size, n), *spec.fixed_shape))
             f[name].attrs["datalflash_dtype"] = spec.dtype
+        for name, spec in self.fields.items():
+            if spec.ragged:
+                f.create_group(f"{name}/values")
+                f[name].attrs["datalflash_dtype"] = spec.dtype
+                f[name].attrs["datalflash_kind"] = spec.kind
+
+    def _create_dataset(self, f: h5py.File, name: str, shape: tuple, dtype: np.dtype, chunks: tuple) -> None:
+        """A dataset chunked ``chunks`` (contiguous when it holds nothing), compressed as the
+        config says, with the fletcher32 checksum filter."""
+        config = self.manifest.backend_config
+        chunked = 0 not in shape
+        f.create_dataset(
+            name,
+            shape=shape,
+            dtype=dtype,
+            chunks=chunks if chunked else None,
+            compression=None if config["compression"] == "none" or not chunked else config["compression"],
+            compression_opts=config["level"] if chunked else None,
+            fletcher32=chunked,
+        )
 
     def _open_split(self, split: str) -> h5py.File:
         path = self.split_path(split)  # (named in errors; opened through the pinned root)
@@ -81,7 +92,7 @@ class HDF5ChunkStore(ChunkStore):
         except OSError as e:
             raise StoreFormatError(f"{path}: split {split!r} is not a readable HDF5 file: {e}") from None
         try:
-            for name in self.fields:
+            for name in self.arrays:
                 link = f.get(name, getlink=True)
                 if link is None:
                     raise StoreFormatError(f"{path}: split {split!r} has no dataset for field {name!r}")
@@ -97,6 +108,28 @@ class HDF5ChunkStore(ChunkStore):
             raise
         return f
 
+    def _write_values(self, split: str, field: str, chunk: int, values: np.ndarray) -> None:
+        self._create_dataset(self._handle(split), f"{field}/values/{chunk}", values.shape, values.dtype, values.shape)
+        if len(values):
+            self._handle(split)[f"{field}/values/{chunk}"].write_direct(values)
+
+    def _read_values(self, split: str, field: str, chunk: int, out: np.ndarray, fetched: Fetched | None) -> None:
+        f, key = self._handle(split), f"{field}/values/{chunk}"
+        where = f"{self.split_path(split)}: split {split!r} field {field!r} chunk {chunk}"
+        link = f.get(key, getlink=True)
+        if not isinstance(link, h5py.HardLink):
+            found = "no dataset" if link is None else f"a {type(link).__name__}"
+            raise StoreFormatError(f"{where}: {found} at {key!r}; the chunk's values are a dataset in the file")
+        dataset = f[key]
+        if not isinstance(dataset, h5py.Dataset) or dataset.external or dataset.is_virtual:
+            raise StoreFormatError(f"{where}: {key!r} is not a dataset kept in the file")
+        if dataset.shape != out.shape or dataset.dtype != out.dtype:
+            raise StoreFormatError(
+                f"{where}: holds values {dataset.shape} {dataset.dtype}; its shape table needs {out.shape} {out.dtype}"
+            )
+        if len(out):
+            self._read_dataset(dataset, out, np.s_[:], split, field, chunk, chunk + 1)
+
     def _write_rows(self, split: str, field: str, start: int, data: np.ndarray) -> None:
         if len(data):
             self._handle(split)[field].write_direct(data, dest_sel=np.s_[start : start + len(data)])
@@ -106,14 +139,22 @@ class HDF5ChunkStore(ChunkStore):
     ) -> None:
         if stop <= start:
             return
+        start_chunk, stop_chunk = start // self.chunk_size, (stop - 1) // self.chunk_size + 1
+        self._read_dataset(self._handle(split)[field], out, np.s_[start:stop], split, field, start_chunk, stop_chunk)
+
+    def _read_dataset(
+        self, dataset: h5py.Dataset, out: np.ndarray, selection: Any, split: str, field: str, first: int, stop: int
+    ) -> None:
+        """``dataset[selection]`` into ``out``; a checksum or filter failure is a ChecksumError
+        naming chunks ``first..stop-1``."""
         try:
-            self._handle(split)[field].read_direct(out, source_sel=np.s_[start:stop])
+            dataset.read_direct(out, source_sel=selection)
         except OSError as e:
-            dataset = self._handle(split)[field]
             message = str(e).lower()  # h5py words it "filter"; HDF5 before 1.14, "Fletcher32 checksum"
             if dataset.fletcher32 and ("filter" in message or "fletcher32" in message):
                 raise ChecksumError(
-                    f"{self.split_path(split)}: {self._where(split, field, start, stop)}: HDF5's filters (fletcher32 "
-                    f"checksum{', ' + dataset.compression if dataset.compression else ''}) rejected the data: {e}"
+                    f"{self.split_path(split)}: split {split!r} field {field!r} chunks {first}..{stop - 1}: "
+                    f"HDF5's filters (fletcher32 checksum{', ' + dataset.compression if dataset.compression else ''}) "
+                    f"rejected the data: {e}"
                 ) from None
             raise

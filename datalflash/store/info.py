@@ -16,14 +16,16 @@ def disk_bytes(path: str | os.PathLike) -> int:
 def store_info(path: str | os.PathLike) -> dict:
     """Backend, config, fields, splits, chunks, bytes on disk and compression ratio of a store."""
     store = open_store(path)
-    raw = sum(s.num_samples for s in store.splits.values()) * store.manifest.sample_nbytes
+    raw = sum(s.num_samples for s in store.splits.values()) * store.manifest.sample_nbytes  # (ragged: estimated)
     on_disk = disk_bytes(path)
     return {
         "path": str(path),
         "backend": store.backend_id,
         "config": store.manifest.backend_config,
         "chunk_size": store.chunk_size,
-        "fields": {name: {"dtype": f.dtype, "shape": list(f.shape)} for name, f in store.fields.items()},
+        "fields": {
+            name: {"dtype": f.dtype, "shape": list(f.shape), "kind": f.kind} for name, f in store.fields.items()
+        },
         "splits": {name: {"samples": s.num_samples, "chunks": s.num_chunks} for name, s in store.splits.items()},
         "checksums": {split: store.has_checksums(split) for split in store.splits},
         "raw_bytes": raw,
@@ -40,7 +42,7 @@ def format_info(info: dict) -> str:
         f"{info['path']}",
         f"  backend      {info['backend']} ({config}), chunks of {info['chunk_size']:,} samples",
         "  fields",
-        *(f"    {name:<12} {f['dtype']:<10} {tuple(f['shape'])}" for name, f in info["fields"].items()),
+        *(f"    {name:<12} {_describe_field(f)}" for name, f in info["fields"].items()),
         "  splits",
         *(
             f"    {name:<12} {s['samples']:>12,} samples {s['chunks']:>8,} chunks"
@@ -56,3 +58,17 @@ def format_info(info: dict) -> str:
             f" from {info['created'].get('source', '?')}"
         )
     return "\n".join(lines)
+
+
+def _describe_field(field: dict) -> str:
+    """``int32 (None,) ragged``, ``str``, ``float32 (3, 32, 32)``."""
+    kind = field.get("kind", "array")
+    if kind in ("str", "bytes"):
+        return f"{kind} (variable length)"
+    shape = (
+        "("
+        + ", ".join("*" if d is None else str(d) for d in field["shape"])
+        + ("," if len(field["shape"]) == 1 else "")
+        + ")"
+    )
+    return f"{field['dtype']:<10} {shape}" + ("  ragged (* varies by sample)" if kind == "ragged" else "")

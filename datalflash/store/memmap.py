@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from datalflash.errors import BackendError, StoreFormatError, StoreReadError
-from datalflash.format.manifest import Manifest
+from datalflash.format.manifest import Manifest, checksum_keys
 from datalflash.store.base import ChunkStore, Fetched
 from datalflash.store.files import preallocate
 from datalflash.store.integrity import crc32c, open_regular
@@ -51,6 +51,10 @@ class MemmapChunkStore(ChunkStore):
         of the manifest it was built with to start with; 0 until written)."""
         return {split: {f: list(v) for f, v in sums.items()} for split, sums in self.manifest.checksums.items()}
 
+    @functools.cached_property
+    def _ragged(self) -> dict[str, Any]:
+        return {name: spec for name, spec in self.fields.items() if spec.ragged}
+
     @classmethod
     def normalize_config(cls, compression: Any = "default", **options: Any) -> dict:
         """``{}``: memmap stores take no options and are never compressed."""
@@ -64,12 +68,18 @@ class MemmapChunkStore(ChunkStore):
         return split in self.manifest.checksums
 
     def field_path(self, split: str, field: str) -> str:
-        """The ``.npy`` file of ``field`` in ``split``."""
+        """The ``.npy`` file of the array ``field`` (one of :attr:`arrays`) in ``split``."""
         return os.path.join(self.path, split, f"{field}.npy")
+
+    def values_path(self, split: str, field: str, chunk: int) -> str:
+        """The ``.npy`` file of the values of chunk ``chunk`` of the ragged ``field`` in ``split``."""
+        return os.path.join(self.path, split, field, "values", f"{chunk}.npy")
 
     def _checksum_slots(self, split: str) -> dict[str, list[int]]:
         """``{field: [checksum per chunk]}`` of ``split`` being written (0 until written)."""
-        return self._written.setdefault(split, {name: [0] * self.num_chunks(split) for name in self.fields})
+        return self._written.setdefault(
+            split, {name: [0] * self.num_chunks(split) for name in checksum_keys(self.fields)}
+        )
 
     def written_manifest(self) -> Manifest:
         """The manifest with the checksums of the chunks written."""
@@ -78,12 +88,14 @@ class MemmapChunkStore(ChunkStore):
     def _create_split(self, split: str) -> None:
         self._checksum_slots(split)
         os.mkdir(os.path.join(self.path, split))
+        for name in self._ragged:
+            os.makedirs(os.path.join(self.path, split, name, "values"))
         n = self.num_samples(split)
-        for name, spec in self.fields.items():
+        for name, spec in self.arrays.items():
             header = {
                 "descr": np.lib.format.dtype_to_descr(spec.storage_dtype),
                 "fortran_order": False,
-                "shape": (n, *spec.shape),
+                "shape": (n, *spec.fixed_shape),
             }
             with open(self.field_path(split, name), "wb") as f:
                 np.lib.format.write_array_header_1_0(f, header)
@@ -94,14 +106,14 @@ class MemmapChunkStore(ChunkStore):
         """``{field: (fd, data offset)}``, headers checked against the manifest."""
         handles: dict[str, tuple[int, int]] = {}
         try:
-            for name, spec in self.fields.items():
+            for name, spec in self.arrays.items():
                 path = self.field_path(split, name)  # (named in errors; opened through the pinned root)
                 fd = open_regular(
                     self.file(split, f"{name}.npy"), path, self.writable, f"split {split!r} field {name!r}"
                 )
                 handles[name] = (fd, 0)
                 dtype, shape, offset = read_npy_header(fd, path)
-                expected = (self.num_samples(split), *spec.shape)
+                expected = (self.num_samples(split), *spec.fixed_shape)
                 if dtype != spec.storage_dtype or shape != expected:
                     raise StoreFormatError(
                         f"{path}: holds {shape} {dtype}, manifest says {expected} {spec.storage_dtype}"
@@ -124,34 +136,71 @@ class MemmapChunkStore(ChunkStore):
         for chunk in chunks:
             start, stop = self.chunk_bounds(split, chunk)
             for name, (fd, offset) in handles.items():
-                nbytes = self.fields[name].sample_nbytes
+                nbytes = self.arrays[name].sample_nbytes
                 os.posix_fadvise(fd, offset + start * nbytes, (stop - start) * nbytes, os.POSIX_FADV_WILLNEED)
 
     def _close(self, handle: dict[str, tuple[int, int]]) -> None:
         for fd, _ in handle.values():
             os.close(fd)
 
-    def write_chunk_pieces(self, split: str, chunk: int, pieces: Iterable[Mapping[str, np.ndarray]]) -> None:
+    def write_chunk_pieces(self, split: str, chunk: int, pieces: Iterable[Mapping[str, Any]]) -> None:
         """Write each piece of the chunk's rows at its place as it comes, checksumming as it goes
-        (a piece is written while it is still in the CPU's cache)."""
+        (a piece is written while it is still in the CPU's cache); a ragged field's values are
+        gathered and written at the end."""
         start, stop = self._writable_chunk(split, chunk)
-        sums = dict.fromkeys(self.fields, 0)
+        sums = dict.fromkeys(checksum_keys(self.fields), 0)
+        values: dict[str, list[np.ndarray]] = {name: [] for name in self._ragged}
         for offset, arrays in checked_pieces(self.fields, split, chunk, stop - start, pieces):
             for name, data in arrays.items():
+                if name in values:
+                    values[name].append(data.values.copy())  # (the piece may be overwritten next)
+                    data, name = data.shapes, self.fields[name].shapes_array.name
                 sums[name] = crc32c(data, sums[name])
                 self._write_rows(split, name, start + offset, data)
+        for name, parts in values.items():
+            flat = np.concatenate(parts) if parts else np.empty(0, self.fields[name].storage_dtype)
+            sums[f"{name}/values"] = crc32c(flat)
+            self._write_values(split, name, chunk, flat)
         slots = self._checksum_slots(split)
         for name, crc in sums.items():
             slots[name][chunk] = crc
 
-    def write_chunk(self, split: str, chunk: int, arrays: Mapping[str, np.ndarray]) -> None:
+    def write_chunk(self, split: str, chunk: int, arrays: Mapping[str, Any]) -> None:
         """Write one whole chunk: ``arrays[field]`` holds its rows in storage dtype."""
         self.write_chunk_pieces(split, chunk, [arrays])
+
+    def _write_values(self, split: str, field: str, chunk: int, values: np.ndarray) -> None:
+        header = {"descr": np.lib.format.dtype_to_descr(values.dtype), "fortran_order": False, "shape": values.shape}
+        with open(self.values_path(split, field, chunk), "wb") as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            f.write(values.data)
+
+    def _read_values(self, split: str, field: str, chunk: int, out: np.ndarray, fetched: Fetched | None) -> None:
+        path = self.values_path(split, field, chunk)
+        where = f"split {split!r} field {field!r} chunk {chunk}"
+        fd = open_regular(self.file(split, field, "values", f"{chunk}.npy"), path, False, where)
+        try:
+            dtype, shape, offset = read_npy_header(fd, path)
+            if dtype != out.dtype or shape != out.shape:
+                raise StoreFormatError(
+                    f"{path}: {where} holds values {shape} {dtype}; its shape table needs {out.shape} {out.dtype}"
+                )
+            view, position = out.reshape(-1).view(np.uint8).data, offset
+            while len(view):
+                got = os.preadv(fd, [view], position)
+                if got == 0:
+                    raise StoreReadError(f"{path}: file ends at byte {position}; {where} is truncated")
+                view, position = view[got:], position + got
+        finally:
+            os.close(fd)
+        sums = self.manifest.checksums.get(split)
+        if sums is not None and self.checksums.due(split, chunk):
+            self.compare_checksums(split, f"{field}/values", chunk, sums[f"{field}/values"][chunk], crc32c(out), path)
 
     def _write_rows(self, split: str, field: str, start: int, data: np.ndarray) -> None:
         fd, offset = self._handle(split)[field]
         view = data.reshape(-1).view(np.uint8).data
-        position = offset + start * self.fields[field].sample_nbytes
+        position = offset + start * self.arrays[field].sample_nbytes
         while len(view):
             written = os.pwrite(fd, view, position)
             view, position = view[written:], position + written
@@ -160,7 +209,7 @@ class MemmapChunkStore(ChunkStore):
         self, split: str, field: str, start: int, stop: int, out: np.ndarray, fetched: Fetched | None
     ) -> None:
         fd, offset = self._handle(split)[field]
-        nbytes = self.fields[field].sample_nbytes
+        nbytes = self.arrays[field].sample_nbytes
         view = out.reshape(-1).view(np.uint8).data
         position = offset + start * nbytes
         while len(view):

@@ -164,6 +164,12 @@ class RemoteZarrChunkStore(ZarrChunkStore):
             if direct is not None
             for c in chunks
         ]
+        paths += [  # the values of ragged fields (an empty chunk's values have no object: omitted)
+            str(self._values_io(split, name, c, 1).chunk_path(0))
+            for name, spec in self.fields.items()
+            if spec.ragged
+            for c in chunks
+        ]
         objects: dict[str, tuple[bytes, bool]] = {}
         if self.cache is not None:
             for path in paths:
@@ -208,14 +214,22 @@ class RemoteZarrChunkStore(ZarrChunkStore):
         return str(direct.chunk_path(chunk)).lstrip("/")
 
     def _read_chunk(
-        self, split: str, field: str, direct: DirectChunkIO, chunk: int, out: np.ndarray, fetched: Fetched | None
+        self,
+        split: str,
+        field: str,
+        direct: DirectChunkIO,
+        chunk: int,
+        out: np.ndarray,
+        fetched: Fetched | None,
+        index: int | None = None,
     ) -> None:
-        key = self._key(direct, chunk)
+        index = chunk if index is None else index
+        key = self._key(direct, index)
         where = f"{self.path}: {key}"
         data, cached = (fetched or {}).get(key, (None, False))
         try:
             if data is None:
-                data = request(self.fs, "cat_file", str(direct.chunk_path(chunk)), timeout=self.timeout)
+                data = request(self.fs, "cat_file", str(direct.chunk_path(index)), timeout=self.timeout)
         except FileNotFoundError:
             raise StoreReadError(
                 f"{self.path}: split {split!r} field {field!r} chunk {chunk}: {key} is missing"
@@ -226,7 +240,7 @@ class RemoteZarrChunkStore(ZarrChunkStore):
                 return
             except StoreReadError:
                 self.cache.drop(self._namespace, key)
-                data = request(self.fs, "cat_file", str(direct.chunk_path(chunk)), timeout=self.timeout)
+                data = request(self.fs, "cat_file", str(direct.chunk_path(index)), timeout=self.timeout)
         direct.decode(np.frombuffer(data, dtype=np.uint8), out, self.checksums.due(split, chunk), where)
 
     def __reduce__(self) -> tuple[Any, tuple]:

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numcodecs
 import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec
@@ -97,23 +98,32 @@ class ZarrChunkStore(ChunkStore):
         machinery costs ~7 ms a split; a test checks the documents equal what zarr writes)."""
         root = Path(self.split_path(split))
         _write_node(root, GROUP_DOCUMENT)
-        handles: dict[str, FieldHandle] = {}
-        config = self.manifest.backend_config
         for name, spec in self.fields.items():
-            _write_node(root / name, self._array_document(split, spec))
-            blosc = None
-            if config["compression"] != "none":
-                blosc = blosc_codec(config["compression"], config["clevel"], config["shuffle"])
-            if 0 in spec.shape:  # samples of no bytes: zarr writes (nothing) itself
+            if spec.ragged:  # a group: the shape table, and a group of each chunk's values
+                attributes = {"datalflash_dtype": spec.dtype, "datalflash_kind": spec.kind}
+                _write_node(root / name, {**GROUP_DOCUMENT, "attributes": attributes})
+                _write_node(root / name / "values", GROUP_DOCUMENT)
+        handles: dict[str, FieldHandle] = {}
+        for name, spec in self.arrays.items():
+            _write_node(root / name, self._array_document(spec, self.num_samples(split), self._chunk_rows(split)))
+            if 0 in spec.fixed_shape:  # samples of no bytes: zarr writes (nothing) itself
                 handles[name] = (zarr.open_array(root / name, mode="r+"), None)
                 continue
             chunk_dir, inside, shown = self._chunk_dir(split, name)
-            chunk_shape = (self._chunk_rows(split), *spec.shape)
-            handles[name] = (None, DirectChunkIO(chunk_dir, chunk_shape, "/", blosc, True, inside, shown))
+            chunk_shape = (self._chunk_rows(split), *spec.fixed_shape)
+            handles[name] = (None, DirectChunkIO(chunk_dir, chunk_shape, "/", self._blosc(), True, inside, shown))
         self._handles[split] = handles
 
-    def _array_document(self, split: str, spec: FieldSpec) -> dict:
-        """The Zarr v3 metadata document (``zarr.json``) of ``spec``'s array in ``split``."""
+    def _blosc(self) -> numcodecs.Blosc | None:
+        """The Blosc codec the config asks for (None: uncompressed)."""
+        config = self.manifest.backend_config
+        if config["compression"] == "none":
+            return None
+        return blosc_codec(config["compression"], config["clevel"], config["shuffle"])
+
+    def _array_document(self, spec: FieldSpec, rows: int, chunk_rows: int) -> dict:
+        """The Zarr v3 metadata document (``zarr.json``) of an array of ``rows`` samples of
+        ``spec`` (a fixed-shape array), in chunks of ``chunk_rows``."""
         config = self.manifest.backend_config
         dtype = spec.storage_dtype
         codecs: list[dict] = [
@@ -136,12 +146,12 @@ class ZarrChunkStore(ChunkStore):
         return {
             "zarr_format": 3,
             "node_type": "array",
-            "shape": [self.num_samples(split), *spec.shape],
+            "shape": [rows, *spec.fixed_shape],
             "data_type": dtype.name,
             "chunk_grid": {
                 "name": "regular",
                 "configuration": {
-                    "chunk_shape": [self._chunk_rows(split), *(max(d, 1) for d in spec.shape)],
+                    "chunk_shape": [max(chunk_rows, 1), *(max(d, 1) for d in spec.fixed_shape)],
                 },
             },
             "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
@@ -163,11 +173,11 @@ class ZarrChunkStore(ChunkStore):
         return Path(self.file(f"{split}.zarr", field)), Path(self.root()), shown
 
     def _direct(self, split: str, field: str, meta: Any) -> DirectChunkIO | None:
-        spec = self.fields[field]
+        spec = self.arrays[field]
         path, root, shown = self._chunk_dir(split, field)
         # Stores written before small splits got short chunks hold chunk_size rows there.
         for rows in {self._chunk_rows(split), self.chunk_size}:
-            direct = direct_io(meta, path, (rows, *spec.shape), root=root, shown=shown)
+            direct = direct_io(meta, path, (rows, *spec.fixed_shape), root=root, shown=shown)
             if direct is not None:
                 return direct
         return None
@@ -176,7 +186,7 @@ class ZarrChunkStore(ChunkStore):
         """The Zarr group of ``split``, opened for this process (its metadata documents checked to
         be regular files first: zarr would block on a FIFO)."""
         path = self.file(f"{split}.zarr")
-        for document in ["zarr.json", *(f"{name}/zarr.json" for name in self.fields)]:
+        for document in ["zarr.json", *(f"{name}/zarr.json" for name in self.arrays)]:
             try:
                 mode = os.stat(os.path.join(path, document)).st_mode
             except OSError:
@@ -199,7 +209,7 @@ class ZarrChunkStore(ChunkStore):
         manifest and the codec allow-list."""
         group, path = self._open_group(split), self.split_path(split)
         handles: dict[str, FieldHandle] = {}
-        for name in self.fields:
+        for name in self.arrays:
             try:
                 array = group[name]
             except KeyError:  # missing; or (zarr < 3.1) present with metadata zarr cannot parse
@@ -229,8 +239,8 @@ class ZarrChunkStore(ChunkStore):
         are gathered and compressed at the end (see :meth:`DirectChunkIO.start`)."""
         start, stop = self._writable_chunk(split, chunk)
         handles = self._handle(split)
-        if any(direct is None for _, direct in handles.values()):
-            return super().write_chunk_pieces(split, chunk, pieces)
+        if any(direct is None for _, direct in handles.values()) or any(f.ragged for f in self.fields.values()):
+            return super().write_chunk_pieces(split, chunk, pieces)  # (ragged fields: gathered)
         writers: dict[str, StreamedChunk | GatheredChunk] = {}
         try:
             for _, arrays in checked_pieces(self.fields, split, chunk, stop - start, pieces):
@@ -263,8 +273,35 @@ class ZarrChunkStore(ChunkStore):
             rows, chunk = min(self.chunk_size, stop - row), row // self.chunk_size
             self._read_chunk(split, field, direct, chunk, out[row - start : row - start + rows], fetched)
 
+    def _values_io(self, split: str, field: str, chunk: int, count: int) -> DirectChunkIO:
+        """Direct I/O of the values array of chunk ``chunk`` of the ragged ``field`` (``count`` values)."""
+        path, root, shown = self._chunk_dir(split, f"{field}/values/{chunk}")
+        return DirectChunkIO(path, (max(count, 1),), "/", self._blosc(), True, root, shown)
+
+    def _write_values(self, split: str, field: str, chunk: int, values: np.ndarray) -> None:
+        spec = self.fields[field]
+        element = FieldSpec(f"{field}/values/{chunk}", spec.dtype, ())
+        node = Path(self.split_path(split)) / field / "values" / str(chunk)
+        node.mkdir(exist_ok=True)  # (a chunk written again replaces its values)
+        document = self._array_document(element, len(values), len(values))
+        (node / "zarr.json").write_text(json.dumps(document, indent=2), encoding="utf-8")
+        if len(values):
+            self._values_io(split, field, chunk, len(values)).write(0, values)
+
+    def _read_values(self, split: str, field: str, chunk: int, out: np.ndarray, fetched: Fetched | None) -> None:
+        if len(out):
+            self._read_chunk(split, field, self._values_io(split, field, chunk, len(out)), chunk, out, fetched, 0)
+
     def _read_chunk(
-        self, split: str, field: str, direct: DirectChunkIO, chunk: int, out: np.ndarray, fetched: Fetched | None
+        self,
+        split: str,
+        field: str,
+        direct: DirectChunkIO,
+        chunk: int,
+        out: np.ndarray,
+        fetched: Fetched | None,
+        index: int | None = None,
     ) -> None:
-        """Decode chunk ``chunk`` of ``field`` into ``out`` (checking its CRC when due)."""
-        direct.read(chunk, out, verify=self.checksums.due(split, chunk))
+        """Decode chunk ``chunk`` of ``field`` (the array's chunk ``index``, by default the
+        same) into ``out``, checking its CRC when due."""
+        direct.read(chunk if index is None else index, out, verify=self.checksums.due(split, chunk))

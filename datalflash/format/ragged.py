@@ -1,0 +1,204 @@
+"""Variable-length fields in memory: samples as one flat values array plus a shape per sample.
+
+A ragged field (token ids ``(L,)``, images ``(3, H, W)``, boxes ``(K, 4)``), a ``bytes`` field
+and a ``str`` field (UTF-8) are all held the same way: :class:`RaggedArray` keeps the samples'
+shapes as an ``(n, ndim)`` int64 table and their values, each sample C-contiguous, one after
+the other in one flat array (``str`` and ``bytes``: uint8 with ``ndim == 1``). Sample ``i`` is
+``values[offsets[i]:offsets[i + 1]].reshape(shapes[i])``.
+
+:class:`RaggedBuffer` is the reusable form rows are read or gathered into: the shapes in place,
+the values of each piece of rows kept as they come.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from datalflash.errors import StoreFormatError
+
+MAX_CHUNK_VALUE_BYTES = 2**33  # values one chunk of a field may hold: more is a hostile store, not data
+
+
+@dataclass(frozen=True)
+class RaggedArray:
+    """``n`` samples of one variable-shape field: ``shapes`` ``(n, ndim)`` int64 and ``values``,
+    the samples' elements one after the other (``offsets``, ``n + 1`` of them, says where)."""
+
+    shapes: np.ndarray
+    values: np.ndarray
+    offsets: np.ndarray
+
+    @classmethod
+    def from_shapes(cls, shapes: np.ndarray, values: np.ndarray) -> RaggedArray:
+        """Samples of ``shapes`` whose elements are ``values``, which must hold exactly them."""
+        offsets = np.zeros(len(shapes) + 1, dtype=np.int64)
+        np.cumsum(element_counts(shapes), out=offsets[1:])
+        if offsets[-1] != len(values):
+            raise ValueError(f"shapes need {offsets[-1]} values, got {len(values)}")
+        return cls(np.asarray(shapes, dtype=np.int64), values, offsets)
+
+    @classmethod
+    def from_samples(cls, samples: Sequence[np.ndarray], ndim: int, dtype: np.dtype) -> RaggedArray:
+        """The samples (arrays of ``ndim`` dimensions, storage ``dtype``) as one RaggedArray."""
+        shapes = np.array([s.shape for s in samples], dtype=np.int64).reshape(len(samples), ndim)
+        values = (
+            np.concatenate([np.ascontiguousarray(s, dtype=dtype).reshape(-1) for s in samples])
+            if samples
+            else np.empty(0, dtype)
+        )
+        return cls.from_shapes(shapes, values)
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[RaggedArray]) -> RaggedArray:
+        """The rows of ``parts``, one after the other (at least one part)."""
+        if len(parts) == 1:
+            return parts[0]
+        return cls.from_shapes(np.concatenate([p.shapes for p in parts]), np.concatenate([p.values for p in parts]))
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Elements of each sample."""
+        return np.diff(self.offsets)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the shapes and values together."""
+        return self.shapes.nbytes + self.values.nbytes
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def __getitem__(self, rows: slice) -> RaggedArray:
+        """Rows ``rows`` (a slice with step 1), sharing memory."""
+        start, stop, step = rows.indices(len(self))
+        if step != 1:
+            raise ValueError("RaggedArray rows are sliced with step 1")
+        stop = max(start, stop)
+        a, b = self.offsets[start], self.offsets[stop]
+        return RaggedArray(self.shapes[start:stop], self.values[a:b], self.offsets[start : stop + 1] - a)
+
+    def sample(self, i: int) -> np.ndarray:
+        """Sample ``i`` as an array of its shape."""
+        return self.values[self.offsets[i] : self.offsets[i + 1]].reshape(self.shapes[i])
+
+
+def element_counts(shapes: np.ndarray) -> np.ndarray:
+    """Elements of each sample of an ``(n, ndim)`` shape table (int64)."""
+    shapes = np.asarray(shapes, dtype=np.int64)
+    return np.prod(shapes, axis=1, dtype=np.int64) if shapes.shape[1] else np.ones(len(shapes), np.int64)
+
+
+def checked_counts(shapes: np.ndarray, fixed: Sequence[int | None], itemsize: int, where: str) -> np.ndarray:
+    """Elements of each sample of a shape table read from a store; StoreFormatError (naming
+    ``where``) when a shape is negative, disagrees with the field's fixed dimensions, or the
+    samples together hold more than a chunk may (:data:`MAX_CHUNK_VALUE_BYTES`)."""
+    if shapes.ndim != 2 or shapes.shape[1] != len(fixed):
+        raise StoreFormatError(f"{where}: the shape table is {shapes.shape}, needs (rows, {len(fixed)})")
+    if len(shapes) == 0:
+        return np.zeros(0, np.int64)
+    if shapes.min() < 0:
+        row = int(np.argwhere(shapes < 0)[0][0])
+        raise StoreFormatError(f"{where}: row {row} has a negative shape {shapes[row].tolist()}")
+    for dim, size in enumerate(fixed):
+        if size is not None and np.any(shapes[:, dim] != size):
+            row = int(np.argwhere(shapes[:, dim] != size)[0][0])
+            raise StoreFormatError(
+                f"{where}: row {row} has shape {shapes[row].tolist()}, the field's dimension {dim} is {size}"
+            )
+    # (checked in floating point first: the product of absurd dimensions overflows int64)
+    if np.log2(np.maximum(shapes, 1)).sum(axis=1).max() + np.log2(itemsize) > 60:
+        raise StoreFormatError(f"{where}: a sample's shape is absurdly large")
+    counts = element_counts(shapes)
+    if counts.sum() * itemsize > MAX_CHUNK_VALUE_BYTES:
+        raise StoreFormatError(
+            f"{where}: the shapes need {counts.sum() * itemsize} bytes of values, more than a chunk may hold"
+        )
+    return counts
+
+
+class RaggedBuffer:
+    """Rows of a ragged field filled piece by piece: shapes in place (``shapes[start:stop]``),
+    the values of each piece kept as given (:meth:`put`). :meth:`rows` returns a
+    :class:`RaggedArray` of the rows put; slicing (``buffer[a:b]``) gives a :class:`RaggedSlot`
+    that fills rows ``a:b``. Rows never put count as empty samples."""
+
+    def __init__(self, capacity: int, ndim: int, dtype: np.dtype):
+        self.shapes = np.zeros((capacity, ndim), dtype=np.int64)
+        self.dtype = np.dtype(dtype)
+        self._pieces: dict[int, tuple[int, np.ndarray]] = {}  # first row -> (rows, values)
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def __getitem__(self, rows: slice) -> RaggedSlot:
+        start, stop, _ = rows.indices(len(self))
+        return RaggedSlot(self, start, max(start, stop))
+
+    def __setitem__(self, rows: slice, data: RaggedArray) -> None:
+        self[rows].set(data)
+
+    def put(self, start: int, rows: int, values: np.ndarray) -> None:
+        """The values of rows ``start:start+rows`` (whose shapes are in place), replacing any
+        piece they overlap."""
+        for first in [f for f, (n, _) in self._pieces.items() if f < start + rows and start < f + n]:
+            del self._pieces[first]
+        self._pieces[start] = (rows, values)
+
+    def rows(self, stop: int, start: int = 0) -> RaggedArray:
+        """Rows ``start:stop`` as one RaggedArray (values copied together unless one piece
+        holds them all)."""
+        pieces = sorted((f, n, v) for f, (n, v) in self._pieces.items() if start <= f and f + n <= stop)
+        lengths = np.zeros(stop - start, np.int64)
+        for first, n, values in pieces:
+            lengths[first - start : first - start + n] = element_counts(self.shapes[first : first + n])
+        offsets = np.zeros(stop - start + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        if len(pieces) == 1:  # (rows not put are empty: their offsets are 0, before the piece's)
+            values = pieces[0][2]
+        else:
+            values = np.concatenate([v for *_, v in pieces]) if pieces else np.empty(0, self.dtype)
+        return RaggedArray(self.shapes[start:stop], values, offsets)
+
+
+class RaggedSlot:
+    """Rows ``start:stop`` of a :class:`RaggedBuffer`, to be filled: their ``shapes`` (a view)
+    and :meth:`put` for their values."""
+
+    def __init__(self, buffer: RaggedBuffer, start: int, stop: int):
+        self.buffer, self.start, self.stop = buffer, start, stop
+
+    @property
+    def shapes(self) -> np.ndarray:
+        """The rows' shapes, a view into the buffer."""
+        return self.buffer.shapes[self.start : self.stop]
+
+    @property
+    def dtype(self) -> np.dtype:
+        """Storage dtype of the values."""
+        return self.buffer.dtype
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, rows: slice) -> RaggedSlot:
+        start, stop, _ = rows.indices(len(self))
+        return RaggedSlot(self.buffer, self.start + start, self.start + max(start, stop))
+
+    def put(self, values: np.ndarray, offset: int = 0, rows: int | None = None) -> None:
+        """The values of rows ``offset:offset+rows`` of the slot (default: all of them)."""
+        rows = len(self) - offset if rows is None else rows
+        self.buffer.put(self.start + offset, rows, values)
+
+    def set(self, data: RaggedArray) -> None:
+        """Fill the slot with ``data`` (as many rows as the slot)."""
+        if len(data) != len(self):
+            raise ValueError(f"{len(data)} rows given for a slot of {len(self)}")
+        self.shapes[...] = data.shapes
+        self.put(data.values)
+
+    def array(self) -> RaggedArray:
+        """The slot's rows, as put, as one RaggedArray."""
+        return self.buffer.rows(self.stop, self.start)
