@@ -93,11 +93,8 @@ class FieldSpec:
 def physical_arrays(fields: Mapping[str, FieldSpec]) -> dict[str, FieldSpec]:
     """The fixed-shape arrays a backend stores for ``fields``: each fixed field, and the shape
     table (``"<field>/shapes"``) of each ragged one (whose values are stored chunk by chunk)."""
-    arrays = {}
-    for name, spec in fields.items():
-        table = spec.shapes_array if spec.ragged else spec
-        arrays[table.name] = table
-    return arrays
+    tables = [spec.shapes_array if spec.ragged else spec for spec in fields.values()]
+    return {table.name: table for table in tables}
 
 
 def checksum_keys(fields: Mapping[str, FieldSpec]) -> list[str]:

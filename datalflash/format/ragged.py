@@ -152,7 +152,7 @@ class RaggedBuffer:
         holds them all)."""
         pieces = sorted((f, n, v) for f, (n, v) in self._pieces.items() if start <= f and f + n <= stop)
         lengths = np.zeros(stop - start, np.int64)
-        for first, n, values in pieces:
+        for first, n, _ in pieces:
             lengths[first - start : first - start + n] = element_counts(self.shapes[first : first + n])
         offsets = np.zeros(stop - start + 1, np.int64)
         np.cumsum(lengths, out=offsets[1:])

@@ -10,6 +10,7 @@ its class (:attr:`ChunkStore.streams_writes`, :attr:`~ChunkStore.concurrent_writ
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 import time
@@ -220,7 +221,7 @@ class ChunkStore(ABC):
             where = f"{self.path}: split {split!r} field {field!r} chunk {chunk}"
             counts = checked_counts(out.shapes[a - start : b - start], spec.shape, spec.storage_dtype.itemsize, where)
             values = np.empty(int(counts.sum()), spec.storage_dtype)
-            self._attempt(split, field, a, b, lambda c=chunk, v=values: self._read_values(split, field, c, v, fetched))
+            self._attempt(split, field, a, b, functools.partial(self._read_values, split, field, chunk, values, fetched))
             pieces.append(values)
         out.put(pieces[0] if len(pieces) == 1 else np.concatenate(pieces), 0, stop - start)
 

@@ -54,7 +54,6 @@ class HDF5ChunkStore(ChunkStore):
         return os.path.join(self.path, f"{split}.h5")
 
     def _create_split(self, split: str) -> None:
-        config = self.manifest.backend_config
         n = self.num_samples(split)
         f = h5py.File(self.split_path(split), "w-")
         self._handles[split] = f

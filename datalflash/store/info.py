@@ -61,14 +61,10 @@ def format_info(info: dict) -> str:
 
 
 def _describe_field(field: dict) -> str:
-    """``int32 (None,) ragged``, ``str``, ``float32 (3, 32, 32)``."""
+    """``int32 (*,) ragged ...``, ``str (variable length)``, ``float32 (3, 32, 32)``."""
     kind = field.get("kind", "array")
     if kind in ("str", "bytes"):
         return f"{kind} (variable length)"
-    shape = (
-        "("
-        + ", ".join("*" if d is None else str(d) for d in field["shape"])
-        + ("," if len(field["shape"]) == 1 else "")
-        + ")"
-    )
+    dims = ["*" if d is None else str(d) for d in field["shape"]]
+    shape = "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
     return f"{field['dtype']:<10} {shape}" + ("  ragged (* varies by sample)" if kind == "ragged" else "")
