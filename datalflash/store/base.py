@@ -221,7 +221,8 @@ class ChunkStore(ABC):
             where = f"{self.path}: split {split!r} field {field!r} chunk {chunk}"
             counts = checked_counts(out.shapes[a - start : b - start], spec.shape, spec.storage_dtype.itemsize, where)
             values = np.empty(int(counts.sum()), spec.storage_dtype)
-            self._attempt(split, field, a, b, functools.partial(self._read_values, split, field, chunk, values, fetched))
+            read = functools.partial(self._read_values, split, field, chunk, values, fetched)
+            self._attempt(split, field, a, b, read)
             pieces.append(values)
         out.put(pieces[0] if len(pieces) == 1 else np.concatenate(pieces), 0, stop - start)
 
