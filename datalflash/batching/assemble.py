@@ -1,40 +1,59 @@
 """Batch assembly: ``torch.index_select(..., out=)`` from resident buffers into a new batch.
 
 Each batch gets fresh tensors (from torch's caching allocators, pinned when asked), so a batch a
-training loop keeps is never overwritten; the large chunk buffers are the ones reused.
+training loop keeps is never overwritten; the large chunk buffers are the ones reused. Ragged
+fields are assembled by :mod:`datalflash.batching.ragged`, as their :class:`Collate` policy says.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
+from datalflash.batching import ragged
+from datalflash.batching.ragged import Collate, RaggedTensors
+
+Source = Mapping[str, Any]
+"""``{field: tensor}`` of rows (a :class:`RaggedTensors` for a ragged field)."""
+
 
 def gather(
-    segments: Sequence[tuple[Mapping[str, torch.Tensor], torch.Tensor]],
+    segments: Sequence[tuple[Source, torch.Tensor]],
     *,
     pin_memory: bool = False,
-) -> dict[str, torch.Tensor]:
+    collate: Mapping[str, Collate] | None = None,
+) -> dict[str, Any]:
     """Concatenate ``source[field][index]`` over ``(source, index)`` segments, one new tensor
-    per field; every source has the same fields, dtypes and per-sample shapes."""
+    per field; every source has the same fields, dtypes and per-sample shapes. A ragged field
+    is batched as ``collate[field]`` says (default :class:`Collate`), or, when ``collate`` is
+    None, kept as :class:`RaggedTensors` rows (to gather again)."""
     if not segments:
         raise ValueError("a batch needs at least one segment")
-    if len(segments) == 1:  # the common case: one call per field, straight into the batch
-        source, index = segments[0]
-        if not pin_memory:
-            return {name: torch.index_select(t, 0, index) for name, t in source.items()}
-        return {
-            name: torch.index_select(
-                t, 0, index, out=torch.empty((len(index), *t.shape[1:]), dtype=t.dtype, pin_memory=True)
-            )
-            for name, t in source.items()
-        }
-    sizes = [len(index) for _, index in segments]
-    batch = {}
+    batch: dict[str, Any] = {}
     for name, first in segments[0][0].items():
-        out = torch.empty((sum(sizes), *first.shape[1:]), dtype=first.dtype, pin_memory=pin_memory)
-        for (source, index), part in zip(segments, out.split(sizes)):
-            torch.index_select(source[name], 0, index, out=part)
-        batch[name] = out
+        parts = [(source[name], index) for source, index in segments]
+        if isinstance(first, RaggedTensors):
+            if collate is None:
+                batch[name] = ragged.take(parts, pin_memory)[0]
+            else:
+                batch[name] = ragged.assemble(parts, collate.get(name, Collate()), pin_memory)
+        else:
+            batch[name] = _gather_tensor(parts, pin_memory)
     return batch
+
+
+def _gather_tensor(parts: Sequence[tuple[torch.Tensor, torch.Tensor]], pin_memory: bool) -> torch.Tensor:
+    if len(parts) == 1:  # the common case: one call, straight into the batch
+        source, index = parts[0]
+        if not pin_memory:
+            return torch.index_select(source, 0, index)
+        out = torch.empty((len(index), *source.shape[1:]), dtype=source.dtype, pin_memory=True)
+        return torch.index_select(source, 0, index, out=out)
+    sizes = [len(index) for _, index in parts]
+    first = parts[0][0]
+    out = torch.empty((sum(sizes), *first.shape[1:]), dtype=first.dtype, pin_memory=pin_memory)
+    for (source, index), part in zip(parts, out.split(sizes)):
+        torch.index_select(source, 0, index, out=part)
+    return out

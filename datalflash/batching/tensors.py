@@ -12,8 +12,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from datalflash.batching.ragged import RaggedTensors
 from datalflash.errors import StoreFormatError
 from datalflash.format.dtypes import RAW_BITS_DTYPES, STORAGE_NAMES, SUPPORTED_DTYPES, storage_dtype
+from datalflash.format.manifest import FieldSpec
+from datalflash.format.ragged import as_ragged
 
 
 def torch_dtype_name(dtype: torch.dtype) -> str:
@@ -47,6 +50,15 @@ def from_storage(array: np.ndarray, dtype_name: str) -> torch.Tensor:
     return torch.from_numpy(array)
 
 
-def tensors_from_storage(arrays: Mapping[str, np.ndarray], fields: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """``{field: tensor}`` views of storage arrays, each in its field's torch dtype."""
-    return {name: from_storage(array, fields[name].dtype) for name, array in arrays.items()}
+def tensors_from_storage(arrays: Mapping[str, Any], fields: Mapping[str, FieldSpec]) -> dict[str, Any]:
+    """``{field: tensor}`` views of storage arrays, each in its field's torch dtype (a
+    :class:`~datalflash.batching.ragged.RaggedTensors` for a ragged field)."""
+    out: dict[str, Any] = {}
+    for name, array in arrays.items():
+        spec = fields[name]
+        if spec.ragged:
+            rows = as_ragged(array)
+            out[name] = RaggedTensors.from_array(rows, from_storage(rows.values, spec.dtype), spec)
+        else:
+            out[name] = from_storage(array, spec.dtype)
+    return out

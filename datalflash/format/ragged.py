@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -119,16 +120,35 @@ def checked_counts(shapes: np.ndarray, fixed: Sequence[int | None], itemsize: in
     return counts
 
 
+def as_ragged(data: Any) -> RaggedArray:
+    """Rows of a ragged field as a RaggedArray (a RaggedArray, a RaggedBuffer or a slot of one)."""
+    if isinstance(data, RaggedArray):
+        return data
+    if isinstance(data, RaggedSlot):
+        return data.array()
+    if isinstance(data, RaggedBuffer):
+        return data.rows(len(data))
+    raise TypeError(f"a ragged field's rows are a RaggedArray, not {type(data).__name__}")
+
+
 class RaggedBuffer:
     """Rows of a ragged field filled piece by piece: shapes in place (``shapes[start:stop]``),
     the values of each piece kept as given (:meth:`put`). :meth:`rows` returns a
     :class:`RaggedArray` of the rows put; slicing (``buffer[a:b]``) gives a :class:`RaggedSlot`
     that fills rows ``a:b``. Rows never put count as empty samples."""
 
-    def __init__(self, capacity: int, ndim: int, dtype: np.dtype):
-        self.shapes = np.zeros((capacity, ndim), dtype=np.int64)
+    def __init__(self, capacity: int, ndim: int, dtype: np.dtype, shapes: np.ndarray | None = None):
+        self.shapes = np.zeros((capacity, ndim), dtype=np.int64) if shapes is None else shapes
         self.dtype = np.dtype(dtype)
         self._pieces: dict[int, tuple[int, np.ndarray]] = {}  # first row -> (rows, values)
+
+    def clear(self) -> None:
+        """Forget every piece's values (rows then count as empty until put again)."""
+        self._pieces.clear()
+
+    def values_of(self, start: int) -> np.ndarray:
+        """The values put for the piece starting at row ``start``."""
+        return self._pieces[start][1]
 
     def __len__(self) -> int:
         return len(self.shapes)

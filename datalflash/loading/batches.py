@@ -13,12 +13,14 @@ Each source turns an epoch's order into CPU batches of ``{field: tensor}``:
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
 
 import torch
 
 from datalflash.batching import gather
+from datalflash.batching.ragged import Collate
 from datalflash.batching.tensors import tensors_from_storage
 from datalflash.loading.chunked import ChunkedDataset
 from datalflash.loading.memory import FlashDataset, checked_index
@@ -26,7 +28,7 @@ from datalflash.ordering import EpochPlan, Schedule
 from datalflash.reading import ThreadReader, WindowPrefetcher, readers
 from datalflash.reading.pool import DaemonPool
 
-Batch = dict[str, torch.Tensor]
+Batch = dict[str, Any]
 
 
 def memory_batches(
@@ -58,6 +60,7 @@ def planned_chunk_batches(
     ahead: int,
     timeout: float,
     pin_memory: bool,
+    collate: Mapping[str, Collate] | None = None,
 ) -> Iterator[Batch]:
     """Batches of a store split's plan, as ``sched`` cuts them for this rank; a batch may take
     its rows from two or more visits. Visits and batches are generated as they are served, so
@@ -90,7 +93,7 @@ def planned_chunk_batches(
                 tensors, order = resident[v]
                 segments.append((tensors, order[a:b]))
                 left[v] = (left[v][0], left[v][1] - (b - a))
-            batch = gather(segments, pin_memory=pin_memory)
+            batch = gather(segments, pin_memory=pin_memory, collate=collate or {})
             for v, _, _ in pieces:
                 if v in left and left[v][1] == 0 and v in resident:
                     del resident[v], left[v]
@@ -107,6 +110,7 @@ def sampled_chunk_batches(
     cache_bytes: int,
     pin_memory: bool,
     timeout: float = 0,
+    collate: Mapping[str, Collate] | None = None,
 ) -> Iterator[Batch]:
     """Batches in a sampler's order: each batch reads the chunks it needs (kept in an LRU cache),
     in a reading thread waited on for at most ``timeout`` seconds (0: no limit)."""
@@ -124,7 +128,7 @@ def sampled_chunk_batches(
             ) from None
 
     try:
-        yield from _sampled(dataset, batches, cache, capacity, read, pin_memory)
+        yield from _sampled(dataset, batches, cache, capacity, read, pin_memory, collate or {})
     finally:
         pool.shutdown(readers.CLOSE_TIMEOUT)
 
@@ -136,6 +140,7 @@ def _sampled(
     capacity: int,
     read: Callable[[int], dict[str, torch.Tensor]],
     pin_memory: bool,
+    collate: Mapping[str, Collate],
 ) -> Iterator[Batch]:
     store = dataset.store
     for indices in batches:
@@ -152,5 +157,5 @@ def _sampled(
             where = torch.nonzero(chunk_of == chunk).flatten()
             segments.append((cache[chunk], index[where] - chunk * store.chunk_size))
             positions.append(where)
-        grouped = gather(segments)
-        yield gather([(grouped, torch.argsort(torch.cat(positions)))], pin_memory=pin_memory)
+        grouped = gather(segments)  # (ragged fields: rows, ordered and batched by the next gather)
+        yield gather([(grouped, torch.argsort(torch.cat(positions)))], pin_memory=pin_memory, collate=collate)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from datalflash.batching.ragged import RaggedTensors
 from datalflash.batching.tensors import tensors_from_storage
 from datalflash.format.structure import rebuild
 from datalflash.store.base import ChunkStore
@@ -40,8 +40,9 @@ class ChunkedDataset(Dataset):
     def __len__(self) -> int:
         return self._length
 
-    def chunk_tensors(self, chunk: int, out: dict[str, np.ndarray] | None = None) -> dict[str, torch.Tensor]:
-        """Chunk ``chunk`` as ``{field: tensor}`` in the fields' torch dtypes."""
+    def chunk_tensors(self, chunk: int, out: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Chunk ``chunk`` as ``{field: tensor}`` in the fields' torch dtypes (a ragged field's
+        rows as :class:`~datalflash.batching.ragged.RaggedTensors`)."""
         return tensors_from_storage(self.store.read_chunks(self.split, [chunk], out), self.fields)
 
     def _row(self, index: int) -> tuple[dict[str, torch.Tensor], int]:
@@ -55,7 +56,8 @@ class ChunkedDataset(Dataset):
 
     def __getitem__(self, index: int) -> Any:
         tensors, row = self._row(int(index))
-        return rebuild(self.structure, {name: t[row].clone() for name, t in tensors.items()}, tuple)
+        leaves = {name: t.item(row) if isinstance(t, RaggedTensors) else t[row].clone() for name, t in tensors.items()}
+        return rebuild(self.structure, leaves, tuple)
 
     def __reduce__(self) -> tuple[Any, tuple]:
         """Pickle the store (by path) and the split name, not the cached chunk."""

@@ -15,6 +15,7 @@ from typing import Any
 
 from torch.utils.data import BatchSampler, Sampler
 
+from datalflash.batching.ragged import Collate
 from datalflash.loading.batches import (
     Batch,
     memory_batches,
@@ -58,6 +59,7 @@ class OwnEpochs:
     world_size: int = 1
     window_chunks: int | None = None
     reading: Reading = field(default_factory=Reading)
+    collate: dict[str, Collate] = field(default_factory=dict)  # how each ragged field is batched
     _reader: ThreadReader | None = None  # kept across epochs with persistent workers
     _spare: SpareBuffers = field(default_factory=SpareBuffers)  # chunk buffers kept across epochs
 
@@ -91,6 +93,7 @@ class OwnEpochs:
                 cache_bytes=self.reading.read_ahead_bytes,
                 pin_memory=pin_memory,
                 timeout=self.reading.timeout,
+                collate=self.collate,
             )
         share = rank_share(remaining, self.rank, self.world_size, self.drop_last)
         share = take(share, skip, total(share))
@@ -106,7 +109,14 @@ class OwnEpochs:
         return self._with_reader(
             data,
             lambda reader: planned_chunk_batches(
-                data, plan, sched, reader=reader, ahead=1, timeout=self.reading.timeout, pin_memory=pin_memory
+                data,
+                plan,
+                sched,
+                reader=reader,
+                ahead=1,
+                timeout=self.reading.timeout,
+                pin_memory=pin_memory,
+                collate=self.collate,
             ),
         )
 

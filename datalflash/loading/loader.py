@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from datalflash.batching.ragged import collate_policies
 from datalflash.distributed import agree_seed, check_seed_can_be_agreed, draw_seed, resolve_ranks
 from datalflash.format.structure import rebuild
 from datalflash.loading.chunked import ChunkedDataset
@@ -58,6 +59,14 @@ class FlashDataLoader:
 
     ``state_dict()`` / ``load_state_dict()`` resume an epoch exactly where it stopped, on any
     world size (see :mod:`datalflash.loading.resume`).
+
+    Ragged fields of a store (variable-length samples) are batched as ``collate`` says: a mode,
+    ``"pad"`` (default: :class:`~datalflash.batching.ragged.Padded` ``(data, lengths, mask)``),
+    ``"packed"`` (:class:`~datalflash.batching.ragged.Packed` ``(values, cu_seqlens,
+    max_seqlen)``), ``"nested"`` (a ``torch.nested`` tensor) or ``"list"``; a
+    :class:`~datalflash.batching.ragged.Collate` (or dict of its arguments: ``pad_value``,
+    ``pad_to``, ``pad_multiple``, ``mask``); or ``{field: any of those}``. ``str`` fields come
+    back as lists of ``str``, ``bytes`` fields as lists of uint8 tensors.
     """
 
     def __init__(
@@ -87,6 +96,7 @@ class FlashDataLoader:
         transform: Callable | None = None,
         rank: int | None = None,
         world_size: int | None = None,
+        collate: Any = None,
     ):
         self.dataset = dataset
         self.batch_size = batch_size
@@ -116,6 +126,7 @@ class FlashDataLoader:
             and (batch_size is not None or batch_sampler is not None)
         ):
             _check_arguments(batch_size, shuffle, sampler, batch_sampler, drop_last, num_workers)
+            policies = collate_policies(collate, dataset.store.fields if isinstance(dataset, ChunkedDataset) else {})
             self.rank, self.world_size = resolve_ranks(rank, world_size)
             check_seed_can_be_agreed(seed, self.world_size)
             if self._seed is None:  # drawn now, as torch draws its base seed; agreed when first used
@@ -143,8 +154,14 @@ class FlashDataLoader:
                 self.world_size,
                 self.window_chunks,
                 reading,
+                policies,
             )
         else:
+            if collate is not None:
+                raise ValueError(
+                    "collate= batches the ragged fields of a store split read by the loader's own stages; "
+                    "with a collate_fn (or another dataset) the batches are collate_fn's to make"
+                )
             torch_options = {"in_order": in_order} if not in_order else {}  # (torch >= 2.6 knows in_order)
             self._torch = DataLoader(
                 dataset,

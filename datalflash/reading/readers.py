@@ -24,10 +24,12 @@ import numpy as np
 import torch
 
 from datalflash.errors import StoreReadError
+from datalflash.format.ragged import RaggedBuffer
 from datalflash.reading.pool import DaemonPool
 from datalflash.store.base import ChunkStore
 
-Buffer = dict[str, np.ndarray]
+Buffer = dict[str, Any]
+"""``{field: rows}``: an array, or a :class:`~datalflash.format.ragged.RaggedBuffer` for a ragged field."""
 CLOSE_TIMEOUT = 10.0  # seconds closing a reader waits for reads in progress before abandoning them
 Handle = tuple[int, Any]
 """A reader's buffer: ``(rows it holds, payload)``; :meth:`ThreadReader.arrays` gives its arrays."""
@@ -64,12 +66,26 @@ class SpareBuffers:
         return len(self._buffers)
 
 
-def _views(store: ChunkStore, raw: dict[str, torch.Tensor], offset: int, rows: int) -> Buffer:
-    """Storage-typed views of rows ``offset..offset+rows`` of shared byte tensors."""
+def _views(store: ChunkStore, raw: dict[str, torch.Tensor], offset: int, rows: int) -> dict[str, np.ndarray]:
+    """Storage-typed views of rows ``offset..offset+rows`` of shared byte tensors, one per
+    stored array (:attr:`~datalflash.store.ChunkStore.arrays`: a ragged field's shape table)."""
     out = {}
-    for name, spec in store.fields.items():
+    for name, spec in store.arrays.items():
         flat = raw[name].numpy()[: (offset + rows) * spec.sample_nbytes]
-        out[name] = flat.view(spec.storage_dtype).reshape(offset + rows, *spec.shape)[offset:]
+        out[name] = flat.view(spec.storage_dtype).reshape(offset + rows, *spec.fixed_shape)[offset:]
+    return out
+
+
+def _fields(store: ChunkStore, arrays: dict[str, np.ndarray]) -> Buffer:
+    """``{field: rows}`` from the stored arrays' views: a ragged field gets a RaggedBuffer over
+    its shape table (its values are kept by the buffer as they are read)."""
+    out: Buffer = {}
+    for name, spec in store.fields.items():
+        if spec.ragged:
+            table = arrays[spec.shapes_array.name]
+            out[name] = RaggedBuffer(len(table), len(spec.shape), spec.storage_dtype, table)
+        else:
+            out[name] = arrays[name]
     return out
 
 
@@ -90,7 +106,11 @@ class ThreadReader:
 
     def allocate(self, rows: int) -> Handle:
         """A buffer of at least ``rows`` samples (a spare one when one is large enough)."""
-        return self.spare.take(rows) or (rows, self._new(rows))
+        buffer = self.spare.take(rows) or (rows, self._new(rows))
+        for array in self.arrays(buffer).values():
+            if isinstance(array, RaggedBuffer):
+                array.clear()  # (a ragged field's values of an earlier visit are let go)
+        return buffer
 
     def recycle(self, buffer: Handle) -> None:
         """Keep ``buffer`` (no read may still be writing it) for a later :meth:`allocate`."""
@@ -138,7 +158,9 @@ def _init_worker(store: ChunkStore, worker_init_fn: Any, worker_id_queue: Any, p
 _worker_buffers: dict[int, dict[str, torch.Tensor]] = {}
 
 
-def _read_in_worker(split: str, chunk: int, key: int, raw: dict[str, torch.Tensor], offset: int) -> None:
+def _read_in_worker(
+    split: str, chunk: int, key: int, raw: dict[str, torch.Tensor], offset: int
+) -> dict[str, np.ndarray]:
     # Holding the buffer keeps its mapping: torch's unpickler then finds the same storage again
     # instead of mapping (and page-faulting) the shared memory anew for every chunk.
     _worker_buffers[key] = raw
@@ -148,7 +170,10 @@ def _read_in_worker(split: str, chunk: int, key: int, raw: dict[str, torch.Tenso
     if store is None:
         raise RuntimeError("a reading worker was not initialized with its store")
     start, stop = store.chunk_bounds(split, chunk)
-    store.read_chunks(split, [chunk], _views(store, raw, offset, stop - start))
+    out = _fields(store, _views(store, raw, offset, stop - start))
+    store.read_chunks(split, [chunk], out)
+    # A ragged field's values go back through the pipe (their size is known only once read).
+    return {name: rows.values_of(0) for name, rows in out.items() if isinstance(rows, RaggedBuffer)}
 
 
 class ProcessReader(ThreadReader):
@@ -182,23 +207,47 @@ class ProcessReader(ThreadReader):
         )
 
     def _new(self, rows: int) -> Any:
-        return {
+        raw = {
             name: torch.empty(max(1, rows * spec.sample_nbytes), dtype=torch.uint8).share_memory_()
-            for name, spec in self.store.fields.items()
+            for name, spec in self.store.arrays.items()
         }
+        return raw, _fields(self.store, _views(self.store, raw, 0, rows))
 
     def arrays(self, buffer: Handle) -> Buffer:
-        """``{field: array}`` views of a shared buffer's bytes."""
-        return _views(self.store, buffer[1], 0, buffer[0])
+        """``{field: array}`` views of a shared buffer's bytes (RaggedBuffers for ragged fields)."""
+        return buffer[1][1]
 
     def read(self, split: str, chunk: int, buffer: Handle, offset: int) -> Future:
-        """Read ``chunk`` into the shared buffer in a worker process."""
+        """Read ``chunk`` into the shared buffer in a worker process (a ragged field's values
+        come back through the pipe and are put into the buffer before the read counts as done)."""
+        raw, fields = buffer[1]
         try:
-            return self._processes.submit(_read_in_worker, split, chunk, id(buffer[1]), buffer[1], offset)
+            inner = self._processes.submit(_read_in_worker, split, chunk, id(raw), raw, offset)
         except BrokenProcessPool as e:
             raise StoreReadError(
                 f"{self.store.path}: split {split!r} chunk {chunk}: a reading worker process died ({e})"
             ) from e
+        if not any(isinstance(rows, RaggedBuffer) for rows in fields.values()):
+            return inner
+        rows = self.store.chunk_bounds(split, chunk)
+        outer: Future = Future()
+
+        def done(future: Future) -> None:
+            if future.cancelled():
+                outer.cancel()
+                return
+            if not outer.set_running_or_notify_cancel():  # (the outer one was cancelled meanwhile)
+                return
+            error = future.exception()
+            if error is not None:
+                outer.set_exception(error)
+                return
+            for name, values in future.result().items():
+                fields[name].put(offset, rows[1] - rows[0], values)
+            outer.set_result(None)
+
+        inner.add_done_callback(done)
+        return outer
 
     def close(self) -> None:
         """Cancel queued reads and stop the worker processes; a worker still in a read after

@@ -9,18 +9,9 @@ from typing import Any
 import numpy as np
 
 from datalflash.format.manifest import FieldSpec
-from datalflash.format.ragged import RaggedArray, RaggedBuffer, RaggedSlot
+from datalflash.format.ragged import RaggedArray, RaggedBuffer, RaggedSlot, as_ragged
 
-
-def as_ragged(data: Any) -> RaggedArray:
-    """Rows of a ragged field as a RaggedArray (from a buffer's slot, or given as one)."""
-    if isinstance(data, RaggedArray):
-        return data
-    if isinstance(data, RaggedSlot):
-        return data.array()
-    if isinstance(data, RaggedBuffer):
-        return data.rows(len(data))
-    raise TypeError(f"a ragged field's rows are a RaggedArray, not {type(data).__name__}")
+__all__ = ["as_ragged", "checked_out", "checked_pieces", "checked_rows"]
 
 
 def _check_ragged(spec: FieldSpec, data: Any, rows: int, where: str) -> RaggedArray:

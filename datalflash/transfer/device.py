@@ -39,6 +39,8 @@ def map_tensors(fn: Callable[[torch.Tensor], torch.Tensor], batch: Any) -> Any:
         return fn(batch)
     if isinstance(batch, dict):
         return {k: map_tensors(fn, v) for k, v in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # a NamedTuple (Padded, Packed)
+        return type(batch)(*(map_tensors(fn, v) for v in batch))
     if isinstance(batch, (list, tuple)):
         return type(batch)(map_tensors(fn, v) for v in batch)
     return batch
