@@ -151,7 +151,9 @@ def test_info_and_bench(sources, tmp_path, capsys):
     assert cli(["info", "store", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["splits"]["train"] == {"samples": 240, "chunks": 4} and info["raw_bytes"] == 300 * (24 + 8)
-    assert info["fields"]["0"] == {"dtype": "float32", "shape": [2, 3]} and all(info["checksums"].values())
+    assert info["fields"]["0"] == {"dtype": "float32", "shape": [2, 3], "kind": "array"} and all(
+        info["checksums"].values()
+    )
     assert cli(["bench", "store", "--epochs", "1", "--max-seconds", "5", "--batch-size", "32"]) == 0
     out = capsys.readouterr().out
     assert "FlashDataLoader (store)" in out and "torch DataLoader, items from the store" in out

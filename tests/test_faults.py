@@ -148,7 +148,7 @@ def test_a_short_blosc_frame_is_a_format_error_and_verify_finds_it(tmp_path):
     short = np.frombuffer(numcodecs.Blosc(cname="lz4").encode(np.arange(8 * 4, dtype=np.int64)), np.uint8)
     chunk_file.write_bytes(short.tobytes() + struct.pack("<I", crc32c(short)))  # checksum-valid, 8 rows of 10
     store = open_store(path, verify="always")
-    with pytest.raises(StoreFormatError, match=r"split 'train' field '0' chunks 2\.\.2.*decodes to 256 bytes"):
+    with pytest.raises(StoreFormatError, match=r"split 'train' field '0' chunk 2.*decodes to 256 bytes"):
         store.read_chunks("train", [3, 2], out=store.allocate(20))  # into a reused buffer
     report = verify_store(path, progress=False)
     assert [(split, chunk) for split, chunk, _ in report.bad] == [("train", 2)]

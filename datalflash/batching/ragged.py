@@ -77,14 +77,15 @@ class Collate:
 
 def collate_policies(collate: Any, fields: Mapping[str, FieldSpec]) -> dict[str, Collate]:
     """``{ragged field: Collate}`` from a loader's ``collate=`` argument: None (defaults), one
-    policy for every ragged field (a mode name, a dict of Collate's arguments or a Collate), or a
-    dict per field name of those. Raises ValueError naming what does not fit."""
+    policy for every ragged numeric field (a mode name, a dict of Collate's arguments or a
+    Collate), or a dict per field name of those (``bytes`` fields too). Raises ValueError naming
+    what does not fit."""
     ragged = {name: spec for name, spec in fields.items() if spec.ragged}
     per_field: Mapping[str, Any]
     if isinstance(collate, Mapping) and set(collate) <= set(fields) and collate and not _is_options(collate):
         per_field = collate
-    else:
-        per_field = dict.fromkeys(ragged, collate)
+    else:  # one policy for the ragged numeric fields (str and bytes keep their lists)
+        per_field = {name: collate for name, spec in ragged.items() if spec.kind == "ragged"}
     unknown = sorted(set(per_field) - set(ragged))
     if unknown:
         raise ValueError(f"collate= names {unknown}, which are not ragged fields (ragged: {sorted(ragged)})")

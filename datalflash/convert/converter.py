@@ -29,6 +29,7 @@ from datalflash.convert.layout import DEFAULT_SPLITS, read_blocks, source_order,
 from datalflash.convert.pipeline import fill_store
 from datalflash.convert.ranks import conversion_ranks, convert_across_ranks
 from datalflash.convert.samples import PROBES, BlockReader, ShapeVariesError, block_size, infer_schema
+from datalflash.convert.sources import as_dataset
 from datalflash.errors import BackendError, ConversionError
 from datalflash.format.manifest import MAX_CHUNKS, FieldSpec, Manifest, SplitInfo, allocate
 from datalflash.loading.memory import FlashDataset
@@ -109,7 +110,8 @@ class DatasetConverter:
         world_size: int | None = None,
         fields: Mapping[str, Any] | None = None,
     ) -> Path:
-        """Write ``pytorch_dataset`` as a chunked store at ``output_dir``; returns its path.
+        """Write ``pytorch_dataset`` (any map-style dataset, a Hugging Face ``datasets.Dataset``
+        included) as a chunked store at ``output_dir``; returns its path.
 
         Samples are permuted with ``seed`` when ``shuffle`` and cut into splits by
         ``split_ratios`` (default 80/10/10 train/val/test); each split is stored in chunks of
@@ -133,6 +135,8 @@ class DatasetConverter:
         """
         require_int("chunk_size", chunk_size, 1, ConversionError)
         require_int("num_workers", num_workers, 0, ConversionError)
+        source_name = type(pytorch_dataset).__name__
+        pytorch_dataset = as_dataset(pytorch_dataset)
         n = _dataset_length(pytorch_dataset)
         ratios = DEFAULT_SPLITS if split_ratios is None else split_ratios
         sizes = split_sizes(n, ratios)
@@ -162,7 +166,7 @@ class DatasetConverter:
             created={
                 "by": f"datalflash {__version__}",
                 "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "source": type(pytorch_dataset).__name__,
+                "source": source_name,
                 "num_source_samples": n,
                 "shuffle": bool(shuffle),
                 "seed": int(seed),
@@ -223,6 +227,7 @@ class DatasetConverter:
         tensors (peak memory = the data's size); without it, blocks are concatenated at the end
         (peak about twice that).
         """
+        pytorch_dataset = as_dataset(pytorch_dataset)
         n = _dataset_length(pytorch_dataset)
         structure, fields = infer_schema(_probe(pytorch_dataset, np.arange(n)))
         ragged = [name for name, spec in fields.items() if spec.ragged]

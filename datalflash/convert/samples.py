@@ -35,6 +35,8 @@ def leaf_signature(value: Any) -> Signature | None:
     if isinstance(value, torch.Tensor):
         name = torch_dtype_name(value.dtype)
         return ("array", name, tuple(value.shape)) if _storable(name) else None
+    if isinstance(value, np.ndarray) and value.dtype.kind == "O" and value.size == 0:
+        return ("empty", "", tuple(value.shape))  # (an empty list, as Hugging Face formats it): fits any ragged field
     if isinstance(value, (np.ndarray, np.generic)) and value.dtype.kind not in "USO":
         numpy_name = numpy_dtype_name(value.dtype)
         return ("array", numpy_name, tuple(np.shape(value))) if numpy_name else None
@@ -57,6 +59,8 @@ def leaf_values(value: Any, spec: FieldSpec) -> np.ndarray:
         return np.frombuffer(value.encode("utf-8"), dtype=np.uint8)
     if spec.kind == "bytes":
         return np.frombuffer(memoryview(value).cast("B"), dtype=np.uint8)
+    if isinstance(value, np.ndarray) and value.dtype.kind == "O":  # an empty sample
+        return np.zeros([0 if d is None else d for d in spec.shape], dtype=spec.storage_dtype)
     return as_storage(value, spec.dtype)
 
 
@@ -103,6 +107,11 @@ def infer_schema(
 
 
 def _field_spec(name: str, seen: list[Signature], declared: Any, samples: Sequence[tuple[int, Any]]) -> FieldSpec:
+    empty = any(k == "empty" for k, _, _ in seen)
+    pairs = [(p, sig) for p, sig in zip(samples, seen) if sig[0] != "empty"]
+    if not pairs:
+        raise ConversionError(f"field {name!r}: every sample looked at is an empty list; its dtype is unknown")
+    samples, seen = [p for p, _ in pairs], [sig for _, sig in pairs]
     kind, dtype, shape = seen[0]
     if isinstance(declared, str):
         declared = {"kind": declared}
@@ -131,6 +140,8 @@ def _field_spec(name: str, seen: list[Signature], declared: Any, samples: Sequen
     if want in ("str", "bytes"):
         raise ConversionError(f"field {name!r} holds arrays ({dtype} {shape}); fields= declares it {want}")
     varying = [len({sh[d] for _, _, sh in seen}) > 1 for d in range(len(shape))]
+    if empty and shape:
+        varying[0] = True  # (empty samples: the first dimension varies)
     if want == "array" or (want is None and not any(varying)):
         return FieldSpec(name, dtype, shape)
     if declared_shape is not None:  # e.g. [3, None, None]: which dimensions vary
@@ -237,6 +248,8 @@ class BlockCollator:
             found = _describe(leaf)
         else:
             kind, dtype, shape = signature
+            if kind == "empty" and spec.kind == "ragged":
+                return
             if spec.kind in ("str", "bytes"):
                 if kind == spec.kind:
                     return

@@ -4,7 +4,8 @@
 * ``a.npy`` or ``a.npy,b.npy,...``: arrays memory-mapped, samples ``(a[i], b[i], ...)``;
 * ``data.npz``: its arrays, samples ``{key: array[i]}``;
 * ``data.h5`` (every top-level dataset) or ``data.h5:name``: HDF5 datasets;
-* ``array.zarr`` (an array, or a group of arrays): Zarr.
+* ``array.zarr`` (an array, or a group of arrays): Zarr;
+* a directory written by Hugging Face ``Dataset.save_to_disk``: that dataset (see :func:`as_dataset`).
 
 Array sources become a ``TensorDataset`` (dict sources a dict-sample dataset), so the converter
 copies them in vectorized blocks. ``.npy`` files stay memory-mapped; npz, HDF5 and Zarr arrays
@@ -133,6 +134,31 @@ def _from_zarr(spec: str) -> Dataset:
     return DictDataset({name: _tensor(a[...], f"{spec}/{name}") for name, a in arrays.items()})
 
 
+def is_hf_dataset(source: Any) -> bool:
+    """Whether ``source`` is a Hugging Face ``datasets.Dataset`` (checked without importing it)."""
+    return type(source).__module__.startswith("datasets.") and hasattr(source, "with_format")
+
+
+def as_dataset(source: Any) -> Any:
+    """What the converter reads: a Hugging Face ``datasets.Dataset`` in numpy format (list and
+    array columns as arrays, so variable-length ones become ragged fields; text as ``str``);
+    any other dataset as it is."""
+    return source.with_format("numpy") if is_hf_dataset(source) else source
+
+
+def _from_hf_disk(spec: str) -> Dataset:
+    try:
+        import datasets
+    except ImportError:
+        raise SourceError(
+            f"{spec}: a Hugging Face dataset directory; reading it needs `pip install datasets`"
+        ) from None
+    loaded = datasets.load_from_disk(spec)
+    if not is_hf_dataset(loaded):
+        raise SourceError(f"{spec}: holds a {type(loaded).__name__}; convert one of its splits (a Dataset)")
+    return loaded
+
+
 def load_source(spec: str) -> Dataset:
     """The dataset ``spec`` names (see the module docstring); raises SourceError."""
     base = spec.split(",")[0].split(":")[0] if not Path(spec).exists() else spec
@@ -145,9 +171,11 @@ def load_source(spec: str) -> Dataset:
         return _from_hdf5(spec)
     if suffix == ".zarr" or (Path(spec) / "zarr.json").exists():
         return _from_zarr(spec)
+    if (Path(spec) / "dataset_info.json").exists() or (Path(spec) / "state.json").exists():
+        return _from_hf_disk(spec)
     if ":" in spec and not Path(spec).exists():
         return _from_factory(spec)
     raise SourceError(
         f"{spec}: not a source; give module:callable, .npy file(s), a .npz file, an HDF5 file "
-        "(file.h5 or file.h5:dataset) or a Zarr array/group"
+        "(file.h5 or file.h5:dataset), a Zarr array/group or a saved Hugging Face dataset directory"
     )

@@ -259,6 +259,8 @@ class ChunkStore(ABC):
 
     def _where(self, split: str, field: str, start: int, stop: int) -> str:
         chunks = self.manifest.chunks_of_rows(start, stop)
+        if len(chunks) == 1:
+            return f"split {split!r} field {field!r} chunk {chunks.start}"
         return f"split {split!r} field {field!r} chunks {chunks.start}..{chunks.stop - 1}"
 
     def _read_error(self, split: str, field: str, start: int, stop: int, e: Exception, retries: int) -> StoreReadError:

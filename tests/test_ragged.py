@@ -1,0 +1,449 @@
+"""Variable-length data: ragged, str and bytes fields stored, read back by plain readers and by the
+loader under every collate policy, checked sample by sample against real sources."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sysconfig
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.utils.data import Dataset
+
+from datalflash.batching.ragged import Collate, Packed, Padded, RaggedTensors, assemble
+from datalflash.core import FlashDataLoader, get_dataloaders
+from datalflash.errors import ConversionError, DataLFlashError, StoreFormatError
+from datalflash.format.ragged import RaggedArray
+from datalflash.loading import ChunkedDataset
+from datalflash.store import open_store
+from datalflash.utils import DatasetConverter
+
+BACKENDS = ["zarr", "hdf5", "memmap"]
+
+
+def stdlib_documents(count: int) -> list[tuple[str, np.ndarray]]:
+    """Real text: the Python standard library's own sources, cut into documents (one per
+    top-level definition run), tokenized by bytes; named by module."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    docs: list[tuple[str, np.ndarray]] = []
+    for path in sorted(root.glob("*.py")):
+        text = path.read_bytes()
+        for k, part in enumerate(text.split(b"\ndef ")[:8]):
+            docs.append((f"{path.stem}.{k}", np.frombuffer(part[:3000], dtype=np.uint8).astype(np.int32)))
+            if len(docs) == count:
+                return docs
+    return docs
+
+
+def photo_crops(count: int) -> list[np.ndarray]:
+    """Real photographs (scikit-learn's sample images) cut to varied sizes, HWC uint8."""
+    from sklearn.datasets import load_sample_images
+
+    images = load_sample_images().images
+    rng = np.random.default_rng(3)
+    crops = []
+    for i in range(count):
+        image = images[i % len(images)]
+        h, w = int(rng.integers(1, 90)), int(rng.integers(1, 90))
+        y, x = int(rng.integers(0, image.shape[0] - h)), int(rng.integers(0, image.shape[1] - w))
+        crops.append(np.ascontiguousarray(image[y : y + h, x : x + w]))
+    return crops
+
+
+class RealSamples(Dataset):
+    """Token ids of stdlib documents, their module name (str), a photo crop, the JPEG bytes of
+    a real photo (every 7th sample) or a short blob, and an index."""
+
+    def __init__(self, n: int = 300):
+        from sklearn.datasets import load_sample_images
+
+        self.docs = stdlib_documents(n)
+        self.photos = photo_crops(n)
+        self.jpegs = [Path(f).read_bytes() for f in load_sample_images().filenames]
+        self.n = min(n, len(self.docs))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        name, tokens = self.docs[i]
+        blob = self.jpegs[i % 2] if i % 7 == 0 else bytes([i % 256]) * (i % 5)
+        return {"tokens": torch.from_numpy(tokens), "name": name, "photo": self.photos[i], "blob": blob, "index": i}
+
+
+@pytest.fixture(scope="module")
+def real() -> RealSamples:
+    return RealSamples()
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def store(request, real, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("ragged") / request.param
+    DatasetConverter.create_chunked_dataset(real, path, chunk_size=32, backend=request.param, progress=False)
+    return path
+
+
+def source_of(store_path: Path, split: str, row: int, real: RealSamples) -> dict:
+    return real[int(ChunkedDataset(store_path, split)[row]["index"])]
+
+
+def test_kinds_are_inferred_and_listed(store):
+    fields = open_store(store).fields
+    assert (fields["tokens"].kind, fields["tokens"].shape, fields["tokens"].dtype) == ("ragged", (None,), "int32")
+    assert (fields["photo"].kind, fields["photo"].shape) == ("ragged", (None, None, 3))
+    assert fields["name"].kind == "str" and fields["blob"].kind == "bytes"
+    assert fields["index"].kind == "array"
+    manifest = json.loads((store / "manifest.json").read_text())
+    assert manifest["fields"]["photo"]["shape"] == [None, None, 3]
+
+
+def test_every_sample_reads_back_equal(store, real):
+    seen = set()
+    for split in ("train", "val", "test"):
+        data = ChunkedDataset(store, split)
+        for row in range(len(data)):
+            sample = data[row]
+            source = real[int(sample["index"])]
+            assert torch.equal(sample["tokens"], source["tokens"])
+            assert sample["name"] == source["name"] and isinstance(sample["name"], str)
+            assert sample["blob"] == source["blob"]
+            assert np.array_equal(sample["photo"].numpy(), source["photo"])
+            seen.add(int(sample["index"]))
+    assert seen == set(range(len(real)))
+
+
+def plain_read(store: Path, split: str, field: str) -> list[np.ndarray]:
+    """A ragged field's samples read with zarr / h5py / numpy alone, as the SPEC describes."""
+    backend = json.loads((store / "manifest.json").read_text())["backend"]["id"]
+    chunk_size = json.loads((store / "manifest.json").read_text())["chunk_size"]
+    if backend == "zarr":
+        group = zarr.open_group(store / f"{split}.zarr", mode="r")
+        shapes = group[f"{field}/shapes"][...]
+        values = lambda c: group[f"{field}/values/{c}"][...]  # noqa: E731
+    elif backend == "hdf5":
+        f = h5py.File(store / f"{split}.h5", "r", locking=False)
+        shapes = f[f"{field}/shapes"][...]
+        values = lambda c: f[f"{field}/values/{c}"][...]  # noqa: E731
+    else:
+        shapes = np.load(store / split / field / "shapes.npy")
+        values = lambda c: np.load(store / split / field / "values" / f"{c}.npy")  # noqa: E731
+    samples = []
+    for chunk in range(-(-len(shapes) // chunk_size)):
+        rows = shapes[chunk * chunk_size : (chunk + 1) * chunk_size]
+        flat, offset = values(chunk), 0
+        for shape in rows:
+            size = int(np.prod(shape))
+            samples.append(flat[offset : offset + size].reshape(shape))
+            offset += size
+        assert offset == len(flat)
+    return samples
+
+
+def test_plain_readers_read_the_values(store, real):
+    tokens, names = plain_read(store, "train", "tokens"), plain_read(store, "train", "name")
+    photos = plain_read(store, "train", "photo")
+    data = ChunkedDataset(store, "train")
+    assert len(tokens) == len(data)
+    for row in range(len(data)):
+        source = real[int(data[row]["index"])]
+        assert np.array_equal(tokens[row], source["tokens"].numpy())
+        assert names[row].tobytes().decode() == source["name"]
+        assert np.array_equal(photos[row], source["photo"])
+
+
+def reference_batches(loader, store_path, split, real):
+    """``(batch, sources)`` of each batch: the source samples of its rows (by the index field)."""
+    for batch in loader:
+        yield batch, [real[int(i)] for i in batch["index"]]
+
+
+def test_pad_policy_matches_each_sample(store, real):
+    loader = FlashDataLoader(
+        ChunkedDataset(store, "train"),
+        batch_size=16,
+        shuffle=True,
+        collate={"tokens": {"pad_value": -1, "pad_multiple": 8, "mask": True}, "photo": "pad"},
+    )
+    for batch, sources in reference_batches(loader, store, "train", real):
+        tokens, photo = batch["tokens"], batch["photo"]
+        assert isinstance(tokens, Padded) and tokens.data.shape[1] % 8 == 0
+        longest = max(len(s["tokens"]) for s in sources)
+        assert tokens.data.shape[1] == -(-longest // 8) * 8
+        for j, source in enumerate(sources):
+            n = len(source["tokens"])
+            assert int(tokens.lengths[j]) == n
+            assert torch.equal(tokens.data[j, :n], source["tokens"])
+            assert bool((tokens.data[j, n:] == -1).all())
+            assert int(tokens.mask[j].sum()) == n and bool(tokens.mask[j, :n].all())
+            h, w, _ = source["photo"].shape
+            assert photo.lengths[j].tolist() == [h, w]
+            assert np.array_equal(photo.data[j, :h, :w].numpy(), source["photo"])
+            assert int(photo.data[j, h:].abs().sum()) == 0 and int(photo.data[j, :, w:].abs().sum()) == 0
+        assert batch["name"] == [s["name"] for s in sources]
+        assert [bytes(b.numpy()) for b in batch["blob"]] == [s["blob"] for s in sources]
+
+
+@pytest.mark.parametrize("mode", ["packed", "nested", "list"])
+def test_packed_nested_list_policies(store, real, mode):
+    loader = FlashDataLoader(
+        ChunkedDataset(store, "train"), batch_size=16, shuffle=True, collate={"tokens": mode, "photo": "list"}
+    )
+    for batch, sources in reference_batches(loader, store, "train", real):
+        tokens = batch["tokens"]
+        for j, source in enumerate(sources):
+            if mode == "packed":
+                assert isinstance(tokens, Packed) and tokens.cu_seqlens.dtype == torch.int32
+                got = tokens.values[tokens.cu_seqlens[j] : tokens.cu_seqlens[j + 1]]
+                assert tokens.max_seqlen == max(len(s["tokens"]) for s in sources)
+            else:
+                got = tokens[j]
+            assert torch.equal(got, source["tokens"])
+            assert np.array_equal(batch["photo"][j].numpy(), source["photo"])
+        if mode == "nested":
+            assert tokens.is_nested
+
+
+def test_packed_refuses_fields_varying_beyond_the_first_dimension(store):
+    with pytest.raises(ValueError, match="'photo'.*varies beyond its first dimension"):
+        FlashDataLoader(ChunkedDataset(store, "train"), batch_size=4, collate="packed")
+    with pytest.raises(ValueError, match="holds str"):
+        FlashDataLoader(ChunkedDataset(store, "train"), batch_size=4, collate={"name": "pad"})
+    with pytest.raises(ValueError, match="not ragged fields"):
+        FlashDataLoader(ChunkedDataset(store, "train"), batch_size=4, collate={"index": "pad"})
+
+
+def test_same_batches_with_workers_sampler_and_resume(store):
+    data = ChunkedDataset(store, "train")
+
+    def epoch(**options):
+        loader = FlashDataLoader(data, batch_size=8, shuffle=True, seed=5, collate="list", **options)
+        return [(b["index"].tolist(), [t.tolist() for t in b["tokens"]]) for b in loader]
+
+    threads = epoch()
+    assert epoch(num_workers=2) == threads
+    order = list(range(len(data)))[::-1]
+    rows = iter(order)
+    for batch in FlashDataLoader(data, batch_size=8, sampler=order, collate="list"):
+        for index, tokens in zip(batch["index"].tolist(), batch["tokens"]):
+            sample = data[next(rows)]
+            assert int(sample["index"]) == index and torch.equal(sample["tokens"], tokens)
+    assert next(rows, None) is None
+    loader = FlashDataLoader(data, batch_size=8, shuffle=True, seed=5, collate="list")
+    it = iter(loader)
+    first = [next(it)["index"].tolist() for _ in range(3)]
+    state = loader.state_dict()
+    resumed = FlashDataLoader(data, batch_size=8, shuffle=True, seed=5, collate="list")
+    resumed.load_state_dict(state)
+    rest = [b["index"].tolist() for b in resumed]
+    assert first + rest == [indices for indices, _ in threads]
+
+
+def data_rows(data: ChunkedDataset) -> list[int]:
+    return [int(data[r]["index"]) for r in range(len(data))]
+
+
+def test_ranks_share_an_epoch(store):
+    data = ChunkedDataset(store, "train")
+    served = []
+    for rank in range(2):
+        loader = FlashDataLoader(data, batch_size=8, shuffle=True, seed=1, rank=rank, world_size=2)
+        batches = list(loader)
+        served.append([int(i) for b in batches for i in b["index"]])
+        assert all(isinstance(b["tokens"], Padded) for b in batches)
+    assert len(served[0]) == len(served[1])
+    assert set(served[0]) | set(served[1]) == set(data_rows(data))
+
+
+def test_get_dataloaders_takes_collate(store, real):
+    loaders = get_dataloaders(store, batch_size=10, collate={"tokens": "packed", "photo": "list"})
+    batch = next(iter(loaders["val"]))
+    assert isinstance(batch["tokens"], Packed)
+
+
+def test_late_variation_converts_again_ragged(tmp_path):
+    items = [np.arange(4, dtype=np.float32)] * 1000
+    items[37] = np.arange(9, dtype=np.float32)  # (not among the samples probed for the schema)
+
+    class Items(Dataset):
+        def __len__(self):
+            return len(items)
+
+        def __getitem__(self, i):
+            return items[i]
+
+    path = DatasetConverter.create_chunked_dataset(
+        Items(), tmp_path / "s", chunk_size=100, split_ratios={"all": 1.0}, shuffle=False, progress=False
+    )
+    data = ChunkedDataset(path, "all")
+    assert data.fields["data"].kind == "ragged"
+    assert data[37].tolist() == list(range(9)) and data[36].tolist() == list(range(4))
+    with pytest.raises(ConversionError, match="sample 37 field 'data'"):
+        DatasetConverter.create_chunked_dataset(
+            Items(), tmp_path / "t", chunk_size=100, shuffle=False, progress=False, fields={"data": "array"}
+        )
+    assert not (tmp_path / "t").exists()
+
+
+def test_declared_ragged_and_scalar_text_samples(tmp_path):
+    class Pairs(Dataset):
+        def __len__(self):
+            return 50
+
+        def __getitem__(self, i):
+            return torch.full((3,), i), f"label {i}"
+
+    path = DatasetConverter.create_chunked_dataset(
+        Pairs(), tmp_path / "s", chunk_size=8, progress=False, fields={"0": "ragged"}, shuffle=False
+    )
+    data = ChunkedDataset(path, "train")
+    assert data.fields["0"].kind == "ragged" and data.fields["1"].kind == "str"
+    batch = next(iter(FlashDataLoader(data, batch_size=5)))
+    assert batch[1] == [f"label {i}" for i in range(5)]
+    assert torch.equal(batch[0].data, torch.arange(5).repeat_interleave(3).view(5, 3))
+
+
+def test_hugging_face_dataset_converts(tmp_path):
+    datasets = pytest.importorskip("datasets", reason="Hugging Face datasets is not installed")
+    docs = stdlib_documents(120)
+    hf = datasets.Dataset.from_dict(
+        {
+            "text": [name for name, _ in docs],
+            "input_ids": [tokens[: 5 + i].tolist() for i, (_, tokens) in enumerate(docs)],
+            "boxes": [[[i, 0, 1, 2]] * (i % 4) for i in range(len(docs))],
+            "label": list(range(len(docs))),
+        }
+    )
+    path = DatasetConverter.create_chunked_dataset(hf, tmp_path / "s", chunk_size=16, progress=False, shuffle=False)
+    data = ChunkedDataset(path, "train")
+    assert data.fields["input_ids"].kind == "ragged" and data.fields["text"].kind == "str"
+    assert data.fields["boxes"].shape == (None, 4)
+    for batch in FlashDataLoader(data, batch_size=12, collate={"input_ids": "list", "boxes": "packed"}):
+        for j, label in enumerate(batch["label"].tolist()):
+            assert batch["input_ids"][j].tolist() == hf[label]["input_ids"]
+            assert batch["text"][j] == hf[label]["text"]
+            rows = batch["boxes"].values[batch["boxes"].cu_seqlens[j] : batch["boxes"].cu_seqlens[j + 1]]
+            assert rows.tolist() == hf[label]["boxes"]
+    hf.save_to_disk(tmp_path / "hf")
+    from datalflash.convert.sources import load_source
+
+    assert len(load_source(str(tmp_path / "hf"))) == len(docs)
+
+
+# ------------------------------------------------------------------ hostile stores
+def _ragged_store(tmp_path: Path, backend: str) -> Path:
+    class Tokens(Dataset):
+        def __len__(self):
+            return 40
+
+        def __getitem__(self, i):
+            return torch.arange(i % 7 + 1, dtype=torch.int16)
+
+    return DatasetConverter.create_chunked_dataset(
+        Tokens(),
+        tmp_path / backend,
+        chunk_size=10,
+        split_ratios={"train": 1.0},
+        backend=backend,
+        progress=False,
+        shuffle=False,
+    )
+
+
+def _write_shapes(path: Path, backend: str, shapes: np.ndarray) -> None:
+    """Replace chunk 1's shape table with ``shapes`` (10 rows), keeping the store's checksums valid."""
+    if backend == "zarr":
+        store = open_store(path)
+        spec = store.arrays["data/shapes"]
+        writer = type(store)(path, store.manifest, writable=True)
+        writer._handle("train")
+        direct = writer._direct("train", spec.name, zarr.open_array(path / "train.zarr" / "data" / "shapes").metadata)
+        direct.write(1, shapes)
+    elif backend == "hdf5":
+        with h5py.File(path / "train.h5", "r+") as f:
+            f["data/shapes"][10:20] = shapes
+    else:
+        array = np.load(path / "train" / "data" / "shapes.npy", mmap_mode="r+")
+        array[10:20] = shapes
+        array.flush()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "change, pattern",
+    [
+        (lambda s: s.__setitem__((3, 0), -2), r"row 3 has a negative shape"),
+        (lambda s: s.__setitem__((3, 0), 2**40), r"absurdly large|more than a chunk may hold"),
+        (lambda s: s.__setitem__((3, 0), s[3, 0] + 1), r"(needs|holds) .*values|decodes to"),
+    ],
+)
+def test_hostile_shape_tables_are_refused(tmp_path, backend, change, pattern):
+    path = _ragged_store(tmp_path, backend)
+    shapes = ChunkedDataset(path, "train").store.read_chunks("train", [1])["data"].shapes.copy()
+    change(shapes)
+    _write_shapes(path, backend, shapes)
+    store = open_store(path, verify="never")  # (memmap's checksums would catch it first)
+    with pytest.raises(StoreFormatError) as info:
+        store.read_chunks("train", [1])
+    message = str(info.value)
+    assert "split 'train'" in message and "field 'data'" in message and "chunk 1" in message
+    assert re.search(pattern, message), message
+    assert store.read_chunks("train", [0])["data"].sample(2).tolist() == [0, 1, 2]  # other chunks still read
+    with pytest.raises(DataLFlashError):
+        list(FlashDataLoader(ChunkedDataset(store, "train"), batch_size=4))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_missing_or_swapped_values_are_refused(tmp_path, backend):
+    path = _ragged_store(tmp_path, backend)
+    if backend == "memmap":
+        os.replace(path / "train" / "data" / "values" / "2.npy", path / "train" / "data" / "values" / "1.npy")
+    elif backend == "zarr":
+        os.replace(path / "train.zarr/data/values/2/c/0", path / "train.zarr/data/values/1/c/0")
+    else:
+        with h5py.File(path / "train.h5", "r+") as f:
+            del f["data/values/1"]
+            f["data/values/1"] = f["data/values/2"][...]
+    store = open_store(path, verify="always")
+    with pytest.raises(DataLFlashError, match=r"chunk 1") as info:
+        store.read_chunks("train", [1])
+    assert "field 'data'" in str(info.value)
+
+
+# ------------------------------------------------------------------ vectorized padding
+shapes_strategy = st.lists(st.tuples(st.integers(0, 5), st.integers(0, 4), st.integers(1, 3)), min_size=1, max_size=12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(shapes_strategy, st.integers(1, 4))
+def test_vectorized_pad_matches_per_sample_assignment(shapes, multiple):
+    rng = np.random.default_rng(len(shapes))
+    samples = [rng.integers(1, 100, size=s).astype(np.int32) for s in shapes]
+    array = RaggedArray.from_samples(samples, 3, np.dtype(np.int32))
+    rows = RaggedTensors.from_array(array, torch.from_numpy(array.values), _spec((None, None, None)))
+    index = torch.from_numpy(rng.permutation(len(samples)))
+    padded = assemble([(rows, index)], Collate("pad", pad_value=-7, pad_multiple=multiple, mask=True))
+    size = [-(-max(s[d] for s in shapes) // multiple) * multiple for d in range(3)]
+    assert list(padded.data.shape) == [len(samples), *size]
+    for j, i in enumerate(index.tolist()):
+        expected = torch.full(size, -7, dtype=torch.int32)
+        h, w, c = shapes[i]
+        expected[:h, :w, :c] = torch.from_numpy(samples[i])
+        assert torch.equal(padded.data[j], expected)
+        assert int(padded.mask[j].sum()) == h * w * c
+        assert padded.lengths[j].tolist() == [h, w, c]
+    packed = assemble([(rows, index)], Collate("list"))
+    assert all(torch.equal(p, torch.from_numpy(samples[i])) for p, i in zip(packed, index.tolist()))
+
+
+def _spec(shape):
+    from datalflash.format.manifest import FieldSpec
+
+    return FieldSpec("x", "int32", shape, "ragged")
