@@ -212,7 +212,7 @@ def test_packed_nested_list_policies(store, real, mode):
 
 
 def test_packed_refuses_fields_varying_beyond_the_first_dimension(store):
-    with pytest.raises(ValueError, match="'photo'.*varies beyond its first dimension"):
+    with pytest.raises(ValueError, match=r"'photo'.*varies beyond its first dimension"):
         FlashDataLoader(ChunkedDataset(store, "train"), batch_size=4, collate="packed")
     with pytest.raises(ValueError, match="holds str"):
         FlashDataLoader(ChunkedDataset(store, "train"), batch_size=4, collate={"name": "pad"})
