@@ -447,3 +447,108 @@ def _spec(shape):
     from datalflash.format.manifest import FieldSpec
 
     return FieldSpec("x", "int32", shape, "ragged")
+
+
+# ------------------------------------------------------------------ token budgets
+@pytest.fixture(scope="module")
+def documents(tmp_path_factory) -> Path:
+    """Real text of varied length: stdlib documents, tokenized by bytes (zarr store)."""
+
+    class Docs(Dataset):
+        def __init__(self):
+            self.docs = stdlib_documents(600)
+
+        def __len__(self):
+            return len(self.docs)
+
+        def __getitem__(self, i):
+            return {"tokens": torch.from_numpy(self.docs[i][1]), "index": i}
+
+    path = tmp_path_factory.mktemp("docs") / "store"
+    return DatasetConverter.create_chunked_dataset(
+        Docs(), path, chunk_size=50, split_ratios={"train": 1.0}, progress=False
+    )
+
+
+def token_epoch(store: Path, **options) -> list[dict]:
+    options = {"batch_size": None, "shuffle": True, "seed": 2, **options}
+    loader = FlashDataLoader(ChunkedDataset(store, "train"), **options)
+    count = len(loader)  # (of the epoch about to run)
+    batches = list(loader)
+    assert count == len(batches)
+    return batches
+
+
+@pytest.mark.parametrize("bucket", [None, 32])
+def test_token_budget_bounds_every_batch_and_serves_each_sample_once(documents, bucket):
+    batches = token_epoch(documents, max_tokens=8192, bucket_size=bucket)
+    served = [int(i) for b in batches for i in b["index"]]
+    assert sorted(served) == list(range(len(ChunkedDataset(documents, "train"))))
+    for b in batches:
+        padded = b["tokens"]
+        assert padded.data.numel() <= 8192 or len(b["index"]) == 1
+    packed = token_epoch(documents, max_tokens=8192, collate="packed", batch_size=12)
+    for b in packed:
+        assert len(b["index"]) <= 12
+        assert int(b["tokens"].cu_seqlens[-1]) <= 8192 or len(b["index"]) == 1
+
+
+def test_bucketing_cuts_padding(documents):
+    def padding(batches):
+        stored = sum(b["tokens"].data.numel() for b in batches)
+        return 1 - sum(int(b["tokens"].lengths.sum()) for b in batches) / stored
+
+    plain, bucketed = token_epoch(documents, max_tokens=8192), token_epoch(documents, max_tokens=8192, bucket_size=64)
+    assert padding(bucketed) < padding(plain) - 0.05, (padding(bucketed), padding(plain))
+    assert token_epoch(documents, max_tokens=8192, bucket_size=64)[3]["index"].tolist() == bucketed[3]["index"].tolist()
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_token_budget_ranks_get_the_same_number_of_batches(documents, drop_last):
+    shares = [
+        token_epoch(documents, max_tokens=6000, bucket_size=16, rank=r, world_size=3, drop_last=drop_last)
+        for r in range(3)
+    ]
+    assert len({len(s) for s in shares}) == 1 and len(shares[0]) > 0
+    served = [int(i) for s in shares for b in s for i in b["index"]]
+    n = len(ChunkedDataset(documents, "train"))
+    if drop_last:
+        longest = max(len(b["index"]) for s in shares for b in s)
+        assert len(set(served)) == len(served) and len(served) >= n - 2 - 2 * longest  # (a rank's extra batches)
+    else:
+        assert set(served) == set(range(n)) and len(served) <= n + 2
+
+
+def test_token_budget_resumes_exactly(documents):
+    data = ChunkedDataset(documents, "train")
+
+    def loader(**options):
+        return FlashDataLoader(data, batch_size=None, shuffle=True, seed=4, max_tokens=8192, bucket_size=32, **options)
+
+    full = [b["index"].tolist() for b in loader()]
+    first = loader()
+    it = iter(first)
+    head = [next(it)["index"].tolist() for _ in range(4)]
+    state = json.loads(json.dumps(first.state_dict()))
+    again = loader()
+    again.load_state_dict(state)
+    assert len(again) == len(full) - 4
+    assert head + [b["index"].tolist() for b in again] == full
+    with pytest.raises(ValueError, match="world size and drop_last it was saved with"):
+        loader(rank=0, world_size=2).load_state_dict(state)
+    with pytest.raises(ValueError, match="different data or settings"):
+        FlashDataLoader(data, batch_size=None, shuffle=True, seed=4, max_tokens=4096).load_state_dict(state)
+
+
+def test_token_budget_arguments_are_checked(documents, store):
+    data = ChunkedDataset(documents, "train")
+    with pytest.raises(ValueError, match="sampler"):
+        FlashDataLoader(data, batch_size=None, max_tokens=100, sampler=range(10))
+    with pytest.raises(ValueError, match="go with max_tokens"):
+        FlashDataLoader(data, batch_size=4, bucket_size=8)
+    with pytest.raises(ValueError, match="max_tokens must be"):
+        FlashDataLoader(data, batch_size=None, max_tokens=0)
+    with pytest.raises(ValueError, match="length_field"):
+        FlashDataLoader(ChunkedDataset(store, "train"), batch_size=None, max_tokens=100)  # two ragged fields
+    with pytest.raises(ValueError, match="not a ragged field"):
+        FlashDataLoader(data, batch_size=None, max_tokens=100, length_field="index")

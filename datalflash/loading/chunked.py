@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -26,6 +27,7 @@ class ChunkedDataset(Dataset):
         self.split = split
         self._length = self.store.num_samples(split)
         self._cached: tuple[int, dict[str, torch.Tensor]] | None = None
+        self._lengths: dict[str, np.ndarray] = {}
 
     @property
     def fields(self):
@@ -44,6 +46,12 @@ class ChunkedDataset(Dataset):
         """Chunk ``chunk`` as ``{field: tensor}`` in the fields' torch dtypes (a ragged field's
         rows as :class:`~datalflash.batching.ragged.RaggedTensors`)."""
         return tensors_from_storage(self.store.read_chunks(self.split, [chunk], out), self.fields)
+
+    def lengths(self, field: str) -> np.ndarray:
+        """Elements of each sample of the ragged ``field`` (read once, from its shape table)."""
+        if field not in self._lengths:
+            self._lengths[field] = self.store.read_lengths(self.split, field)
+        return self._lengths[field]
 
     def _row(self, index: int) -> tuple[dict[str, torch.Tensor], int]:
         if not -self._length <= index < self._length:

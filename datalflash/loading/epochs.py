@@ -25,9 +25,10 @@ from datalflash.loading.batches import (
 )
 from datalflash.loading.chunked import ChunkedDataset
 from datalflash.loading.memory import FlashDataset
-from datalflash.ordering import memory_plan, plan_epoch, schedule
+from datalflash.ordering import EpochPlan, Schedule, memory_plan, plan_epoch, schedule
 from datalflash.ordering.plan import split_chunk_rows
 from datalflash.ordering.ranges import Ranges, rank_share, share_size, take, total
+from datalflash.ordering.tokens import TokenBudget, bucketed, token_cuts
 from datalflash.reading import SpareBuffers, ThreadReader, make_reader
 
 
@@ -60,6 +61,9 @@ class OwnEpochs:
     window_chunks: int | None = None
     reading: Reading = field(default_factory=Reading)
     collate: dict[str, Collate] = field(default_factory=dict)  # how each ragged field is batched
+    tokens: TokenBudget | None = None  # batches bounded by a token budget instead of batch_size
+    length_field: str | None = None  # the ragged field whose elements count as tokens
+    _token_cache: tuple[Any, Any] | None = None
     _reader: ThreadReader | None = None  # kept across epochs with persistent workers
     _spare: SpareBuffers = field(default_factory=SpareBuffers)  # chunk buffers kept across epochs
 
@@ -68,9 +72,11 @@ class OwnEpochs:
         """Whether the order is the loader's own (plannable, resumable) one."""
         return self.sampler is None and self.batch_sampler is None
 
-    def num_batches(self, remaining: Ranges, skip: int) -> int:
+    def num_batches(self, remaining: Ranges, skip: int, epoch: int = 0, seed: int = 0) -> int:
         """Batches of an epoch whose positions ``remaining`` are shared out, ``skip`` of this
-        rank's share already served."""
+        rank's share already served (in token-budget mode: ``skip`` batches)."""
+        if self.tokens is not None:
+            return max(0, len(self._token_plan(epoch, seed, remaining)[2]) - skip)
         if self.batch_sampler is not None:
             return len(self.batch_sampler)  # type: ignore[arg-type]  # (a sized sampler, as torch requires)
         if self.sampler is not None:
@@ -95,6 +101,12 @@ class OwnEpochs:
                 timeout=self.reading.timeout,
                 collate=self.collate,
             )
+        if self.tokens is not None and isinstance(data, ChunkedDataset):
+            plan, share, cuts = self._token_plan(epoch, seed, remaining)
+            start = cuts[skip][0] if skip < len(cuts) else total(share)
+            rest = [(a - start, b - start) for a, b in cuts[skip:]]
+            sched = schedule(plan, take(share, start, total(share)), 1, False, rest)
+            return self._planned_chunks(data, plan, sched, pin_memory)
         share = rank_share(remaining, self.rank, self.world_size, self.drop_last)
         share = take(share, skip, total(share))
         if isinstance(data, FlashDataset):
@@ -106,6 +118,11 @@ class OwnEpochs:
         window = self.window_chunks or max(1, len(chunk_rows))
         plan = plan_epoch(chunk_rows, window=window, shuffle=self.shuffle, seed=seed, epoch=epoch)
         sched = schedule(plan, share, self.batch_size, self.drop_last)
+        return self._planned_chunks(data, plan, sched, pin_memory)
+
+    def _planned_chunks(
+        self, data: ChunkedDataset, plan: EpochPlan, sched: Schedule, pin_memory: bool
+    ) -> Iterator[Batch]:
         return self._with_reader(
             data,
             lambda reader: planned_chunk_batches(
@@ -119,6 +136,25 @@ class OwnEpochs:
                 collate=self.collate,
             ),
         )
+
+    def _token_plan(self, epoch: int, seed: int, remaining: Ranges) -> tuple[EpochPlan, Ranges, list[tuple[int, int]]]:
+        """``(plan, this rank's share, batch bounds over it)`` of a token-budget epoch (cached)."""
+        key = (epoch, seed, tuple(remaining))
+        if self._token_cache is not None and self._token_cache[0] == key:
+            return self._token_cache[1]
+        data, tokens = self.data, self.tokens
+        if not isinstance(data, ChunkedDataset) or tokens is None or self.length_field is None:
+            raise TypeError("token budgets batch a store split's own order")
+        chunk_size = data.store.chunk_size
+        chunk_rows = split_chunk_rows(len(data), chunk_size)
+        window = self.window_chunks or max(1, len(chunk_rows))
+        lengths = data.lengths(self.length_field)
+        plan = plan_epoch(chunk_rows, window=window, shuffle=self.shuffle, seed=seed, epoch=epoch)
+        plan = bucketed(plan, lengths, chunk_size, tokens.bucket)
+        share = rank_share(remaining, self.rank, self.world_size, self.drop_last)
+        cuts = token_cuts(plan, remaining, self.rank, self.world_size, self.drop_last, lengths, chunk_size, tokens)
+        self._token_cache = (key, (plan, share, cuts))
+        return plan, share, cuts
 
     def _with_reader(self, data: ChunkedDataset, source: Callable[[ThreadReader], Iterator[Batch]]) -> Iterator[Batch]:
         """Run ``source`` with this epoch's reader: worker processes when ``reading.workers > 0``

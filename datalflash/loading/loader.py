@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from datalflash.batching.ragged import collate_policies
+from datalflash.batching.ragged import Collate, collate_policies
 from datalflash.distributed import agree_seed, check_seed_can_be_agreed, draw_seed, resolve_ranks
 from datalflash.format.structure import rebuild
 from datalflash.loading.chunked import ChunkedDataset
@@ -25,6 +25,7 @@ from datalflash.loading.memory import FlashDataset
 from datalflash.loading.resume import fingerprint, make_state, resume_point
 from datalflash.ordering import window_size
 from datalflash.ordering.ranges import Ranges, share_size, total
+from datalflash.ordering.tokens import TokenBudget
 from datalflash.transfer import DeviceTransfer, resolve_device
 
 DEFAULT_READ_AHEAD = 512 * 2**20
@@ -67,6 +68,14 @@ class FlashDataLoader:
     :class:`~datalflash.batching.ragged.Collate` (or dict of its arguments: ``pad_value``,
     ``pad_to``, ``pad_multiple``, ``mask``); or ``{field: any of those}``. ``str`` fields come
     back as lists of ``str``, ``bytes`` fields as lists of uint8 tensors.
+
+    ``max_tokens`` bounds batches by a token (element) budget of the ragged ``length_field``
+    (default: the store's one ragged numeric field) instead of a sample count: a padded field's
+    batch costs ``len(batch) * longest``, a packed one the sum of lengths; ``batch_size`` (or
+    None) caps the samples. ``bucket_size`` sorts each shuffle window by length within groups of
+    that many samples, so batches pad little. Every rank gets the same number of batches, and
+    resume is exact (on the world size the state was saved with); see
+    :mod:`datalflash.ordering.tokens`.
     """
 
     def __init__(
@@ -97,6 +106,9 @@ class FlashDataLoader:
         rank: int | None = None,
         world_size: int | None = None,
         collate: Any = None,
+        max_tokens: int | None = None,
+        bucket_size: int | None = None,
+        length_field: str | None = None,
     ):
         self.dataset = dataset
         self.batch_size = batch_size
@@ -123,10 +135,20 @@ class FlashDataLoader:
         if (
             isinstance(dataset, (FlashDataset, ChunkedDataset))
             and collate_fn is None
-            and (batch_size is not None or batch_sampler is not None)
+            and (batch_size is not None or batch_sampler is not None or max_tokens is not None)
         ):
-            _check_arguments(batch_size, shuffle, sampler, batch_sampler, drop_last, num_workers)
+            _check_arguments(
+                batch_size if max_tokens is None or batch_size is not None else 1,
+                shuffle,
+                sampler,
+                batch_sampler,
+                drop_last,
+                num_workers,
+            )
             policies = collate_policies(collate, dataset.store.fields if isinstance(dataset, ChunkedDataset) else {})
+            tokens, length_field = _token_budget(dataset, policies, max_tokens, batch_size, bucket_size, length_field)
+            if tokens is not None and (sampler is not None or batch_sampler is not None):
+                raise ValueError("max_tokens cuts the loader's own order; it does not apply to a sampler's batches")
             self.rank, self.world_size = resolve_ranks(rank, world_size)
             check_seed_can_be_agreed(seed, self.world_size)
             if self._seed is None:  # drawn now, as torch draws its base seed; agreed when first used
@@ -155,8 +177,12 @@ class FlashDataLoader:
                 self.window_chunks,
                 reading,
                 policies,
+                tokens,
+                length_field,
             )
         else:
+            if max_tokens is not None or bucket_size is not None:
+                raise ValueError("max_tokens and bucket_size batch the ragged fields of a store split (no collate_fn)")
             if collate is not None:
                 raise ValueError(
                     "collate= batches the ragged fields of a store split read by the loader's own stages; "
@@ -213,7 +239,10 @@ class FlashDataLoader:
     def __len__(self) -> int:
         if self._own is None:
             return len(self._torch)  # type: ignore[arg-type]  # (one of the two is set)
-        return self._own.num_batches(*self._segment(self._epoch))
+        remaining, skip = self._segment(self._epoch)
+        if self._own.tokens is not None:
+            return self._own.num_batches(remaining, skip, self._epoch, self._own_seed())
+        return self._own.num_batches(remaining, skip)
 
     # --------------------------------------------------------------- state
     def _planned(self) -> OwnEpochs:
@@ -227,11 +256,14 @@ class FlashDataLoader:
 
     def _order_settings(self) -> dict:
         data = self._planned().data
+        own = self._planned()
+        tokens = own.tokens
         return {
             "data": fingerprint(data),
             "num_samples": len(data),
             "shuffle": self.shuffle,
             "window_chunks": self.window_chunks,
+            "tokens": None if tokens is None else [tokens.max_tokens, tokens.padded, tokens.max_samples, tokens.bucket],
         }
 
     def state_dict(self) -> dict:
@@ -239,7 +271,10 @@ class FlashDataLoader:
         order = self._order_settings()
         cursor = self._cursor or self._new_cursor(self._epoch)
         share = share_size(total(cursor["remaining"]), self.world_size, self.drop_last)
-        served = min(share, cursor["skip"] + cursor["batches"] * self._planned().batch_size)
+        if self._planned().tokens is not None:  # (token budgets: batches served, not positions)
+            served = cursor["skip"] + cursor["batches"]
+        else:
+            served = min(share, cursor["skip"] + cursor["batches"] * self._planned().batch_size)
         return make_state(
             order,
             seed=self._own_seed(),
@@ -263,7 +298,17 @@ class FlashDataLoader:
     def load_state_dict(self, state: dict) -> None:
         """Continue from ``state``: the next iteration serves the rest of its epoch, on this
         loader's world size; the seed is the saved one. Refuses a state of other data or settings."""
-        seed, epoch, remaining, skip = resume_point(state, self._order_settings(), self.world_size, self.drop_last)
+        settings = self._order_settings()
+        if settings["tokens"] is not None and (state.get("world_size"), state.get("drop_last")) != (
+            self.world_size,
+            self.drop_last,
+        ):
+            raise ValueError(
+                f"a token-budget state resumes on the world size and drop_last it was saved with "
+                f"({state.get('world_size')}, {state.get('drop_last')}); this loader has "
+                f"({self.world_size}, {self.drop_last})"
+            )
+        seed, epoch, remaining, skip = resume_point(state, settings, self.world_size, self.drop_last)
         self._seed, self._seed_agreed = seed, True
         self._epoch, self._resume, self._cursor = epoch, (epoch, remaining, skip), None
 
@@ -309,6 +354,34 @@ class FlashDataLoader:
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
             self.close()
+
+
+def _token_budget(
+    dataset: Dataset,
+    policies: dict[str, Collate],
+    max_tokens: int | None,
+    batch_size: int | None,
+    bucket_size: int | None,
+    length_field: str | None,
+) -> tuple[TokenBudget | None, str | None]:
+    """The token budget of a loader's arguments (None without ``max_tokens``), and the field
+    whose lengths count; ValueError when they do not fit the dataset."""
+    if max_tokens is None:
+        if bucket_size is not None or length_field is not None:
+            raise ValueError("bucket_size and length_field go with max_tokens")
+        return None, None
+    fields = dataset.store.fields if isinstance(dataset, ChunkedDataset) else {}
+    ragged = [name for name, spec in fields.items() if spec.kind == "ragged"]
+    if length_field is None:
+        if len(ragged) != 1:
+            raise ValueError(
+                f"max_tokens needs length_field= to name the field whose elements count (ragged fields: {ragged})"
+            )
+        length_field = ragged[0]
+    if length_field not in fields or not fields[length_field].ragged:
+        raise ValueError(f"length_field={length_field!r} is not a ragged field of the store (ragged: {ragged})")
+    padded = policies[length_field].mode == "pad"
+    return TokenBudget(max_tokens, padded, batch_size, bucket_size), length_field
 
 
 def _apply_to_features(transform: Callable, batch: Any) -> Any:

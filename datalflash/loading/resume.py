@@ -21,7 +21,7 @@ from datalflash.loading.memory import FlashDataset
 from datalflash.ordering.ranges import Ranges, normalize, served, subtract, total
 
 STATE_VERSION = 1
-ORDER_KEYS = ("data", "num_samples", "shuffle", "window_chunks")
+ORDER_KEYS = ("data", "num_samples", "shuffle", "window_chunks", "tokens")
 
 
 def fingerprint(dataset: FlashDataset | ChunkedDataset) -> str:

@@ -37,19 +37,32 @@ class Schedule:
     A batch is a list of ``(visit, start, stop)`` pieces: visit numbers count :meth:`iter_visits`.
     """
 
-    def __init__(self, plan: EpochPlan, ranges: Sequence[tuple[int, int]], batch_size: int, drop_last: bool):
+    def __init__(
+        self,
+        plan: EpochPlan,
+        ranges: Sequence[tuple[int, int]],
+        batch_size: int,
+        drop_last: bool,
+        cuts: Sequence[tuple[int, int]] | None = None,
+    ):
         self.plan, self.ranges = plan, list(ranges)
         self.batch_size, self.drop_last = batch_size, drop_last
         self.count = total(self.ranges)
+        self.cuts = None if cuts is None else list(cuts)
+        """Batch bounds over the positions, where they are not cut ``batch_size`` at a time
+        (token budgets, see :mod:`datalflash.ordering.tokens`); they start at position 0 and
+        follow each other."""
 
     def __bool__(self) -> bool:
         """Whether there is at least one batch."""
+        if self.cuts is not None:
+            return bool(self.cuts)
         return self.count >= (self.batch_size if self.drop_last else 1)
 
     def iter_spans(self) -> Iterator[tuple[int, list[tuple[int, int]]]]:
         """``(window, spans)`` of each visit: maximal runs of the sequence inside one window."""
         current: tuple[int, list[tuple[int, int]]] | None = None
-        for w, lo, hi in _window_pieces(self.plan.window_offsets, self.ranges):
+        for w, lo, hi in window_pieces(self.plan.window_offsets, self.ranges):
             if current is not None and current[0] == w:
                 spans = current[1]
                 if spans[-1][1] == lo:
@@ -78,7 +91,8 @@ class Schedule:
         """The batches, cut over the positions as torch cuts them."""
         pieces = ((v, a, b) for v, (_, spans) in enumerate(self.iter_spans()) for a, b in spans)
         piece, used = None, 0  # the piece being cut, of which `used` positions are already in batches
-        for start, stop in iter_batch_bounds(self.count, self.batch_size, self.drop_last):
+        bounds = self.cuts if self.cuts is not None else iter_batch_bounds(self.count, self.batch_size, self.drop_last)
+        for start, stop in bounds:
             need, batch = stop - start, []
             while need:
                 if piece is None:
@@ -102,7 +116,7 @@ class Schedule:
         return list(self.iter_batches())
 
 
-def _window_pieces(offsets: np.ndarray, ranges: Sequence[tuple[int, int]]) -> Iterator[tuple[int, int, int]]:
+def window_pieces(offsets: np.ndarray, ranges: Sequence[tuple[int, int]]) -> Iterator[tuple[int, int, int]]:
     """``(window, start, stop)`` pieces, window positions, of the sequence positions in ``ranges``."""
     for a, b in ranges:
         w = int(np.searchsorted(offsets, a, side="right")) - 1
@@ -112,6 +126,13 @@ def _window_pieces(offsets: np.ndarray, ranges: Sequence[tuple[int, int]]) -> It
             a, w = end, w + 1
 
 
-def schedule(plan: EpochPlan, ranges: Sequence[tuple[int, int]], batch_size: int, drop_last: bool) -> Schedule:
-    """The (lazy) :class:`Schedule` of a rank serving ``ranges`` of ``plan``'s sequence."""
-    return Schedule(plan, ranges, batch_size, drop_last)
+def schedule(
+    plan: EpochPlan,
+    ranges: Sequence[tuple[int, int]],
+    batch_size: int,
+    drop_last: bool,
+    cuts: Sequence[tuple[int, int]] | None = None,
+) -> Schedule:
+    """The (lazy) :class:`Schedule` of a rank serving ``ranges`` of ``plan``'s sequence (cut
+    ``batch_size`` at a time, or at ``cuts``)."""
+    return Schedule(plan, ranges, batch_size, drop_last, cuts)

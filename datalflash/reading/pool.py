@@ -82,7 +82,11 @@ class DaemonPool:
 
     def shutdown(self, timeout: float = 10.0) -> list[str]:
         """Cancel what has not started, let running calls finish for up to ``timeout`` seconds,
-        and return the names of the threads abandoned still running (warning about them)."""
+        and return the names of the threads abandoned still running (warning about them). Once
+        shut down (at interpreter exit included, where an iterator closed later finds the
+        modules' globals cleared), a pool shuts down no more."""
+        if self._closed:
+            return []
         _live.discard(self)
         with self._lock:
             self._closed = True

@@ -226,6 +226,23 @@ class ChunkStore(ABC):
             pieces.append(values)
         out.put(pieces[0] if len(pieces) == 1 else np.concatenate(pieces), 0, stop - start)
 
+    def read_lengths(self, split: str, field: str) -> np.ndarray:
+        """Elements of every sample of the ragged ``field`` in ``split`` (int64, from its shape
+        table, each chunk's rows checked as when they are read)."""
+        spec = self.fields[field]
+        if not spec.ragged:
+            raise ValueError(f"field {field!r} is not ragged: its samples all have shape {spec.shape}")
+        n = self.num_samples(split)
+        shapes = np.empty((n, len(spec.shape)), np.int64)
+        self._handle(split)
+        self._read_with_retries(split, spec.shapes_array.name, 0, n, shapes, None)
+        lengths = np.empty(n, np.int64)
+        for chunk in range(self.num_chunks(split)):
+            a, b = self.chunk_bounds(split, chunk)
+            where = f"{self.path}: split {split!r} field {field!r} chunk {chunk}"
+            lengths[a:b] = checked_counts(shapes[a:b], spec.shape, spec.storage_dtype.itemsize, where)
+        return lengths
+
     def _fetch(self, split: str, chunks: Sequence[int]) -> Fetched | None:
         """Fetch what reading ``chunks`` needs in one go, before the rows are read (a store
         behind a network fetches every chunk object at once); None here: nothing to fetch."""
