@@ -149,3 +149,71 @@ def test_freshly_written_manifest_matches_schema(tmp_path, backend):
     doc = json.loads((path / "manifest.json").read_text())
     jsonschema.validate(doc, SCHEMA)
     assert ("checksums" in doc) == (backend == "memmap")
+
+
+RAGGED_FIXTURES = FORMATS / "fixtures" / "v1-ragged"
+
+
+@pytest.mark.parametrize("backend", ["zarr", "hdf5", "memmap"])
+def test_ragged_fixture_store_reads_back(backend):
+    """Stores with variable-length fields (added within v1) written by datalflash 0.2 read back."""
+    expected = json.loads((RAGGED_FIXTURES / "expected.json").read_text())
+    jsonschema.validate(json.loads((RAGGED_FIXTURES / backend / "manifest.json").read_text()), SCHEMA)
+    store = open_store(RAGGED_FIXTURES / backend)
+    kinds = {name: (spec.kind, list(spec.shape)) for name, spec in store.fields.items()}
+    assert kinds == {
+        "tokens": ("ragged", [None]),
+        "image": ("ragged", [None, None, 3]),
+        "label": ("str", [None]),
+        "blob": ("bytes", [None]),
+        "index": ("array", []),
+    }
+    seen = 0
+    for split in store.splits:
+        got = store.read_chunks(split, range(store.num_chunks(split)))
+        for row, index in enumerate(got["index"].tolist()):
+            want = expected[index]
+            assert got["tokens"].sample(row).tolist() == want["tokens"]
+            assert got["image"].sample(row).tolist() == want["image"]
+            assert got["label"].sample(row).tobytes().decode() == want["label"]
+            assert got["blob"].sample(row).tolist() == want["blob"]
+            seen += 1
+    assert seen == len(expected)
+
+
+def _ragged_doc():
+    return json.loads((RAGGED_FIXTURES / "memmap" / "manifest.json").read_text())
+
+
+def _ragged_mutate(path, value):
+    doc = _ragged_doc()
+    target = doc
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    return doc
+
+
+BAD_RAGGED = [
+    (_ragged_mutate(["fields", "tokens", "kind"], "jagged"), "kind 'jagged'"),
+    (_ragged_mutate(["fields", "tokens", "shape"], [5]), "null \\(varying\\) dimension"),
+    (_ragged_mutate(["fields", "index", "shape"], [None]), "shape \\[None\\] is not a list of non-negative integers$"),
+    (_ragged_mutate(["fields", "label"], {"dtype": "int32", "shape": [None], "kind": "str"}), "str field is uint8"),
+    (_ragged_mutate(["fields", "blob", "shape"], [None, 2]), "bytes field is uint8 of shape \\[null\\]"),
+    (_ragged_mutate(["fields", "tokens", "typical_nbytes"], -1), "typical_nbytes"),
+]
+
+
+@pytest.mark.parametrize("doc, pattern", BAD_RAGGED)
+def test_bad_ragged_manifest_refused(doc, pattern):
+    with pytest.raises(StoreFormatError, match=pattern):
+        parse_manifest(doc)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(doc, SCHEMA)
+
+
+def test_old_checksum_keys_do_not_fit_a_ragged_store():
+    doc = _ragged_doc()
+    doc["checksums"]["splits"]["train"].pop("tokens/values")
+    with pytest.raises(StoreFormatError, match="do not list every field"):
+        parse_manifest(doc)
