@@ -248,10 +248,10 @@ def token_budgets(tmp: Path) -> list[dict]:
         )
         stored = real = 0
         positions = []
-        for batch in loader:
-            stored += batch["tokens"].data.numel()
-            real += int(batch["tokens"].lengths.sum())
-            positions.append(batch["tokens"].lengths)  # (lengths stand in for labels: how mixed each batch is)
+        for batch in loader:  # (samples of the long set are token ids alone: a batch is a Padded)
+            stored += batch.data.numel()
+            real += int(batch.lengths.sum())
+            positions.append(batch.lengths)  # (lengths stand in for labels: how mixed each batch is)
         quality = score_order([p // 64 for p in positions])
         rows.append(
             {

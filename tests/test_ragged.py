@@ -427,7 +427,7 @@ def test_vectorized_pad_matches_per_sample_assignment(shapes, multiple):
     rng = np.random.default_rng(len(shapes))
     samples = [rng.integers(1, 100, size=s).astype(np.int32) for s in shapes]
     array = RaggedArray.from_samples(samples, 3, np.dtype(np.int32))
-    rows = RaggedTensors.from_array(array, torch.from_numpy(array.values), _spec((None, None, None)))
+    rows = RaggedTensors.from_array(array, torch.int32, _spec((None, None, None)))
     index = torch.from_numpy(rng.permutation(len(samples)))
     padded = assemble([(rows, index)], Collate("pad", pad_value=-7, pad_multiple=multiple, mask=True))
     size = [-(-max(s[d] for s in shapes) // multiple) * multiple for d in range(3)]

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from datalflash.batching import ragged
-from datalflash.batching.ragged import Collate, RaggedTensors
+from datalflash.batching.ragged import Collate, InOrder, RaggedTensors
 
 Source = Mapping[str, Any]
 """``{field: tensor}`` of rows (a :class:`RaggedTensors` for a ragged field)."""
@@ -34,9 +34,9 @@ def gather(
     batch: dict[str, Any] = {}
     for name, first in segments[0][0].items():
         parts = [(source[name], index) for source, index in segments]
-        if isinstance(first, RaggedTensors):
+        if isinstance(first, (RaggedTensors, InOrder)):
             if collate is None:
-                batch[name] = ragged.take(parts, pin_memory)[0]
+                batch[name] = ragged.take(parts)[0]
             else:
                 batch[name] = ragged.assemble(parts, collate.get(name, Collate()), pin_memory)
         else:

@@ -1,9 +1,11 @@
 """Batches of variable-length fields, assembled without per-sample Python.
 
 Rows of a ragged field (see :class:`~datalflash.format.ragged.RaggedArray`) arrive as
-:class:`RaggedTensors`. A batch's rows are taken with one element index built by a few vectorized
-torch calls (``repeat_interleave`` of the rows' starts and lengths) and one ``index_select``,
-then shaped as the field's :class:`Collate` policy says:
+:class:`RaggedTensors` (numpy storage arrays, turned into tensors of the field's dtype on the way
+out). The loader puts each window's rows in serving order once, in a background thread
+(:func:`reorder`: one gather by an element index built with a running sum), so a batch is a
+contiguous slice of them; rows in any other order are gathered the same way per batch. Each
+batch is then shaped as the field's :class:`Collate` policy says:
 
 * ``"pad"``: :class:`Padded` ``(data, lengths, mask)``, every varying dimension padded to the
   batch's largest (or ``pad_to``, or a multiple of ``pad_multiple``) with ``pad_value``;
@@ -26,9 +28,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from numpy.lib.stride_tricks import as_strided
 
 from datalflash.format.manifest import FieldSpec
-from datalflash.format.ragged import RaggedArray
+from datalflash.format.ragged import RaggedArray, ServedRows, element_positions
 
 MODES = ("pad", "packed", "nested", "list")
 
@@ -121,20 +124,25 @@ def _policy(value: Any, spec: FieldSpec) -> Collate:
 
 @dataclass(frozen=True)
 class RaggedTensors:
-    """Rows of a ragged field as tensors: ``shapes`` ``(n, ndim)`` int64, ``offsets``
-    ``(n + 1,)`` int64 and the flat ``values`` in the field's dtype; ``kind`` is the field's."""
+    """Rows of a ragged field: ``shapes`` ``(n, ndim)`` and ``offsets`` ``(n + 1,)`` (int64,
+    offsets into ``values``), ``values`` (numpy, the field's storage dtype), the field's torch
+    ``dtype``, ``kind`` and per-sample ``shape`` (``None``: a dimension that varies).
+    ``buffer`` starts where ``values`` does and may run on past its end (rows read ahead of a
+    padded batch's longest row are then never out of bounds)."""
 
-    shapes: torch.Tensor
-    offsets: torch.Tensor
-    values: torch.Tensor
+    shapes: np.ndarray
+    offsets: np.ndarray
+    values: np.ndarray
+    dtype: torch.dtype
     kind: str = "ragged"
     shape: tuple[int | None, ...] = (None,)
-    """The field's per-sample shape (``None``: a dimension that varies)."""
+    buffer: np.ndarray | None = None
 
     @classmethod
-    def from_array(cls, array: RaggedArray, values: torch.Tensor, spec: FieldSpec) -> RaggedTensors:
-        """Tensors sharing memory with ``array`` (``values``: its values as a tensor)."""
-        return cls(torch.from_numpy(array.shapes), torch.from_numpy(array.offsets), values, spec.kind, spec.shape)
+    def from_array(cls, array: RaggedArray, dtype: torch.dtype, spec: FieldSpec) -> RaggedTensors:
+        """The rows of ``array`` (sharing memory), of torch dtype ``dtype``."""
+        buffer = array.buffer if isinstance(array, ServedRows) else None
+        return cls(array.shapes, array.offsets, array.values, dtype, spec.kind, spec.shape, buffer)
 
     def __len__(self) -> int:
         return len(self.shapes)
@@ -144,136 +152,221 @@ class RaggedTensors:
         start, stop, _ = rows.indices(len(self))
         stop = max(start, stop)
         a, b = int(self.offsets[start]), int(self.offsets[stop])
+        buffer = None if self.buffer is None else self.buffer[a:]
+        offsets = self.offsets[start : stop + 1] - a
         return RaggedTensors(
-            self.shapes[start:stop], self.offsets[start : stop + 1] - a, self.values[a:b], self.kind, self.shape
+            self.shapes[start:stop], offsets, self.values[a:b], self.dtype, self.kind, self.shape, buffer
         )
+
+    def tensor(self, values: np.ndarray) -> torch.Tensor:
+        """Storage ``values`` as a tensor of the field's dtype (sharing memory)."""
+        tensor = torch.from_numpy(values)
+        return tensor if tensor.dtype == self.dtype else tensor.view(self.dtype)
 
     def item(self, row: int) -> Any:
         """Row ``row`` as its sample: a tensor of its shape, a ``str`` or ``bytes``."""
         a, b = int(self.offsets[row]), int(self.offsets[row + 1])
         if self.kind == "str":
-            return self.values[a:b].numpy().tobytes().decode("utf-8")
+            return self.values[a:b].tobytes().decode("utf-8")
         if self.kind == "bytes":
-            return self.values[a:b].numpy().tobytes()
-        return self.values[a:b].clone().reshape(self.shapes[row].tolist())
+            return self.values[a:b].tobytes()
+        return self.tensor(self.values[a:b].copy()).reshape(self.shapes[row].tolist())
 
 
-def take(
-    segments: Sequence[tuple[RaggedTensors, torch.Tensor]], pin_memory: bool = False
-) -> tuple[RaggedTensors, torch.Tensor]:
-    """The rows ``source[index]`` of each ``(source, index)`` segment, in order, as new
-    RaggedTensors, and the rows' lengths (elements)."""
-    parts, lengths, shapes = [], [], []
+@dataclass(frozen=True)
+class InOrder:
+    """Rows already in the order a batch serves them (a slice of rows :func:`reorder` put in
+    serving order): the segment's index does not apply to them, and they are taken without a
+    gather."""
+
+    rows: RaggedTensors
+
+
+REORDER_ELEMENTS = 2**22  # elements gathered per step: bounds the index arrays of a window's reorder
+
+
+def reorder(rows: RaggedTensors, order: np.ndarray) -> RaggedTensors:
+    """``rows[order]`` as new rows (values contiguous in that order, with a row's worth of slack
+    after them), gathered a few million elements at a time: a window is put in serving order
+    once, so each batch then takes a contiguous slice of it."""
+    order = np.asarray(order, dtype=np.int64)
+    lengths = np.diff(rows.offsets)[order]
+    offsets = np.zeros(len(order) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    total = int(offsets[-1])
+    buffer = np.empty(total + (int(lengths.max()) if len(lengths) else 0), dtype=rows.values.dtype)
+    starts = rows.offsets[order]
+    row = 0
+    while row < len(order):  # steps of whole rows holding about REORDER_ELEMENTS elements
+        stop = int(np.searchsorted(offsets, offsets[row] + REORDER_ELEMENTS, side="right"))
+        stop = min(len(order), max(stop - 1, row + 1))
+        a, b = int(offsets[row]), int(offsets[stop])
+        if b > a:
+            np.take(
+                rows.values, element_positions(starts[row:stop], lengths[row:stop], b - a), out=buffer[a:b], mode="clip"
+            )
+        row = stop
+    shapes = rows.shapes[order]
+    return RaggedTensors(shapes, offsets, buffer[:total], rows.dtype, rows.kind, rows.shape, buffer)
+
+
+def take(segments: Sequence[tuple[RaggedTensors | InOrder, torch.Tensor]]) -> tuple[RaggedTensors, np.ndarray]:
+    """The rows ``source[index]`` of each ``(source, index)`` segment (an :class:`InOrder`
+    source: its rows as they are), in order, and the rows' lengths (elements). One InOrder
+    segment is returned as it is (sharing memory with it); anything else is gathered into new
+    values."""
+    if len(segments) == 1 and isinstance(segments[0][0], InOrder):
+        rows = segments[0][0].rows
+        return rows, np.diff(rows.offsets)
+    parts: list[tuple[np.ndarray, np.ndarray | None, np.ndarray]] = []
+    lengths, shapes = [], []
     for source, index in segments:
-        starts = source.offsets.index_select(0, index)
-        length = source.offsets.index_select(0, index + 1) - starts
-        parts.append((source.values, starts, length))
-        lengths.append(length)
-        shapes.append(source.shapes.index_select(0, index))
-    length = lengths[0] if len(lengths) == 1 else torch.cat(lengths)
-    offsets = torch.zeros(len(length) + 1, dtype=torch.int64)
-    torch.cumsum(length, 0, out=offsets[1:])
-    values = torch.empty(int(offsets[-1]), dtype=parts[0][0].dtype, pin_memory=pin_memory)
+        if isinstance(source, InOrder):
+            rows = source.rows
+            parts.append((rows.values, None, np.diff(rows.offsets)))
+            shapes.append(rows.shapes)
+        else:
+            index_np = np.asarray(index, dtype=np.int64)
+            starts = source.offsets[index_np]
+            parts.append((source.values, starts, source.offsets[index_np + 1] - starts))
+            shapes.append(source.shapes[index_np])
+        lengths.append(parts[-1][2])
+    length = np.concatenate(lengths) if len(lengths) > 1 else lengths[0]
+    offsets = np.zeros(len(length) + 1, dtype=np.int64)
+    np.cumsum(length, out=offsets[1:])
+    values = np.empty(int(offsets[-1]), dtype=parts[0][0].dtype)
     done = 0
-    for source_values, starts, length_part in parts:
-        total = int(length_part.sum())
-        if total:
-            index = _element_index(starts, length_part, total)
-            torch.index_select(source_values, 0, index, out=values[done : done + total])
+    for source_values, part_starts, part_lengths in parts:
+        total = int(part_lengths.sum())
+        if total and part_starts is None:
+            values[done : done + total] = source_values
+        elif total and part_starts is not None:
+            np.take(
+                source_values,
+                element_positions(part_starts, part_lengths, total),
+                out=values[done : done + total],
+                mode="clip",
+            )
         done += total
-    shape = shapes[0] if len(shapes) == 1 else torch.cat(shapes)
-    first = segments[0][0]
-    return RaggedTensors(shape, offsets, values, first.kind, first.shape), length
+    first = segments[0][0].rows if isinstance(segments[0][0], InOrder) else segments[0][0]
+    shape = np.concatenate(shapes) if len(shapes) > 1 else shapes[0]
+    return RaggedTensors(shape, offsets, values, first.dtype, first.kind, first.shape), length
 
 
-def _element_index(starts: torch.Tensor, lengths: torch.Tensor, total: int) -> torch.Tensor:
-    """The flat positions of the elements of rows starting at ``starts`` of ``lengths``."""
-    before = torch.cumsum(lengths, 0) - lengths  # each row's first position in the output
-    return torch.repeat_interleave(starts - before, lengths, output_size=total) + torch.arange(total)
-
-
-def assemble(segments: Sequence[tuple[RaggedTensors, torch.Tensor]], policy: Collate, pin_memory: bool = False) -> Any:
+def assemble(
+    segments: Sequence[tuple[RaggedTensors | InOrder, torch.Tensor]], policy: Collate, pin_memory: bool = False
+) -> Any:
     """The batch of a ragged field's rows ``source[index]`` over ``segments``, as ``policy`` says."""
-    rows, lengths = take(segments, pin_memory)
+    rows, lengths = take(segments)
     if rows.kind == "str":
-        data = rows.values.numpy().tobytes()
+        data = rows.values.tobytes()
         bounds = rows.offsets.tolist()
         return [data[a:b].decode("utf-8") for a, b in itertools.pairwise(bounds)]
+    if policy.mode == "pad":
+        return _padded(rows, lengths, policy, pin_memory)
+    values = rows.tensor(rows.values)
+    values = values.pin_memory() if pin_memory else values.clone() if rows.buffer is not None else values
     if policy.mode == "list":
-        parts = rows.values.split(lengths.tolist())
+        parts = values.split(lengths.tolist())
         if rows.shapes.shape[1] <= 1:
             return list(parts)
         return [part.view(shape) for part, shape in zip(parts, rows.shapes.tolist())]
     if policy.mode == "packed":
-        return _packed(rows, lengths)
-    if policy.mode == "nested":
-        return _nested(rows, lengths)
-    return _padded(rows, lengths, policy, pin_memory)
+        return _packed(rows, values)
+    return _nested(rows, values, lengths)
 
 
-def _packed(rows: RaggedTensors, lengths: torch.Tensor) -> Packed:
-    first = rows.shapes[:, 0] if rows.shapes.shape[1] else lengths
+def _packed(rows: RaggedTensors, values: torch.Tensor) -> Packed:
+    first = rows.shapes[:, 0]
     cu_seqlens = torch.zeros(len(first) + 1, dtype=torch.int32)
-    torch.cumsum(first, 0, out=cu_seqlens[1:])
+    torch.cumsum(torch.from_numpy(first), 0, out=cu_seqlens[1:])
     trailing = rows.shapes[0, 1:].tolist() if len(rows) else []
-    values = rows.values.view(-1, *trailing) if rows.shapes.shape[1] else rows.values
-    return Packed(values, cu_seqlens, int(first.max()) if len(first) else 0)
+    return Packed(values.view(-1, *trailing), cu_seqlens, int(first.max()) if len(first) else 0)
 
 
-def _nested(rows: RaggedTensors, lengths: torch.Tensor) -> torch.Tensor:
+def _nested(rows: RaggedTensors, values: torch.Tensor, lengths: np.ndarray) -> torch.Tensor:
     shapes = rows.shapes
-    if shapes.shape[1] >= 1 and len(rows) and bool((shapes[:, 1:] == shapes[0, 1:]).all()):
-        trailing = shapes[0, 1:].tolist()
+    if len(rows) and bool((shapes[:, 1:] == shapes[0, 1:]).all()):
         offsets = torch.zeros(len(rows) + 1, dtype=torch.int64)
-        torch.cumsum(shapes[:, 0], 0, out=offsets[1:])
-        return torch.nested.nested_tensor_from_jagged(rows.values.view(-1, *trailing), offsets)
-    parts = rows.values.split(lengths.tolist())
+        torch.cumsum(torch.from_numpy(shapes[:, 0]), 0, out=offsets[1:])
+        return torch.nested.nested_tensor_from_jagged(values.view(-1, *shapes[0, 1:].tolist()), offsets)
+    parts = values.split(lengths.tolist())
     return torch.nested.as_nested_tensor([p.view(s) for p, s in zip(parts, shapes.tolist())])
 
 
-def _padded(rows: RaggedTensors, lengths: torch.Tensor, policy: Collate, pin_memory: bool) -> Padded:
-    """Pad every sample to the batch's largest size in each dimension (vectorized: each sample's
-    innermost runs of values are copied to their padded positions by one ``index_put``)."""
+def _padded(rows: RaggedTensors, lengths: np.ndarray, policy: Collate, pin_memory: bool) -> Padded:
+    """Pad every sample to the batch's largest size in each dimension, with no loop over samples."""
     shapes, batch = rows.shapes, len(rows)
     ndim = shapes.shape[1]
-    size = shapes.amax(0) if batch else torch.zeros(ndim, dtype=torch.int64)
+    size = shapes.max(0) if batch else np.zeros(ndim, dtype=np.int64)
     if policy.pad_to is not None:
-        size = torch.clamp(size, min=policy.pad_to)
+        size = np.maximum(size, policy.pad_to)
     if policy.pad_multiple is not None:
-        size = (size + policy.pad_multiple - 1) // policy.pad_multiple * policy.pad_multiple
-    dims = size.tolist()
-    data = torch.full((batch, *dims), policy.pad_value, dtype=rows.values.dtype, pin_memory=pin_memory)
-    total = len(rows.values)
-    if total:
-        data.view(-1)[_padded_index(shapes, dims, lengths, total)] = rows.values
-    mask = None
-    if policy.mask:
-        mask = torch.zeros((batch, *dims), dtype=torch.bool, pin_memory=pin_memory)
-        if total:
-            mask.view(-1)[_padded_index(shapes, dims, lengths, total)] = True
-    varying = [d for d, size in enumerate(rows.shape) if size is None] or [0]
-    lengths_out = shapes[:, varying[0]] if len(varying) == 1 else shapes[:, varying]
-    return Padded(data, lengths_out.contiguous(), mask)
+        size = -(-size // policy.pad_multiple) * policy.pad_multiple
+    dims = [int(d) for d in size]
+    pad = _storage_scalar(policy.pad_value, rows.dtype, rows.values.dtype)
+    if ndim == 1:
+        data, filled = _padded_runs(rows, lengths, dims[0], pad)
+        mask = torch.from_numpy(filled) if policy.mask else None
+        out = Padded(rows.tensor(data), torch.from_numpy(shapes[:, 0].copy()), mask)
+    else:
+        flat = np.full((batch, *dims), pad, dtype=rows.values.dtype)
+        index = _padded_index(shapes, dims, lengths, len(rows.values))
+        flat.reshape(-1)[index] = rows.values
+        mask = None
+        if policy.mask:
+            filled = np.zeros((batch, *dims), dtype=bool)
+            filled.reshape(-1)[index] = True
+            mask = torch.from_numpy(filled)
+        varying = [d for d, s in enumerate(rows.shape) if s is None]
+        sizes = shapes[:, varying[0]] if len(varying) == 1 else shapes[:, varying]
+        out = Padded(rows.tensor(flat), torch.from_numpy(np.ascontiguousarray(sizes)), mask)
+    if not pin_memory:
+        return out
+    return Padded(out.data.pin_memory(), out.lengths.pin_memory(), None if out.mask is None else out.mask.pin_memory())
 
 
-def _padded_index(shapes: torch.Tensor, dims: list[int], lengths: torch.Tensor, total: int) -> torch.Tensor:
-    """Where each value of the rows goes in a ``(batch, *dims)`` padded tensor (flat positions)."""
+def _storage_scalar(value: float, dtype: torch.dtype, storage: np.dtype) -> Any:
+    """The pad value as an element of the storage array (raw bits for bfloat16 and float8)."""
+    return torch.tensor([value], dtype=dtype).view(torch.uint8).numpy().view(storage)[0]
+
+
+def _padded_runs(rows: RaggedTensors, lengths: np.ndarray, width: int, pad: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(data, filled)``: rows of one varying dimension padded to ``width``. Where the rows'
+    buffer runs on far enough, each row is read ``width`` elements long through a sliding view
+    (one gather of whole rows) and its tail overwritten with ``pad``; else the values are placed
+    through the mask of filled positions."""
+    starts = rows.offsets[:-1]
+    filled = np.arange(width) < lengths[:, None]
+    buffer = rows.buffer
+    if buffer is not None and len(starts) and int(starts.max()) + width <= len(buffer) and width:
+        step = buffer.strides[0]
+        data = as_strided(buffer, shape=(len(buffer) - width + 1, width), strides=(step, step))[starts]
+        np.copyto(data, pad, where=~filled)
+        return data, filled
+    data = np.full((len(starts), width), pad, dtype=rows.values.dtype)
+    data[filled] = rows.values
+    return data, filled
+
+
+def _padded_index(shapes: np.ndarray, dims: list[int], lengths: np.ndarray, total: int) -> np.ndarray:
+    """Where each value of the rows goes in a ``(batch, *dims)`` padded array (flat positions):
+    the innermost runs (each sample has ``prod(shape[:-1])`` of them, ``shape[-1]`` long) are
+    placed by unravelling each run's number over the sample's outer dimensions."""
     batch, ndim = shapes.shape
     sample_size = int(np.prod(dims)) if dims else 1
-    if ndim <= 1:  # one run per sample: its start is b * padded length
-        starts = torch.arange(batch, dtype=torch.int64) * sample_size
-        return _element_index(starts, lengths, total)
-    # Runs of the innermost dimension: each sample has prod(shape[:-1]) of them, each shape[-1] long.
     width = shapes[:, -1]
-    runs = torch.prod(shapes[:, :-1], 1)
-    run_sample = torch.repeat_interleave(torch.arange(batch), runs)
-    first_run = torch.cumsum(runs, 0) - runs
-    local = torch.arange(len(run_sample)) - first_run[run_sample]  # run number within its sample
+    runs = np.prod(shapes[:, :-1], axis=1)
+    run_sample = np.repeat(np.arange(batch), runs)
+    first_run = np.cumsum(runs) - runs
+    local = np.arange(len(run_sample)) - first_run[run_sample]  # run number within its sample
     position = run_sample * sample_size
     stride = 1
-    for d in range(ndim - 2, -1, -1):  # unravel the run number over the sample's outer dimensions
+    for d in range(ndim - 2, -1, -1):
         stride *= dims[d + 1]
         extent = shapes[run_sample, d]
-        position += (local % extent) * stride
-        local = local // extent
-    return _element_index(position, width[run_sample], total)
+        position += (local % np.maximum(extent, 1)) * stride
+        local = local // np.maximum(extent, 1)
+    if total == 0:
+        return np.zeros(0, np.int64)
+    return element_positions(position, width[run_sample], total)

@@ -86,6 +86,64 @@ class RaggedArray:
         return self.values[self.offsets[i] : self.offsets[i + 1]].reshape(self.shapes[i])
 
 
+@dataclass(frozen=True)
+class ServedRows(RaggedArray):
+    """Rows already in the order they are served (see :class:`Placement`); ``buffer`` holds
+    ``values`` followed by a row's worth of slack."""
+
+    buffer: np.ndarray
+
+
+def element_positions(starts: np.ndarray, lengths: np.ndarray, total: int) -> np.ndarray:
+    """The positions of the elements of runs starting at ``starts`` of ``lengths`` (``total``
+    of them), in order: a running sum of steps of 1, jumping to each run's start where it begins."""
+    keep = lengths > 0
+    starts, lengths = starts[keep], lengths[keep]
+    if total == 0:
+        return np.zeros(0, np.int64)
+    steps = np.ones(total, dtype=np.int64)
+    first = np.cumsum(lengths) - lengths  # each run's first position in the output
+    steps[first[1:]] = starts[1:] - (starts[:-1] + lengths[:-1]) + 1
+    steps[0] = starts[0]
+    return np.cumsum(steps, out=steps)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a window's rows go as their values arrive: ``buffer`` holds them in serving order
+    (``order[k]`` is the window row served ``k``-th, at ``offsets[k]``), so a batch is a
+    contiguous slice of it and no reordering is left to do once they are read."""
+
+    order: np.ndarray
+    position: np.ndarray
+    offsets: np.ndarray
+    lengths: np.ndarray
+    buffer: np.ndarray
+
+    @classmethod
+    def plan(cls, order: np.ndarray, lengths: np.ndarray, dtype: np.dtype) -> Placement:
+        """The placement of window rows of ``lengths`` (elements, by window row) served in ``order``."""
+        order = np.asarray(order, dtype=np.int64)
+        served = lengths[order]
+        offsets = np.zeros(len(order) + 1, np.int64)
+        np.cumsum(served, out=offsets[1:])
+        position = np.empty_like(order)
+        position[order] = np.arange(len(order))
+        slack = int(served.max()) if len(served) else 0
+        return cls(order, position, offsets, lengths, np.empty(int(offsets[-1]) + slack, dtype))
+
+    def put(self, start: int, shapes: np.ndarray, values: np.ndarray) -> None:
+        """Place the values of window rows ``start:start+len(shapes)``."""
+        counts = element_counts(shapes)
+        if not np.array_equal(counts, self.lengths[start : start + len(counts)]):
+            raise StoreFormatError(
+                f"rows {start}..{start + len(counts) - 1} of the window hold other sizes than the split's "
+                "shape table said when it was read (the store changed while it was read)"
+            )
+        targets = self.offsets[self.position[start : start + len(counts)]]
+        self.buffer[element_positions(targets, counts, len(values))] = values
+
+
 def element_counts(shapes: np.ndarray) -> np.ndarray:
     """Elements of each sample of an ``(n, ndim)`` shape table (int64)."""
     shapes = np.asarray(shapes, dtype=np.int64)
@@ -141,10 +199,26 @@ class RaggedBuffer:
         self.shapes = np.zeros((capacity, ndim), dtype=np.int64) if shapes is None else shapes
         self.dtype = np.dtype(dtype)
         self._pieces: dict[int, tuple[int, np.ndarray]] = {}  # first row -> (rows, values)
+        self.placement: Placement | None = None
 
     def clear(self) -> None:
-        """Forget every piece's values (rows then count as empty until put again)."""
+        """Forget every piece's values (rows then count as empty until put again) and any placement."""
         self._pieces.clear()
+        self.placement = None
+
+    def place(self, placement: Placement) -> None:
+        """From now on (until :meth:`clear`), values put go straight to their serving position."""
+        self.clear()
+        self.placement = placement
+
+    def served(self) -> ServedRows:
+        """The rows placed, in serving order (needs a placement)."""
+        placement = self.placement
+        if placement is None:
+            raise RuntimeError("served() needs a placement")
+        total = int(placement.offsets[-1])
+        shapes = self.shapes[placement.order]
+        return ServedRows(shapes, placement.buffer[:total], placement.offsets, placement.buffer)
 
     def values_of(self, start: int) -> np.ndarray:
         """The values put for the piece starting at row ``start``."""
@@ -162,7 +236,10 @@ class RaggedBuffer:
 
     def put(self, start: int, rows: int, values: np.ndarray) -> None:
         """The values of rows ``start:start+rows`` (whose shapes are in place), replacing any
-        piece they overlap."""
+        piece they overlap; with a placement, written straight to their serving positions."""
+        if self.placement is not None:
+            self.placement.put(start, self.shapes[start : start + rows], values)
+            return
         for first in [f for f, (n, _) in self._pieces.items() if f < start + rows and start < f + n]:
             del self._pieces[first]
         self._pieces[start] = (rows, values)

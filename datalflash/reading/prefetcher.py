@@ -11,14 +11,16 @@ reader's threads or processes.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
+from typing import Any
 
 import numpy as np
 
 from datalflash.errors import StoreReadError
+from datalflash.format.ragged import Placement, RaggedBuffer
 from datalflash.reading.readers import Handle, ThreadReader
 from datalflash.store.base import ChunkStore
 
@@ -47,8 +49,12 @@ class WindowPrefetcher:
         reader: ThreadReader | None = None,
         ahead: int = 1,
         timeout: float = 0,
+        orders: Iterable[np.ndarray] | None = None,
+        lengths: Mapping[str, np.ndarray] | None = None,
     ):
         self.store, self.split = store, split
+        self._orders = iter(orders) if orders is not None else None
+        self._lengths = dict(lengths or {})
         if rows is None:
             windows = [list(w) for w in windows]
             rows = max((self._window_rows(w) for w in windows), default=0)
@@ -89,6 +95,8 @@ class WindowPrefetcher:
                 return
             window = [int(c) for c in visit[0]]
             needed = set(window) if visit[1] is None else {int(c) for c in visit[1]}
+            if self._orders is not None:
+                self._place(buffer, window, next(self._orders))
             self.store.will_need(self.split, [c for c in window if c in needed])
             tasks, offset = [], 0
             for chunk in window:
@@ -99,7 +107,16 @@ class WindowPrefetcher:
             self._pending[v] = (buffer, tasks, offset)
             self._next += 1
 
-    def get(self, v: int) -> dict[str, np.ndarray]:
+    def _place(self, buffer: Handle, window: list[int], order: np.ndarray) -> None:
+        """Give each ragged field's buffer the placement of this window's rows in ``order``."""
+        bounds = np.array([self.store.chunk_bounds(self.split, c) for c in window], dtype=np.int64).reshape(-1, 2)
+        counts = bounds[:, 1] - bounds[:, 0]
+        rows = np.repeat(bounds[:, 0] - (np.cumsum(counts) - counts), counts) + np.arange(int(counts.sum()))
+        for name, rows_buffer in self._reader.arrays(buffer).items():
+            if name in self._lengths and isinstance(rows_buffer, RaggedBuffer):
+                rows_buffer.place(Placement.plan(order, self._lengths[name][rows], rows_buffer.dtype))
+
+    def get(self, v: int) -> dict[str, Any]:
         """Visit ``v``'s window rows, waiting for its reads; re-raises a failed read."""
         if self._closed:
             raise RuntimeError("prefetcher is closed")
@@ -117,7 +134,10 @@ class WindowPrefetcher:
                 raise StoreReadError(
                     f"{self.store.path}: split {self.split!r} chunk {chunk}: the worker process reading it died ({e})"
                 ) from e
-        return {name: b[:rows] for name, b in self._reader.arrays(buffer).items()}
+        return {
+            name: b.served() if isinstance(b, RaggedBuffer) and b.placement is not None else b[:rows]
+            for name, b in self._reader.arrays(buffer).items()
+        }
 
     def release(self, v: int) -> None:
         """Visit ``v`` is no longer needed: its buffer reads the visits ahead."""
