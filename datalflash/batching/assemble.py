@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from datalflash.batching import ragged
-from datalflash.batching.ragged import Collate, InOrder, RaggedTensors
+from datalflash.batching.ragged import Collate, RaggedTensors
 
 Source = Mapping[str, Any]
 """``{field: tensor}`` of rows (a :class:`RaggedTensors` for a ragged field)."""
@@ -34,7 +34,7 @@ def gather(
     batch: dict[str, Any] = {}
     for name, first in segments[0][0].items():
         parts = [(source[name], index) for source, index in segments]
-        if isinstance(first, (RaggedTensors, InOrder)):
+        if isinstance(first, RaggedTensors):
             if collate is None:
                 batch[name] = ragged.take(parts)[0]
             else:

@@ -2,10 +2,12 @@
 
 Rows of a ragged field (see :class:`~datalflash.format.ragged.RaggedArray`) arrive as
 :class:`RaggedTensors` (numpy storage arrays, turned into tensors of the field's dtype on the way
-out). The loader puts each window's rows in serving order once, in a background thread
-(:func:`reorder`: one gather by an element index built with a running sum), so a batch is a
-contiguous slice of them; rows in any other order are gathered the same way per batch. Each
-batch is then shaped as the field's :class:`Collate` policy says:
+out). The reading threads decode each window's values straight into one buffer (see
+:class:`~datalflash.format.ragged.Placement`). A padded batch of one varying dimension then reads
+every row as long as the padded width through a sliding view of that buffer (one gather of whole
+rows) and overwrites the tails; any other batch gathers its rows' elements with one ``np.take``
+by an element index built with a running sum. Each batch is shaped as the field's
+:class:`Collate` policy says:
 
 * ``"pad"``: :class:`Padded` ``(data, lengths, mask)``, every varying dimension padded to the
   batch's largest (or ``pad_to``, or a multiple of ``pad_multiple``) with ``pad_value``;
@@ -21,6 +23,7 @@ object per sample, which is all that happens per sample).
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,7 +34,7 @@ import torch
 from numpy.lib.stride_tricks import as_strided
 
 from datalflash.format.manifest import FieldSpec
-from datalflash.format.ragged import RaggedArray, ServedRows, element_positions
+from datalflash.format.ragged import PlacedRows, RaggedArray, element_positions
 
 MODES = ("pad", "packed", "nested", "list")
 
@@ -141,7 +144,7 @@ class RaggedTensors:
     @classmethod
     def from_array(cls, array: RaggedArray, dtype: torch.dtype, spec: FieldSpec) -> RaggedTensors:
         """The rows of ``array`` (sharing memory), of torch dtype ``dtype``."""
-        buffer = array.buffer if isinstance(array, ServedRows) else None
+        buffer = array.buffer if isinstance(array, PlacedRows) else None
         return cls(array.shapes, array.offsets, array.values, dtype, spec.kind, spec.shape, buffer)
 
     def __len__(self) -> int:
@@ -173,99 +176,47 @@ class RaggedTensors:
         return self.tensor(self.values[a:b].copy()).reshape(self.shapes[row].tolist())
 
 
-@dataclass(frozen=True)
-class InOrder:
-    """Rows already in the order a batch serves them (a slice of rows :func:`reorder` put in
-    serving order): the segment's index does not apply to them, and they are taken without a
-    gather."""
-
-    rows: RaggedTensors
-
-
-REORDER_ELEMENTS = 2**22  # elements gathered per step: bounds the index arrays of a window's reorder
-
-
-def reorder(rows: RaggedTensors, order: np.ndarray) -> RaggedTensors:
-    """``rows[order]`` as new rows (values contiguous in that order, with a row's worth of slack
-    after them), gathered a few million elements at a time: a window is put in serving order
-    once, so each batch then takes a contiguous slice of it."""
-    order = np.asarray(order, dtype=np.int64)
-    lengths = np.diff(rows.offsets)[order]
-    offsets = np.zeros(len(order) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    total = int(offsets[-1])
-    buffer = np.empty(total + (int(lengths.max()) if len(lengths) else 0), dtype=rows.values.dtype)
-    starts = rows.offsets[order]
-    row = 0
-    while row < len(order):  # steps of whole rows holding about REORDER_ELEMENTS elements
-        stop = int(np.searchsorted(offsets, offsets[row] + REORDER_ELEMENTS, side="right"))
-        stop = min(len(order), max(stop - 1, row + 1))
-        a, b = int(offsets[row]), int(offsets[stop])
-        if b > a:
-            np.take(
-                rows.values, element_positions(starts[row:stop], lengths[row:stop], b - a), out=buffer[a:b], mode="clip"
-            )
-        row = stop
-    shapes = rows.shapes[order]
-    return RaggedTensors(shapes, offsets, buffer[:total], rows.dtype, rows.kind, rows.shape, buffer)
-
-
-def take(segments: Sequence[tuple[RaggedTensors | InOrder, torch.Tensor]]) -> tuple[RaggedTensors, np.ndarray]:
-    """The rows ``source[index]`` of each ``(source, index)`` segment (an :class:`InOrder`
-    source: its rows as they are), in order, and the rows' lengths (elements). One InOrder
-    segment is returned as it is (sharing memory with it); anything else is gathered into new
-    values."""
-    if len(segments) == 1 and isinstance(segments[0][0], InOrder):
-        rows = segments[0][0].rows
-        return rows, np.diff(rows.offsets)
-    parts: list[tuple[np.ndarray, np.ndarray | None, np.ndarray]] = []
-    lengths, shapes = [], []
+def take(segments: Sequence[tuple[RaggedTensors, torch.Tensor]]) -> tuple[RaggedTensors, np.ndarray]:
+    """The rows ``source[index]`` of each ``(source, index)`` segment, in order, gathered into
+    new values (one ``np.take`` per segment, by an element index built with a running sum), and
+    the rows' lengths (elements)."""
+    parts, lengths, shapes = [], [], []
     for source, index in segments:
-        if isinstance(source, InOrder):
-            rows = source.rows
-            parts.append((rows.values, None, np.diff(rows.offsets)))
-            shapes.append(rows.shapes)
-        else:
-            index_np = np.asarray(index, dtype=np.int64)
-            starts = source.offsets[index_np]
-            parts.append((source.values, starts, source.offsets[index_np + 1] - starts))
-            shapes.append(source.shapes[index_np])
+        index_np = np.asarray(index, dtype=np.int64)
+        starts = source.offsets[index_np]
+        parts.append((source.values, starts, source.offsets[index_np + 1] - starts))
         lengths.append(parts[-1][2])
+        shapes.append(source.shapes[index_np])
     length = np.concatenate(lengths) if len(lengths) > 1 else lengths[0]
     offsets = np.zeros(len(length) + 1, dtype=np.int64)
     np.cumsum(length, out=offsets[1:])
     values = np.empty(int(offsets[-1]), dtype=parts[0][0].dtype)
     done = 0
-    for source_values, part_starts, part_lengths in parts:
+    for source_values, starts, part_lengths in parts:
         total = int(part_lengths.sum())
-        if total and part_starts is None:
-            values[done : done + total] = source_values
-        elif total and part_starts is not None:
-            np.take(
-                source_values,
-                element_positions(part_starts, part_lengths, total),
-                out=values[done : done + total],
-                mode="clip",
-            )
+        if total:
+            positions = element_positions(starts, part_lengths, total)
+            np.take(source_values, positions, out=values[done : done + total], mode="clip")
         done += total
-    first = segments[0][0].rows if isinstance(segments[0][0], InOrder) else segments[0][0]
+    first = segments[0][0]
     shape = np.concatenate(shapes) if len(shapes) > 1 else shapes[0]
     return RaggedTensors(shape, offsets, values, first.dtype, first.kind, first.shape), length
 
 
-def assemble(
-    segments: Sequence[tuple[RaggedTensors | InOrder, torch.Tensor]], policy: Collate, pin_memory: bool = False
-) -> Any:
+def assemble(segments: Sequence[tuple[RaggedTensors, torch.Tensor]], policy: Collate, pin_memory: bool = False) -> Any:
     """The batch of a ragged field's rows ``source[index]`` over ``segments``, as ``policy`` says."""
+    first = segments[0][0]
+    if policy.mode == "pad" and first.kind != "str" and first.shapes.shape[1] == 1:
+        return _pin(_padded_rows(segments, policy), pin_memory)
     rows, lengths = take(segments)
     if rows.kind == "str":
         data = rows.values.tobytes()
         bounds = rows.offsets.tolist()
         return [data[a:b].decode("utf-8") for a, b in itertools.pairwise(bounds)]
     if policy.mode == "pad":
-        return _padded(rows, lengths, policy, pin_memory)
+        return _pin(_padded(rows, lengths, policy), pin_memory)
     values = rows.tensor(rows.values)
-    values = values.pin_memory() if pin_memory else values.clone() if rows.buffer is not None else values
+    values = values.pin_memory() if pin_memory else values
     if policy.mode == "list":
         parts = values.split(lengths.tolist())
         if rows.shapes.shape[1] <= 1:
@@ -274,6 +225,13 @@ def assemble(
     if policy.mode == "packed":
         return _packed(rows, values)
     return _nested(rows, values, lengths)
+
+
+def _pin(batch: Padded, pin_memory: bool) -> Padded:
+    if not pin_memory:
+        return batch
+    mask = None if batch.mask is None else batch.mask.pin_memory()
+    return Padded(batch.data.pin_memory(), batch.lengths.pin_memory(), mask)
 
 
 def _packed(rows: RaggedTensors, values: torch.Tensor) -> Packed:
@@ -294,59 +252,92 @@ def _nested(rows: RaggedTensors, values: torch.Tensor, lengths: np.ndarray) -> t
     return torch.nested.as_nested_tensor([p.view(s) for p, s in zip(parts, shapes.tolist())])
 
 
-def _padded(rows: RaggedTensors, lengths: np.ndarray, policy: Collate, pin_memory: bool) -> Padded:
-    """Pad every sample to the batch's largest size in each dimension, with no loop over samples."""
-    shapes, batch = rows.shapes, len(rows)
-    ndim = shapes.shape[1]
-    size = shapes.max(0) if batch else np.zeros(ndim, dtype=np.int64)
+def _pad_size(shapes: np.ndarray, policy: Collate) -> list[int]:
+    """The padded size of each dimension: the batch's largest, raised to ``pad_to`` and rounded
+    up to a multiple of ``pad_multiple``."""
+    size = shapes.max(0) if len(shapes) else np.zeros(shapes.shape[1], dtype=np.int64)
     if policy.pad_to is not None:
         size = np.maximum(size, policy.pad_to)
     if policy.pad_multiple is not None:
         size = -(-size // policy.pad_multiple) * policy.pad_multiple
-    dims = [int(d) for d in size]
+    return [int(d) for d in size]
+
+
+def _padded_rows(segments: Sequence[tuple[RaggedTensors, torch.Tensor]], policy: Collate) -> Padded:
+    """Rows of one varying dimension, padded: each row read as long as the padded width straight
+    from its source (one gather of whole rows through a sliding view where the source's buffer
+    runs on far enough, else by an element index), then its tail set to the pad value."""
+    first = segments[0][0]
+    parts = []
+    for source, index in segments:
+        index_np = np.asarray(index, dtype=np.int64)
+        parts.append((source, source.offsets[index_np], source.offsets[index_np + 1] - source.offsets[index_np]))
+    lengths = np.concatenate([p[2] for p in parts]) if len(parts) > 1 else parts[0][2]
+    width = _pad_size(lengths[:, None], policy)[0]
+    pad = _storage_scalar(policy.pad_value, first.dtype, first.values.dtype)
+    pieces = [_rows_as_wide(source, starts, part_lengths, width) for source, starts, part_lengths in parts]
+    data = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+    tails = _tails(lengths, width)
+    np.copyto(data, pad, where=tails)
+    mask = torch.from_numpy(~tails) if policy.mask else None
+    return Padded(first.tensor(data), torch.from_numpy(lengths.copy()), mask)
+
+
+TAIL_TABLE_WIDTH = 4096  # widths up to this use a cached table of tails (16 MiB at most)
+_tail_table = np.zeros((1, 0), dtype=bool)
+
+
+def _tails(lengths: np.ndarray, width: int) -> np.ndarray:
+    """``(rows, width)`` booleans, True past each row's length: rows of a cached triangular
+    table (a gather of rows), for widths up to :data:`TAIL_TABLE_WIDTH`."""
+    global _tail_table
+    if width > TAIL_TABLE_WIDTH:
+        return np.arange(width) >= lengths[:, None]
+    if _tail_table.shape[1] < width:
+        size = max(width, 2 * _tail_table.shape[1])
+        size = min(size, TAIL_TABLE_WIDTH)
+        _tail_table = np.arange(size) >= np.arange(size + 1)[:, None]
+    return _tail_table[np.minimum(lengths, width), :width]
+
+
+def _rows_as_wide(source: RaggedTensors, starts: np.ndarray, lengths: np.ndarray, width: int) -> np.ndarray:
+    """Rows starting at ``starts`` of a source, each read ``width`` elements long (what lies
+    past a row's end is left for the caller to overwrite): one gather of whole rows through a
+    sliding view of the source's buffer where it runs on far enough, else an element gather."""
+    buffer = source.buffer
+    if buffer is not None and len(starts) and width and int(starts.max()) + width <= len(buffer):
+        step = buffer.strides[0]  # (fancy indexing of the view copies just the rows it picks)
+        return as_strided(buffer, (len(buffer) - width + 1, width), (step, step))[starts]
+    rows = np.zeros((len(starts), width), dtype=source.values.dtype)
+    if len(starts) and width:
+        positions = element_positions(starts, lengths, int(lengths.sum()))
+        rows[np.arange(width) < lengths[:, None]] = np.take(source.values, positions)
+    return rows
+
+
+def _padded(rows: RaggedTensors, lengths: np.ndarray, policy: Collate) -> Padded:
+    """Pad samples varying in several dimensions to the batch's largest size in each: the
+    values go to their padded positions by one flat index (:func:`_padded_index`)."""
+    shapes, batch = rows.shapes, len(rows)
+    dims = _pad_size(shapes, policy)
     pad = _storage_scalar(policy.pad_value, rows.dtype, rows.values.dtype)
-    if ndim == 1:
-        data, filled = _padded_runs(rows, lengths, dims[0], pad)
-        mask = torch.from_numpy(filled) if policy.mask else None
-        out = Padded(rows.tensor(data), torch.from_numpy(shapes[:, 0].copy()), mask)
-    else:
-        flat = np.full((batch, *dims), pad, dtype=rows.values.dtype)
-        index = _padded_index(shapes, dims, lengths, len(rows.values))
-        flat.reshape(-1)[index] = rows.values
-        mask = None
-        if policy.mask:
-            filled = np.zeros((batch, *dims), dtype=bool)
-            filled.reshape(-1)[index] = True
-            mask = torch.from_numpy(filled)
-        varying = [d for d, s in enumerate(rows.shape) if s is None]
-        sizes = shapes[:, varying[0]] if len(varying) == 1 else shapes[:, varying]
-        out = Padded(rows.tensor(flat), torch.from_numpy(np.ascontiguousarray(sizes)), mask)
-    if not pin_memory:
-        return out
-    return Padded(out.data.pin_memory(), out.lengths.pin_memory(), None if out.mask is None else out.mask.pin_memory())
+    flat = np.full((batch, *dims), pad, dtype=rows.values.dtype)
+    index = _padded_index(shapes, dims, lengths, len(rows.values))
+    flat.reshape(-1)[index] = rows.values
+    mask = None
+    if policy.mask:
+        filled = np.zeros((batch, *dims), dtype=bool)
+        filled.reshape(-1)[index] = True
+        mask = torch.from_numpy(filled)
+    varying = [d for d, s in enumerate(rows.shape) if s is None]
+    sizes = shapes[:, varying[0]] if len(varying) == 1 else shapes[:, varying]
+    return Padded(rows.tensor(flat), torch.from_numpy(np.ascontiguousarray(sizes)), mask)
 
 
+@functools.lru_cache(maxsize=64)
 def _storage_scalar(value: float, dtype: torch.dtype, storage: np.dtype) -> Any:
     """The pad value as an element of the storage array (raw bits for bfloat16 and float8)."""
     return torch.tensor([value], dtype=dtype).view(torch.uint8).numpy().view(storage)[0]
-
-
-def _padded_runs(rows: RaggedTensors, lengths: np.ndarray, width: int, pad: Any) -> tuple[np.ndarray, np.ndarray]:
-    """``(data, filled)``: rows of one varying dimension padded to ``width``. Where the rows'
-    buffer runs on far enough, each row is read ``width`` elements long through a sliding view
-    (one gather of whole rows) and its tail overwritten with ``pad``; else the values are placed
-    through the mask of filled positions."""
-    starts = rows.offsets[:-1]
-    filled = np.arange(width) < lengths[:, None]
-    buffer = rows.buffer
-    if buffer is not None and len(starts) and int(starts.max()) + width <= len(buffer) and width:
-        step = buffer.strides[0]
-        data = as_strided(buffer, shape=(len(buffer) - width + 1, width), strides=(step, step))[starts]
-        np.copyto(data, pad, where=~filled)
-        return data, filled
-    data = np.full((len(starts), width), pad, dtype=rows.values.dtype)
-    data[filled] = rows.values
-    return data, filled
 
 
 def _padded_index(shapes: np.ndarray, dims: list[int], lengths: np.ndarray, total: int) -> np.ndarray:

@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from datalflash.batching.ragged import InOrder, RaggedTensors
+from datalflash.batching.ragged import RaggedTensors
 from datalflash.errors import StoreFormatError
 from datalflash.format.dtypes import RAW_BITS_DTYPES, STORAGE_NAMES, SUPPORTED_DTYPES, storage_dtype
 from datalflash.format.manifest import FieldSpec
-from datalflash.format.ragged import ServedRows, as_ragged
+from datalflash.format.ragged import as_ragged
 
 
 def torch_dtype_name(dtype: torch.dtype) -> str:
@@ -52,15 +52,13 @@ def from_storage(array: np.ndarray, dtype_name: str) -> torch.Tensor:
 
 def tensors_from_storage(arrays: Mapping[str, Any], fields: Mapping[str, FieldSpec]) -> dict[str, Any]:
     """``{field: tensor}`` views of storage arrays, each in its field's torch dtype (a
-    :class:`~datalflash.batching.ragged.RaggedTensors` for a ragged field; wrapped in
-    :class:`~datalflash.batching.ragged.InOrder` when its rows came placed in serving order)."""
+    :class:`~datalflash.batching.ragged.RaggedTensors` for a ragged field)."""
     out: dict[str, Any] = {}
     for name, array in arrays.items():
         spec = fields[name]
         if spec.ragged:
             rows = as_ragged(array)
-            tensors = RaggedTensors.from_array(rows, to_torch_dtype(spec.dtype), spec)
-            out[name] = InOrder(tensors) if isinstance(rows, ServedRows) else tensors
+            out[name] = RaggedTensors.from_array(rows, to_torch_dtype(spec.dtype), spec)
         else:
             out[name] = from_storage(array, spec.dtype)
     return out

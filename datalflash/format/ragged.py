@@ -87,9 +87,10 @@ class RaggedArray:
 
 
 @dataclass(frozen=True)
-class ServedRows(RaggedArray):
-    """Rows already in the order they are served (see :class:`Placement`); ``buffer`` holds
-    ``values`` followed by a row's worth of slack."""
+class PlacedRows(RaggedArray):
+    """Rows whose values were read straight into one window buffer (see :class:`Placement`);
+    ``buffer`` holds ``values`` followed by a row's worth of slack, so any row can be read as
+    long as the longest one without running past it."""
 
     buffer: np.ndarray
 
@@ -110,38 +111,31 @@ def element_positions(starts: np.ndarray, lengths: np.ndarray, total: int) -> np
 
 @dataclass(frozen=True)
 class Placement:
-    """Where a window's rows go as their values arrive: ``buffer`` holds them in serving order
-    (``order[k]`` is the window row served ``k``-th, at ``offsets[k]``), so a batch is a
-    contiguous slice of it and no reordering is left to do once they are read."""
+    """Where a window's rows go before they are read: ``offsets`` into one ``buffer`` (with a
+    row's worth of slack after the last), from the rows' sizes known up front (the split's
+    shape table), so each chunk's values are decoded straight to their place."""
 
-    order: np.ndarray
-    position: np.ndarray
     offsets: np.ndarray
-    lengths: np.ndarray
     buffer: np.ndarray
 
     @classmethod
-    def plan(cls, order: np.ndarray, lengths: np.ndarray, dtype: np.dtype) -> Placement:
-        """The placement of window rows of ``lengths`` (elements, by window row) served in ``order``."""
-        order = np.asarray(order, dtype=np.int64)
-        served = lengths[order]
-        offsets = np.zeros(len(order) + 1, np.int64)
-        np.cumsum(served, out=offsets[1:])
-        position = np.empty_like(order)
-        position[order] = np.arange(len(order))
-        slack = int(served.max()) if len(served) else 0
-        return cls(order, position, offsets, lengths, np.empty(int(offsets[-1]) + slack, dtype))
+    def plan(cls, lengths: np.ndarray, dtype: np.dtype) -> Placement:
+        """The placement of window rows of ``lengths`` elements each."""
+        offsets = np.zeros(len(lengths) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        slack = int(lengths.max()) if len(lengths) else 0
+        return cls(offsets, np.empty(int(offsets[-1]) + slack, dtype))
 
-    def put(self, start: int, shapes: np.ndarray, values: np.ndarray) -> None:
-        """Place the values of window rows ``start:start+len(shapes)``."""
-        counts = element_counts(shapes)
-        if not np.array_equal(counts, self.lengths[start : start + len(counts)]):
+    def target(self, start: int, shapes: np.ndarray) -> np.ndarray:
+        """Where the values of window rows ``start:start+len(shapes)`` go (StoreFormatError if
+        their shapes give other sizes than the shape table read up front)."""
+        stop = start + len(shapes)
+        if not np.array_equal(element_counts(shapes), np.diff(self.offsets[start : stop + 1])):
             raise StoreFormatError(
-                f"rows {start}..{start + len(counts) - 1} of the window hold other sizes than the split's "
-                "shape table said when it was read (the store changed while it was read)"
+                f"rows {start}..{stop - 1} of the window hold other sizes than the split's shape table "
+                "said when it was read (the store changed while it was read)"
             )
-        targets = self.offsets[self.position[start : start + len(counts)]]
-        self.buffer[element_positions(targets, counts, len(values))] = values
+        return self.buffer[self.offsets[start] : self.offsets[stop]]
 
 
 def element_counts(shapes: np.ndarray) -> np.ndarray:
@@ -207,18 +201,24 @@ class RaggedBuffer:
         self.placement = None
 
     def place(self, placement: Placement) -> None:
-        """From now on (until :meth:`clear`), values put go straight to their serving position."""
+        """From now on (until :meth:`clear`), rows' values are read straight into ``placement``'s buffer."""
         self.clear()
         self.placement = placement
 
-    def served(self) -> ServedRows:
-        """The rows placed, in serving order (needs a placement)."""
+    def target(self, start: int, rows: int, total: int) -> np.ndarray:
+        """Where to read the ``total`` values of rows ``start:start+rows`` (whose shapes are in
+        place): their place in the window buffer, or a new array."""
+        if self.placement is not None:
+            return self.placement.target(start, self.shapes[start : start + rows])
+        return np.empty(total, self.dtype)
+
+    def placed(self, rows: int) -> PlacedRows:
+        """The first ``rows`` rows as read into the placement's buffer (needs a placement)."""
         placement = self.placement
         if placement is None:
-            raise RuntimeError("served() needs a placement")
-        total = int(placement.offsets[-1])
-        shapes = self.shapes[placement.order]
-        return ServedRows(shapes, placement.buffer[:total], placement.offsets, placement.buffer)
+            raise RuntimeError("placed() needs a placement")
+        total = int(placement.offsets[rows])
+        return PlacedRows(self.shapes[:rows], placement.buffer[:total], placement.offsets[: rows + 1], placement.buffer)
 
     def values_of(self, start: int) -> np.ndarray:
         """The values put for the piece starting at row ``start``."""
@@ -236,9 +236,11 @@ class RaggedBuffer:
 
     def put(self, start: int, rows: int, values: np.ndarray) -> None:
         """The values of rows ``start:start+rows`` (whose shapes are in place), replacing any
-        piece they overlap; with a placement, written straight to their serving positions."""
+        piece they overlap; with a placement, copied to their place unless they were read there."""
         if self.placement is not None:
-            self.placement.put(start, self.shapes[start : start + rows], values)
+            target = self.placement.target(start, self.shapes[start : start + rows])
+            if not np.shares_memory(target, values):
+                target[...] = values
             return
         for first in [f for f, (n, _) in self._pieces.items() if f < start + rows and start < f + n]:
             del self._pieces[first]
@@ -283,6 +285,10 @@ class RaggedSlot:
     def __getitem__(self, rows: slice) -> RaggedSlot:
         start, stop, _ = rows.indices(len(self))
         return RaggedSlot(self.buffer, self.start + start, self.start + max(start, stop))
+
+    def target(self, offset: int, rows: int, total: int) -> np.ndarray:
+        """Where to read the ``total`` values of the slot's rows ``offset:offset+rows``."""
+        return self.buffer.target(self.start + offset, rows, total)
 
     def put(self, values: np.ndarray, offset: int = 0, rows: int | None = None) -> None:
         """The values of rows ``offset:offset+rows`` of the slot (default: all of them)."""

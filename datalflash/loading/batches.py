@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from datalflash.batching import gather
-from datalflash.batching.ragged import Collate, InOrder, RaggedTensors, reorder
+from datalflash.batching.ragged import Collate
 from datalflash.batching.tensors import tensors_from_storage
 from datalflash.loading.chunked import ChunkedDataset
 from datalflash.loading.memory import FlashDataset, checked_index
@@ -77,9 +77,7 @@ def planned_chunk_batches(
         reader=reader,
         ahead=ahead,
         timeout=timeout,
-        # ragged rows go straight to their serving position as they are read
-        orders=(plan.order(window) for window, _ in sched.iter_spans()) if ragged else None,
-        lengths={name: dataset.lengths(name) for name in ragged},
+        lengths={name: dataset.lengths(name) for name in ragged},  # (ragged values read to their place)
     )
     spans = enumerate(sched.iter_spans())
     try:
@@ -93,10 +91,9 @@ def planned_chunk_batches(
                     left[seen] = (window, sum(hi - lo for lo, hi in visit_spans))
                 if v not in resident:
                     tensors = tensors_from_storage(prefetcher.get(v), dataset.fields)
-                    order = torch.from_numpy(plan.order(left[v][0]))
-                    resident[v] = (in_serving_order(tensors, order), order)
+                    resident[v] = (tensors, torch.from_numpy(plan.order(left[v][0])))
                 tensors, order = resident[v]
-                segments.append((_slice_ordered(tensors, a, b), order[a:b]))
+                segments.append((tensors, order[a:b]))
                 left[v] = (left[v][0], left[v][1] - (b - a))
             batch = gather(segments, pin_memory=pin_memory, collate=collate or {})
             for v, _, _ in pieces:
@@ -106,21 +103,6 @@ def planned_chunk_batches(
             yield batch
     finally:
         prefetcher.close()
-
-
-def in_serving_order(tensors: dict[str, Any], order: torch.Tensor) -> dict[str, Any]:
-    """A window's tensors with each ragged field's rows in serving order (:class:`InOrder`):
-    as the reader placed them, or put in that order now (:func:`~datalflash.batching.ragged.reorder`),
-    so a batch takes a contiguous slice of them."""
-    return {
-        name: InOrder(reorder(t, order.numpy())) if isinstance(t, RaggedTensors) else t for name, t in tensors.items()
-    }
-
-
-def _slice_ordered(tensors: dict[str, Any], a: int, b: int) -> dict[str, Any]:
-    """Positions ``a:b`` of a window in serving order: ragged rows as they are, fixed-shape
-    tensors whole (their segment's index picks the rows)."""
-    return {name: InOrder(t.rows[a:b]) if isinstance(t, InOrder) else t for name, t in tensors.items()}
 
 
 def sampled_chunk_batches(

@@ -32,7 +32,9 @@ class WindowPrefetcher:
     chunks concatenated) and ``needed`` the chunks of it to read (default: all); both may be
     iterators, taken only as far as the reads ahead need (a split of millions of windows costs
     nothing up front). ``rows`` is the most rows of a window (default: counted from ``windows``,
-    which must then be a sequence). ``get(v)`` blocks until visit ``v``'s chunks are in memory
+    which must then be a sequence). ``lengths`` (``{ragged field: elements of each row of the
+    split}``) lets each ragged field's values be read straight into one window buffer.
+    ``get(v)`` blocks until visit ``v``'s chunks are in memory
     and returns ``{field: array}`` of the window's rows (rows of chunks not read are undefined);
     ``release(v)`` hands its buffer back for the visits ahead. Visits are taken in order.
     ``ahead + 1`` buffers exist, one more only while a single batch spans more visits than that.
@@ -49,11 +51,9 @@ class WindowPrefetcher:
         reader: ThreadReader | None = None,
         ahead: int = 1,
         timeout: float = 0,
-        orders: Iterable[np.ndarray] | None = None,
         lengths: Mapping[str, np.ndarray] | None = None,
     ):
         self.store, self.split = store, split
-        self._orders = iter(orders) if orders is not None else None
         self._lengths = dict(lengths or {})
         if rows is None:
             windows = [list(w) for w in windows]
@@ -95,8 +95,8 @@ class WindowPrefetcher:
                 return
             window = [int(c) for c in visit[0]]
             needed = set(window) if visit[1] is None else {int(c) for c in visit[1]}
-            if self._orders is not None:
-                self._place(buffer, window, next(self._orders))
+            if self._lengths:
+                self._place(buffer, window)
             self.store.will_need(self.split, [c for c in window if c in needed])
             tasks, offset = [], 0
             for chunk in window:
@@ -107,14 +107,15 @@ class WindowPrefetcher:
             self._pending[v] = (buffer, tasks, offset)
             self._next += 1
 
-    def _place(self, buffer: Handle, window: list[int], order: np.ndarray) -> None:
-        """Give each ragged field's buffer the placement of this window's rows in ``order``."""
+    def _place(self, buffer: Handle, window: list[int]) -> None:
+        """Give each ragged field's buffer the placement of this window's rows (their values are
+        then read straight to their place in one window buffer)."""
         bounds = np.array([self.store.chunk_bounds(self.split, c) for c in window], dtype=np.int64).reshape(-1, 2)
         counts = bounds[:, 1] - bounds[:, 0]
         rows = np.repeat(bounds[:, 0] - (np.cumsum(counts) - counts), counts) + np.arange(int(counts.sum()))
         for name, rows_buffer in self._reader.arrays(buffer).items():
             if name in self._lengths and isinstance(rows_buffer, RaggedBuffer):
-                rows_buffer.place(Placement.plan(order, self._lengths[name][rows], rows_buffer.dtype))
+                rows_buffer.place(Placement.plan(self._lengths[name][rows], rows_buffer.dtype))
 
     def get(self, v: int) -> dict[str, Any]:
         """Visit ``v``'s window rows, waiting for its reads; re-raises a failed read."""
@@ -135,7 +136,7 @@ class WindowPrefetcher:
                     f"{self.store.path}: split {self.split!r} chunk {chunk}: the worker process reading it died ({e})"
                 ) from e
         return {
-            name: b.served() if isinstance(b, RaggedBuffer) and b.placement is not None else b[:rows]
+            name: b.placed(rows) if isinstance(b, RaggedBuffer) and b.placement is not None else b[:rows]
             for name, b in self._reader.arrays(buffer).items()
         }
 

@@ -215,16 +215,25 @@ class ChunkStore(ABC):
         start, stop = self.chunk_bounds(split, chunks[0])[0], self.chunk_bounds(split, chunks[-1])[1]
         table = spec.shapes_array.name
         self._read_with_retries(split, table, start, stop, out.shapes[: stop - start], fetched)
-        pieces = []
-        for chunk in chunks:
+        counts = [
+            checked_counts(
+                out.shapes[a - start : b - start],
+                spec.shape,
+                spec.storage_dtype.itemsize,
+                f"{self.path}: split {split!r} field {field!r} chunk {chunk}",
+            )
+            for chunk in chunks
+            for a, b in [self.chunk_bounds(split, chunk)]
+        ]
+        values = out.target(0, stop - start, int(sum(int(c.sum()) for c in counts)))  # (the window's place for them)
+        done = 0
+        for chunk, chunk_counts in zip(chunks, counts):
             a, b = self.chunk_bounds(split, chunk)
-            where = f"{self.path}: split {split!r} field {field!r} chunk {chunk}"
-            counts = checked_counts(out.shapes[a - start : b - start], spec.shape, spec.storage_dtype.itemsize, where)
-            values = np.empty(int(counts.sum()), spec.storage_dtype)
-            read = functools.partial(self._read_values, split, field, chunk, values, fetched)
+            total = int(chunk_counts.sum())
+            read = functools.partial(self._read_values, split, field, chunk, values[done : done + total], fetched)
             self._attempt(split, field, a, b, read)
-            pieces.append(values)
-        out.put(pieces[0] if len(pieces) == 1 else np.concatenate(pieces), 0, stop - start)
+            done += total
+        out.put(values, 0, stop - start)
 
     def read_lengths(self, split: str, field: str) -> np.ndarray:
         """Elements of every sample of the ragged ``field`` in ``split`` (int64, from its shape
