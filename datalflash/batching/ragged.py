@@ -24,7 +24,6 @@ object per sample, which is all that happens per sample).
 from __future__ import annotations
 
 import functools
-import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -176,13 +175,20 @@ class RaggedTensors:
         return self.tensor(self.values[a:b].copy()).reshape(self.shapes[row].tolist())
 
 
+def _index(index: Any) -> np.ndarray:
+    """A batch's row index as an int64 numpy array (a CPU tensor's own memory when it is one)."""
+    if isinstance(index, torch.Tensor) and index.dtype == torch.int64:
+        return index.numpy()
+    return np.asarray(index, dtype=np.int64)
+
+
 def take(segments: Sequence[tuple[RaggedTensors, torch.Tensor]]) -> tuple[RaggedTensors, np.ndarray]:
     """The rows ``source[index]`` of each ``(source, index)`` segment, in order, gathered into
     new values (one ``np.take`` per segment, by an element index built with a running sum), and
     the rows' lengths (elements)."""
     parts, lengths, shapes = [], [], []
     for source, index in segments:
-        index_np = np.asarray(index, dtype=np.int64)
+        index_np = _index(index)
         starts = source.offsets[index_np]
         parts.append((source.values, starts, source.offsets[index_np + 1] - starts))
         lengths.append(parts[-1][2])
@@ -206,13 +212,17 @@ def take(segments: Sequence[tuple[RaggedTensors, torch.Tensor]]) -> tuple[Ragged
 def assemble(segments: Sequence[tuple[RaggedTensors, torch.Tensor]], policy: Collate, pin_memory: bool = False) -> Any:
     """The batch of a ragged field's rows ``source[index]`` over ``segments``, as ``policy`` says."""
     first = segments[0][0]
-    if policy.mode == "pad" and first.kind != "str" and first.shapes.shape[1] == 1:
+    if first.kind == "str":  # each str decoded straight from the rows' bytes
+        texts = []
+        for source, index in segments:
+            index_np = _index(index)
+            data = source.values.data  # (a memoryview of the bytes)
+            starts, stops = source.offsets[index_np].tolist(), source.offsets[index_np + 1].tolist()
+            texts += [str(data[a:b], "utf-8") for a, b in zip(starts, stops)]
+        return texts
+    if policy.mode == "pad" and first.shapes.shape[1] == 1:
         return _pin(_padded_rows(segments, policy), pin_memory)
     rows, lengths = take(segments)
-    if rows.kind == "str":
-        data = rows.values.tobytes()
-        bounds = rows.offsets.tolist()
-        return [data[a:b].decode("utf-8") for a, b in itertools.pairwise(bounds)]
     if policy.mode == "pad":
         return _pin(_padded(rows, lengths, policy), pin_memory)
     values = rows.tensor(rows.values)
@@ -270,10 +280,12 @@ def _padded_rows(segments: Sequence[tuple[RaggedTensors, torch.Tensor]], policy:
     first = segments[0][0]
     parts = []
     for source, index in segments:
-        index_np = np.asarray(index, dtype=np.int64)
+        index_np = _index(index)
         parts.append((source, source.offsets[index_np], source.offsets[index_np + 1] - source.offsets[index_np]))
     lengths = np.concatenate([p[2] for p in parts]) if len(parts) > 1 else parts[0][2]
-    width = _pad_size(lengths[:, None], policy)[0]
+    width = int(lengths.max()) if len(lengths) else 0
+    if policy.pad_to is not None or policy.pad_multiple is not None:
+        width = _pad_size(lengths[:, None], policy)[0]
     pad = _storage_scalar(policy.pad_value, first.dtype, first.values.dtype)
     pieces = [_rows_as_wide(source, starts, part_lengths, width) for source, starts, part_lengths in parts]
     data = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
