@@ -18,6 +18,7 @@ from torch.utils.data import BatchSampler, Sampler
 from datalflash.batching.ragged import Collate
 from datalflash.loading.batches import (
     Batch,
+    chunk_prefetcher,
     memory_batches,
     planned_chunk_batches,
     planned_memory_batches,
@@ -29,7 +30,7 @@ from datalflash.ordering import EpochPlan, Schedule, memory_plan, plan_epoch, sc
 from datalflash.ordering.plan import split_chunk_rows
 from datalflash.ordering.ranges import Ranges, rank_share, share_size, take, total
 from datalflash.ordering.tokens import TokenBudget, bucketed, token_cuts
-from datalflash.reading import SpareBuffers, ThreadReader, make_reader
+from datalflash.reading import SpareBuffers, ThreadReader, WindowPrefetcher, make_reader
 
 
 @dataclass
@@ -43,6 +44,26 @@ class Reading:
     persistent: bool = False
     timeout: float = 0
     read_ahead_bytes: int = 512 * 2**20
+
+
+EpochKey = tuple[int, int, tuple[tuple[int, int], ...], int]
+"""``(epoch, seed, remaining, skip)``: what decides an epoch's order on a rank."""
+
+
+@dataclass
+class Lookahead:
+    """Reads of an epoch started before it was asked for (see :meth:`OwnEpochs._look_ahead`)."""
+
+    key: EpochKey
+    reader: ThreadReader
+    prefetcher: WindowPrefetcher
+    own_reader: bool
+
+    def close(self) -> None:
+        """Cancel the reads (and stop the reader when it was started for them)."""
+        self.prefetcher.close()
+        if self.own_reader:
+            self.reader.close()
 
 
 @dataclass
@@ -64,6 +85,7 @@ class OwnEpochs:
     tokens: TokenBudget | None = None  # batches bounded by a token budget instead of batch_size
     length_field: str | None = None  # the ragged field whose elements count as tokens
     _token_cache: tuple[Any, Any] | None = None
+    _lookahead: Lookahead | None = None  # the next epoch's first reads, started during this one
     _reader: ThreadReader | None = None  # kept across epochs with persistent workers
     _spare: SpareBuffers = field(default_factory=SpareBuffers)  # chunk buffers kept across epochs
 
@@ -101,41 +123,79 @@ class OwnEpochs:
                 timeout=self.reading.timeout,
                 collate=self.collate,
             )
-        if self.tokens is not None and isinstance(data, ChunkedDataset):
-            plan, share, cuts = self._token_plan(epoch, seed, remaining)
-            start = cuts[skip][0] if skip < len(cuts) else total(share)
-            rest = [(a - start, b - start) for a, b in cuts[skip:]]
-            sched = schedule(plan, take(share, start, total(share)), 1, False, rest)
-            return self._planned_chunks(data, plan, sched, pin_memory)
-        share = rank_share(remaining, self.rank, self.world_size, self.drop_last)
-        share = take(share, skip, total(share))
         if isinstance(data, FlashDataset):
+            share = rank_share(remaining, self.rank, self.world_size, self.drop_last)
+            share = take(share, skip, total(share))
             plan = memory_plan(len(data), shuffle=self.shuffle, seed=seed, epoch=epoch)
             return planned_memory_batches(
                 data, plan, schedule(plan, share, self.batch_size, self.drop_last), pin_memory
             )
+        return self._planned_chunks(data, (epoch, seed, tuple(remaining), skip), pin_memory)
+
+    def _chunk_schedule(self, data: ChunkedDataset, key: EpochKey) -> tuple[EpochPlan, Schedule]:
+        """The plan of an epoch of a store split and this rank's schedule of it, ``key`` being
+        ``(epoch, seed, remaining, skip)``."""
+        epoch, seed, remaining, skip = key
+        if self.tokens is not None:
+            plan, share, cuts = self._token_plan(epoch, seed, list(remaining))
+            start = cuts[skip][0] if skip < len(cuts) else total(share)
+            rest = [(a - start, b - start) for a, b in cuts[skip:]]
+            return plan, schedule(plan, take(share, start, total(share)), 1, False, rest)
+        share = rank_share(list(remaining), self.rank, self.world_size, self.drop_last)
+        share = take(share, skip, total(share))
         chunk_rows = split_chunk_rows(len(data), data.store.chunk_size)
         window = self.window_chunks or max(1, len(chunk_rows))
         plan = plan_epoch(chunk_rows, window=window, shuffle=self.shuffle, seed=seed, epoch=epoch)
-        sched = schedule(plan, share, self.batch_size, self.drop_last)
-        return self._planned_chunks(data, plan, sched, pin_memory)
+        return plan, schedule(plan, share, self.batch_size, self.drop_last)
 
-    def _planned_chunks(
-        self, data: ChunkedDataset, plan: EpochPlan, sched: Schedule, pin_memory: bool
-    ) -> Iterator[Batch]:
-        return self._with_reader(
-            data,
-            lambda reader: planned_chunk_batches(
+    def _planned_chunks(self, data: ChunkedDataset, key: EpochKey, pin_memory: bool) -> Iterator[Batch]:
+        """Batches of an epoch of a store split in the loader's own order. Its reads may have
+        started during the previous epoch (:meth:`_look_ahead`); once its last window is read,
+        the next epoch's first windows start reading, so no epoch waits for its first window
+        while the next one would have had time to be read."""
+        r = self.reading
+        plan, sched = self._chunk_schedule(data, key)
+        ahead, self._lookahead = self._lookahead, None
+        if ahead is not None and ahead.key == key:
+            reader, prefetcher = ahead.reader, ahead.prefetcher
+        else:
+            if ahead is not None:
+                ahead.close()
+            reader = self._reader or make_reader(data.store, r.workers, r.context, r.worker_init_fn, self._spare)
+            prefetcher = chunk_prefetcher(data, plan, sched, reader=reader, ahead=1, timeout=r.timeout)
+        if r.persistent:
+            self._reader = reader
+        look = r.workers == 0 or r.persistent  # (worker processes are not started for a guess)
+        try:
+            yield from planned_chunk_batches(
                 data,
                 plan,
                 sched,
                 reader=reader,
                 ahead=1,
-                timeout=self.reading.timeout,
+                timeout=r.timeout,
                 pin_memory=pin_memory,
                 collate=self.collate,
-            ),
-        )
+                prefetcher=prefetcher,
+                on_last_read=(lambda: self._look_ahead(data, key)) if look else None,
+            )
+        finally:
+            if not r.persistent:
+                reader.close()
+
+    def _look_ahead(self, data: ChunkedDataset, key: EpochKey) -> None:
+        """Start reading the first windows of the epoch after ``key``'s, as it would run with
+        nothing changed (the whole split, from its start); used if it does, else dropped."""
+        if self._lookahead is not None:
+            self._lookahead.close()
+        epoch, seed, _, _ = key
+        following: EpochKey = (epoch + 1, seed, ((0, len(data)),), 0)
+        plan, sched = self._chunk_schedule(data, following)
+        r = self.reading
+        reader = self._reader or make_reader(data.store, 0, spare=self._spare)
+        prefetcher = chunk_prefetcher(data, plan, sched, reader=reader, ahead=1, timeout=r.timeout)
+        self._lookahead = Lookahead(following, reader, prefetcher, own_reader=self._reader is None)
+        prefetcher.start(visits=1)  # (one window: with the one being served, the two windows budgeted)
 
     def _token_plan(self, epoch: int, seed: int, remaining: Ranges) -> tuple[EpochPlan, Ranges, list[tuple[int, int]]]:
         """``(plan, this rank's share, batch bounds over it)`` of a token-budget epoch (cached)."""
@@ -156,19 +216,6 @@ class OwnEpochs:
         self._token_cache = (key, (plan, share, cuts))
         return plan, share, cuts
 
-    def _with_reader(self, data: ChunkedDataset, source: Callable[[ThreadReader], Iterator[Batch]]) -> Iterator[Batch]:
-        """Run ``source`` with this epoch's reader: worker processes when ``reading.workers > 0``
-        (kept across epochs when persistent), else reading threads."""
-        r = self.reading
-        reader = self._reader or make_reader(data.store, r.workers, r.context, r.worker_init_fn, self._spare)
-        if r.persistent:
-            self._reader = reader
-        try:
-            yield from source(reader)
-        finally:
-            if not r.persistent:
-                reader.close()
-
     def _sampler_batches(self) -> Iterable[Sequence[int]] | None:
         """Batches of indices from a user's sampler or batch sampler; None: the loader's own order."""
         if self.batch_sampler is not None:
@@ -178,7 +225,10 @@ class OwnEpochs:
         return None
 
     def close(self) -> None:
-        """Stop persistent worker processes and drop the kept chunk buffers."""
+        """Stop persistent worker processes, reads started ahead, and drop the kept chunk buffers."""
+        if self._lookahead is not None:
+            self._lookahead.close()
+            self._lookahead = None
         if self._reader is not None:
             self._reader.close()
             self._reader = None

@@ -241,6 +241,9 @@ class RemoteZarrChunkStore(ZarrChunkStore):
             except StoreReadError:
                 self.cache.drop(self._namespace, key)
                 data = request(self.fs, "cat_file", str(direct.chunk_path(index)), timeout=self.timeout)
+                direct.decode(np.frombuffer(data, dtype=np.uint8), out, True, where)
+                self.cache.put(self._namespace, key, bytes(data))  # (the good copy, cached again)
+                return
         direct.decode(np.frombuffer(data, dtype=np.uint8), out, self.checksums.due(split, chunk), where)
 
     def __reduce__(self) -> tuple[Any, tuple]:
