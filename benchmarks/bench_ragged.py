@@ -86,17 +86,34 @@ def labelled_collate(batch: list[dict]) -> dict:
     return {"tokens": tokens, "lengths": lengths, "label": [b["label"] for b in batch]}
 
 
-def rate(batches: Callable[[], Iterable], seconds: float) -> float:
-    """Samples per second over whole passes of ``batches()`` for at least ``seconds``."""
+class Epochs:
+    """An iterable whose every iteration runs ``epoch()`` (the bare baselines)."""
+
+    def __init__(self, epoch: Callable[[], Iterable]):
+        self.epoch = epoch
+
+    def __iter__(self):
+        return iter(self.epoch())
+
+
+def rate(make: Callable[[], Iterable], seconds: float) -> float:
+    """Samples per second over passes of one ``make()`` (a loader is built once and iterated
+    epoch after epoch, as a training loop does) for at least ``seconds``, after a first pass."""
+    loader = make()
+    for _ in loader:  # (a first epoch: warm caches, started workers)
+        pass
     count, start = 0, time.perf_counter()
     while True:
-        for batch in batches():
-            count += BATCH if not isinstance(batch, int) else batch
+        for _ in loader:
+            count += BATCH
             if time.perf_counter() - start > seconds:
+                close = getattr(loader, "close", None)
+                if close is not None:
+                    close()
                 return count / (time.perf_counter() - start)
 
 
-def bare_pad(values: np.ndarray, offsets: np.ndarray) -> Callable[[], Iterable]:
+def bare_pad(values: np.ndarray, offsets: np.ndarray) -> Callable[[], Epochs]:
     """numpy: concatenate each batch's sequences, masked assign into a zeroed padded array."""
     n = len(offsets) - 1
 
@@ -112,10 +129,10 @@ def bare_pad(values: np.ndarray, offsets: np.ndarray) -> Callable[[], Iterable]:
             )
             yield out
 
-    return epoch
+    return lambda: Epochs(epoch)
 
 
-def bare_cat(dataset: Sequences) -> Callable[[], Iterable]:
+def bare_cat(dataset: Sequences) -> Callable[[], Epochs]:
     """torch: ``torch.cat`` of each batch's sequence tensors (packed)."""
     n = len(dataset)
 
@@ -124,7 +141,7 @@ def bare_cat(dataset: Sequences) -> Callable[[], Iterable]:
         for k in range(0, n - BATCH + 1, BATCH):
             yield torch.cat([dataset.items[i] for i in order[k : k + BATCH]])
 
-    return epoch
+    return lambda: Epochs(epoch)
 
 
 def hf_dataset(values: np.ndarray, offsets: np.ndarray):
@@ -193,8 +210,6 @@ def long_sequences(n: int, seconds: float, tmp: Path) -> list[dict]:
             hf, BATCH, shuffle=True, collate_fn=hf_collate, drop_last=True
         ),
     }
-    for _ in ours["pad"]():  # a first epoch warms the page cache
-        pass
     rows = []
     for load in ("idle", "under load"):
         with busy_cores() if load == "under load" else _nothing():
@@ -227,8 +242,6 @@ def short_sequences(n: int, seconds: float, tmp: Path) -> list[dict]:
             data, BATCH, shuffle=True, collate_fn=labelled_collate, drop_last=True
         ),
     }
-    for _ in runs["datalflash pad + labels (zarr, warm)"]():
-        pass
     rows = []
     for load in ("idle", "under load"):
         with busy_cores() if load == "under load" else _nothing():

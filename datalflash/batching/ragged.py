@@ -196,6 +196,14 @@ def take(segments: Sequence[tuple[RaggedTensors, torch.Tensor]]) -> tuple[Ragged
     length = np.concatenate(lengths) if len(lengths) > 1 else lengths[0]
     offsets = np.zeros(len(length) + 1, dtype=np.int64)
     np.cumsum(length, out=offsets[1:])
+    first = segments[0][0]
+    shape = np.concatenate(shapes) if len(shapes) > 1 else shapes[0]
+    width = int(length.max()) if len(length) else 0
+    if len(segments) == 1 and _wide_readable(first, parts[0][1], width) and len(length) * width <= 2 * offsets[-1]:
+        # whole rows through a sliding view, their tails dropped: one gather and one compress
+        wide = _rows_as_wide(first, parts[0][1], length, width)
+        values = wide[~_tails(length, width)]
+        return RaggedTensors(shape, offsets, values, first.dtype, first.kind, first.shape), length
     values = np.empty(int(offsets[-1]), dtype=parts[0][0].dtype)
     done = 0
     for source_values, starts, part_lengths in parts:
@@ -204,8 +212,6 @@ def take(segments: Sequence[tuple[RaggedTensors, torch.Tensor]]) -> tuple[Ragged
             positions = element_positions(starts, part_lengths, total)
             np.take(source_values, positions, out=values[done : done + total], mode="clip")
         done += total
-    first = segments[0][0]
-    shape = np.concatenate(shapes) if len(shapes) > 1 else shapes[0]
     return RaggedTensors(shape, offsets, values, first.dtype, first.kind, first.shape), length
 
 
@@ -246,10 +252,10 @@ def _pin(batch: Padded, pin_memory: bool) -> Padded:
 
 def _packed(rows: RaggedTensors, values: torch.Tensor) -> Packed:
     first = rows.shapes[:, 0]
-    cu_seqlens = torch.zeros(len(first) + 1, dtype=torch.int32)
-    torch.cumsum(torch.from_numpy(first), 0, out=cu_seqlens[1:])
+    cu_seqlens = np.zeros(len(first) + 1, dtype=np.int32)
+    np.cumsum(first, out=cu_seqlens[1:])
     trailing = rows.shapes[0, 1:].tolist() if len(rows) else []
-    return Packed(values.view(-1, *trailing), cu_seqlens, int(first.max()) if len(first) else 0)
+    return Packed(values.view(-1, *trailing), torch.from_numpy(cu_seqlens), int(first.max()) if len(first) else 0)
 
 
 def _nested(rows: RaggedTensors, values: torch.Tensor, lengths: np.ndarray) -> torch.Tensor:
@@ -312,12 +318,18 @@ def _tails(lengths: np.ndarray, width: int) -> np.ndarray:
     return _tail_table[np.minimum(lengths, width), :width]
 
 
+def _wide_readable(source: RaggedTensors, starts: np.ndarray, width: int) -> bool:
+    """Whether rows starting at ``starts`` can each be read ``width`` long from the source's buffer."""
+    buffer = source.buffer
+    return buffer is not None and len(starts) > 0 and width > 0 and int(starts.max()) + width <= len(buffer)
+
+
 def _rows_as_wide(source: RaggedTensors, starts: np.ndarray, lengths: np.ndarray, width: int) -> np.ndarray:
     """Rows starting at ``starts`` of a source, each read ``width`` elements long (what lies
     past a row's end is left for the caller to overwrite): one gather of whole rows through a
     sliding view of the source's buffer where it runs on far enough, else an element gather."""
     buffer = source.buffer
-    if buffer is not None and len(starts) and width and int(starts.max()) + width <= len(buffer):
+    if buffer is not None and _wide_readable(source, starts, width):
         step = buffer.strides[0]  # (fancy indexing of the view copies just the rows it picks)
         return as_strided(buffer, (len(buffer) - width + 1, width), (step, step))[starts]
     rows = np.zeros((len(starts), width), dtype=source.values.dtype)
