@@ -86,6 +86,7 @@ class OwnEpochs:
     length_field: str | None = None  # the ragged field whose elements count as tokens
     _token_cache: tuple[Any, Any] | None = None
     _lookahead: Lookahead | None = None  # the next epoch's first reads, started during this one
+    _completed: int = 0  # epochs of a store split served to their end (reading ahead starts after one)
     _reader: ThreadReader | None = None  # kept across epochs with persistent workers
     _spare: SpareBuffers = field(default_factory=SpareBuffers)  # chunk buffers kept across epochs
 
@@ -150,9 +151,9 @@ class OwnEpochs:
 
     def _planned_chunks(self, data: ChunkedDataset, key: EpochKey, pin_memory: bool) -> Iterator[Batch]:
         """Batches of an epoch of a store split in the loader's own order. Its reads may have
-        started during the previous epoch (:meth:`_look_ahead`); once its last window is read,
-        the next epoch's first windows start reading, so no epoch waits for its first window
-        while the next one would have had time to be read."""
+        started during the previous epoch (:meth:`_look_ahead`): once an epoch was served to
+        its end, every later epoch starts reading the next one's first window when its own last
+        window is read, so the next epoch does not wait for it."""
         r = self.reading
         plan, sched = self._chunk_schedule(data, key)
         ahead, self._lookahead = self._lookahead, None
@@ -165,7 +166,9 @@ class OwnEpochs:
             prefetcher = chunk_prefetcher(data, plan, sched, reader=reader, ahead=1, timeout=r.timeout)
         if r.persistent:
             self._reader = reader
-        look = r.workers == 0 or r.persistent  # (worker processes are not started for a guess)
+        # Reading ahead starts once an epoch was served to its end: a loader built for one epoch
+        # (an evaluation, a benchmark) never pays for reads it will not use.
+        look = (r.workers == 0 or r.persistent) and self._completed > 0  # (no worker processes for a guess)
         try:
             yield from planned_chunk_batches(
                 data,
@@ -179,6 +182,7 @@ class OwnEpochs:
                 prefetcher=prefetcher,
                 on_last_read=(lambda: self._look_ahead(data, key)) if look else None,
             )
+            self._completed += 1
         finally:
             if not r.persistent:
                 reader.close()
