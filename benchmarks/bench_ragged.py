@@ -255,7 +255,7 @@ def token_budgets(tmp: Path) -> list[dict]:
     store = tmp / "long"
     split = ChunkedDataset(store, "train")
     rows = []
-    for bucket in (None, 64, 512):
+    for bucket in (None, 512, 4096):
         loader = FlashDataLoader(
             split, batch_size=None, shuffle=True, max_tokens=32768, bucket_size=bucket, seed=0, window_chunks=None
         )

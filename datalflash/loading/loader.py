@@ -351,8 +351,8 @@ class FlashDataLoader:
         if self._own is not None:
             self._own.close()
 
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):
+    def __del__(self, _quietly: Callable[..., Any] = contextlib.suppress) -> None:
+        with _quietly(Exception):  # (bound at definition: at interpreter exit module globals may be gone)
             self.close()
 
 

@@ -11,7 +11,7 @@ reader's threads or processes.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
@@ -191,6 +191,6 @@ class WindowPrefetcher:
                 self._reader.recycle(buffer)
         self._pending.clear()
 
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):
+    def __del__(self, _quietly: Callable[..., Any] = contextlib.suppress) -> None:
+        with _quietly(Exception):  # (bound at definition: at interpreter exit module globals may be gone)
             self.close()

@@ -465,8 +465,9 @@ class ChunkStore(ABC):
         if close is not None:
             close()
 
-    def __del__(self) -> None:  # a store dropped without close() must not leak its open files
-        with contextlib.suppress(Exception):
+    def __del__(self, _quietly: Callable[..., Any] = contextlib.suppress) -> None:
+        # (a store dropped without close() must not leak its open files)
+        with _quietly(Exception):  # (bound at definition: at interpreter exit module globals may be gone)
             self.close()
 
     def __enter__(self) -> Self:
