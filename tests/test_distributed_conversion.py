@@ -11,7 +11,7 @@ from helpers import torchrun
 from datalflash.utils import DatasetConverter
 
 sys.path.insert(0, str(Path(__file__).parent / "scripts"))
-from convert_dist import Samples
+from convert_dist import RaggedSamples, Samples
 
 SCRIPT = Path(__file__).parent / "scripts" / "convert_dist.py"
 pytestmark = pytest.mark.skipif(
@@ -34,12 +34,14 @@ def manifest_without_time(path):
     return doc
 
 
+@pytest.mark.parametrize("ragged", [False, True])
 @pytest.mark.parametrize("backend", ["zarr", "memmap"])
-def test_two_ranks_write_the_store_one_process_writes(tmp_path, backend):
+def test_two_ranks_write_the_store_one_process_writes(tmp_path, backend, ragged):
+    source = RaggedSamples() if ragged else Samples()
     single = DatasetConverter.create_chunked_dataset(
-        Samples(), tmp_path / "single", chunk_size=64, backend=backend, progress=False
+        source, tmp_path / "single", chunk_size=64, backend=backend, progress=False
     )
-    run = run_ranks(2, tmp_path / "dist", "--backend", backend)
+    run = run_ranks(2, tmp_path / "dist", "--backend", backend, *(["--ragged"] if ragged else []))
     assert run.returncode == 0, run.stderr[-3000:]
     a, b = files(single), files(tmp_path / "dist")
     assert a.keys() == b.keys()

@@ -552,3 +552,30 @@ def test_token_budget_arguments_are_checked(documents, store):
         FlashDataLoader(ChunkedDataset(store, "train"), batch_size=None, max_tokens=100)  # two ragged fields
     with pytest.raises(ValueError, match="not a ragged field"):
         FlashDataLoader(data, batch_size=None, max_tokens=100, length_field="index")
+
+
+def test_a_tokenized_corpus_trains_on_packed_batches(documents):
+    """Real text, variable-length token ids, packed batches straight into an EmbeddingBag: the
+    loss falls (the target, whether a document's mean byte is above the median, is learnable)."""
+    data = ChunkedDataset(documents, "train")
+    samples = [data[row] for row in range(len(data))]
+    means = {int(s["index"]): float(s["tokens"].float().mean()) for s in samples}
+    median = float(np.median(list(means.values())))
+    torch.manual_seed(0)
+    bag, head = torch.nn.EmbeddingBag(256, 8, mode="mean"), torch.nn.Linear(8, 2)
+    optimizer = torch.optim.Adam([*bag.parameters(), *head.parameters()], lr=0.05)
+    loader = FlashDataLoader(data, batch_size=32, shuffle=True, seed=0, collate={"tokens": "packed"})
+    losses = []
+    for _epoch in range(6):
+        total = 0.0
+        for batch in loader:
+            packed = batch["tokens"]
+            target = torch.tensor([int(means[int(i)] > median) for i in batch["index"]])
+            logits = head(bag(packed.values.long(), packed.cu_seqlens[:-1].long()))
+            loss = torch.nn.functional.cross_entropy(logits, target)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(target)
+        losses.append(total / len(data))
+    assert losses[-1] < 0.8 * losses[0], losses

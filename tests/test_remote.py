@@ -266,3 +266,27 @@ def test_a_stalled_endpoint_is_an_error_within_the_timeout(s3):
         assert time.monotonic() - start < 10
     finally:
         proxy.close()
+
+
+def test_ragged_fields_read_by_url(tmp_path):
+    """Ragged values are objects of their own: fetched with the batch of chunks they belong to."""
+
+    class Tokens(torch.utils.data.Dataset):
+        def __len__(self):
+            return 300
+
+        def __getitem__(self, i):
+            return torch.arange(i % 23, dtype=torch.int32) + i, f"doc {i}"
+
+    local = DatasetConverter.create_chunked_dataset(
+        Tokens(), tmp_path / "s", chunk_size=32, split_ratios={"train": 1.0}, progress=False
+    )
+    fsspec.filesystem("memory").put(str(local), "/ragged", recursive=True)
+    store = open_store("memory://ragged", cache_dir=tmp_path / "cache")
+    seen = set()
+    for tokens, labels in FlashDataLoader(ChunkedDataset(store, "train"), batch_size=20, shuffle=True, collate="list"):
+        for t, label in zip(tokens, labels):
+            i = int(label.split()[1])
+            assert torch.equal(t, torch.arange(i % 23, dtype=torch.int32) + i)
+            seen.add(i)
+    assert seen == set(range(300))

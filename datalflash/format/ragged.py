@@ -7,7 +7,9 @@ the other in one flat array (``str`` and ``bytes``: uint8 with ``ndim == 1``). S
 ``values[offsets[i]:offsets[i + 1]].reshape(shapes[i])``.
 
 :class:`RaggedBuffer` is the reusable form rows are read or gathered into: the shapes in place,
-the values of each piece of rows kept as they come.
+the values of each piece of rows kept as they come, or, given a :class:`Placement` (offsets
+known before reading, from the split's shape table), read straight into one window buffer and
+handed out as :class:`PlacedRows`.
 """
 
 from __future__ import annotations
@@ -52,22 +54,10 @@ class RaggedArray:
         )
         return cls.from_shapes(shapes, values)
 
-    @classmethod
-    def concatenate(cls, parts: Sequence[RaggedArray]) -> RaggedArray:
-        """The rows of ``parts``, one after the other (at least one part)."""
-        if len(parts) == 1:
-            return parts[0]
-        return cls.from_shapes(np.concatenate([p.shapes for p in parts]), np.concatenate([p.values for p in parts]))
-
     @property
     def lengths(self) -> np.ndarray:
         """Elements of each sample."""
         return np.diff(self.offsets)
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the shapes and values together."""
-        return self.shapes.nbytes + self.values.nbytes
 
     def __len__(self) -> int:
         return len(self.shapes)

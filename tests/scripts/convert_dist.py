@@ -25,11 +25,23 @@ class Samples(Dataset):
         return torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8, generator=g), i % 10
 
 
+class RaggedSamples(Dataset):
+    """Token ids of varying length (0..40) and a str label: ragged and text fields."""
+
+    def __len__(self):
+        return 1000
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(i)
+        return {"tokens": torch.randint(0, 30000, (i % 41,), generator=g), "label": f"class {i % 10}"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
     parser.add_argument("--backend", default="zarr")
     parser.add_argument("--die-rank", type=int, default=None)
+    parser.add_argument("--ragged", action="store_true")
     args = parser.parse_args()
     dist.init_process_group("gloo")
     if dist.get_rank() == args.die_rank:
@@ -43,7 +55,12 @@ def main() -> None:
 
         ChunkStore.write_chunk = write_then_die
     DatasetConverter.create_chunked_dataset(
-        Samples(), args.out, chunk_size=64, backend=args.backend, overwrite=True, progress=False
+        RaggedSamples() if args.ragged else Samples(),
+        args.out,
+        chunk_size=64,
+        backend=args.backend,
+        overwrite=True,
+        progress=False,
     )
     dist.destroy_process_group()
 
