@@ -311,7 +311,7 @@ def test_declared_ragged_and_scalar_text_samples(tmp_path):
 
 
 def test_hugging_face_dataset_converts(tmp_path):
-    datasets = pytest.importorskip("datasets", reason="Hugging Face datasets is not installed")
+    datasets = pytest.importorskip("datasets", reason="Hugging Face datasets is not installed (the hf extra)")
     docs = stdlib_documents(120)
     hf = datasets.Dataset.from_dict(
         {
