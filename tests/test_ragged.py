@@ -218,6 +218,10 @@ def test_packed_refuses_fields_varying_beyond_the_first_dimension(store):
         FlashDataLoader(ChunkedDataset(store, "train"), batch_size=4, collate={"name": "pad"})
     with pytest.raises(ValueError, match="not ragged fields"):
         FlashDataLoader(ChunkedDataset(store, "train"), batch_size=4, collate={"index": "pad"})
+    with pytest.raises(ValueError, match=r"'tokens'.*unexpected keyword argument 'padding'"):
+        FlashDataLoader(ChunkedDataset(store, "train"), batch_size=4, collate={"tokens": {"padding": 1}})
+    with pytest.raises(ValueError, match="mode 'ragged' is not one of"):
+        FlashDataLoader(ChunkedDataset(store, "train"), batch_size=4, collate="ragged")
 
 
 def test_same_batches_with_workers_sampler_and_resume(store):

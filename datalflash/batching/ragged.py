@@ -120,7 +120,10 @@ def _policy(value: Any, spec: FieldSpec) -> Collate:
     if isinstance(value, str):
         return Collate(value)
     if isinstance(value, Mapping):
-        return Collate(**value)
+        try:
+            return Collate(**value)
+        except TypeError as e:
+            raise ValueError(f"collate for field {spec.name!r}: {e}") from None
     raise ValueError(f"collate for field {spec.name!r} is {value!r}: give a mode name, a dict or a Collate")
 
 
