@@ -221,7 +221,7 @@ def take(segments: Sequence[tuple[RaggedTensors, torch.Tensor]]) -> tuple[Ragged
 def assemble(segments: Sequence[tuple[RaggedTensors, torch.Tensor]], policy: Collate, pin_memory: bool = False) -> Any:
     """The batch of a ragged field's rows ``source[index]`` over ``segments``, as ``policy`` says."""
     first = segments[0][0]
-    if first.kind == "str":  # each str decoded straight from the rows' bytes
+    if first.kind == "str":  # each str decoded straight from the rows' bytes (no gather first)
         texts = []
         for source, index in segments:
             index_np = _index(index)
@@ -301,7 +301,7 @@ def _padded_rows(segments: Sequence[tuple[RaggedTensors, torch.Tensor]], policy:
     tails = _tails(lengths, width)
     np.copyto(data, pad, where=tails)
     mask = torch.from_numpy(~tails) if policy.mask else None
-    return Padded(first.tensor(data), torch.from_numpy(lengths.copy()), mask)
+    return Padded(first.tensor(data), torch.from_numpy(lengths), mask)
 
 
 TAIL_TABLE_WIDTH = 4096  # widths up to this use a cached table of tails (16 MiB at most)
