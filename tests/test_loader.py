@@ -330,39 +330,4 @@ def test_read_ahead_is_bounded(tmp_path):
         time.sleep(0.002)
         next_window = (i + 1) * 4 // 16
         assert len(reads) <= (next_window + 2) * 2, (i, len(reads))
-    time.sleep(0.1)
-    assert sorted(reads) == list(range(20))  # each chunk read exactly once (and nothing ahead: one epoch so far)
-
-
-def test_next_epoch_is_read_ahead_then_used_or_dropped(tmp_path):
-    """From the second epoch on, once an epoch's last window is read, the next epoch's first
-    window is read while it is served; the next epoch uses it (nothing read twice), and an epoch
-    other than the one guessed drops it."""
-    data = store_split(tmp_path, [(torch.zeros(16), i) for i in range(160)], chunk_size=8, backend="memmap")
-    reads = []
-    original = data.store.read_chunks
-    data.store.read_chunks = lambda split, chunks, out=None: reads.append(chunks[0]) or original(split, chunks, out)
-
-    def settled() -> int:
-        time.sleep(0.3)
-        return len(reads)
-
-    loader = FlashDataLoader(data, batch_size=16, shuffle=True, seed=1)  # one window: the whole split
-    epoch0 = [b[1].tolist() for b in loader]
-    assert settled() == 20  # a first epoch reads nothing ahead (a loader may serve only one)
-    [b[1].tolist() for b in loader]
-    assert settled() == 60 and sorted(reads[40:]) == list(range(20))  # epoch 2's window, read ahead
-    epoch2 = [b[1].tolist() for b in loader]
-    assert settled() == 80  # epoch 2 read nothing itself; epoch 3's window read ahead
-    fresh = FlashDataLoader(ChunkedDataset(data.store.path, "train"), batch_size=16, shuffle=True, seed=1)
-    fresh.set_epoch(2)
-    assert epoch2 == [b[1].tolist() for b in fresh] and epoch2 != epoch0
-    loader.set_epoch(5)  # not the epoch read ahead: read anew
-    epoch5 = [b[1].tolist() for b in loader]
-    assert settled() == 80 + 20 + 20
-    fresh.set_epoch(5)
-    assert epoch5 == [b[1].tolist() for b in fresh]
-    loader.close()
-    fresh.close()
-    gc.collect()
-    assert reading_threads() == []
+    assert sorted(reads) == list(range(20))  # each chunk read exactly once

@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 from torch.utils.data import TensorDataset
 
 from datalflash.core import ChunkedDataset, FlashDataLoader, FlashDataset
-from datalflash.loading.epochs import OwnEpochs
 from datalflash.utils import DatasetConverter
 
 _stores = {}
@@ -158,8 +157,7 @@ def test_resume_equals_uninterrupted_run_and_next_epochs_too(tmp_path, kind):
     assert resumed.state_dict()["epoch"] == 3 and resumed.state_dict()["served"] == 0
 
 
-def test_resume_reads_no_chunk_already_consumed(tmp_path, monkeypatch):
-    monkeypatch.setattr(OwnEpochs, "_look_ahead", lambda *args: None)  # (this epoch's reads only)
+def test_resume_reads_no_chunk_already_consumed(tmp_path):
     data = dataset(tmp_path, "store", 200, 10)
     loader = FlashDataLoader(data, batch_size=10, shuffle=True, seed=0, window_chunks=2)
     it = iter(loader)
@@ -269,8 +267,7 @@ def test_worker_counts_change_no_batch_and_no_resume(
     assert head + indices(resumed) == reference
 
 
-def test_each_rank_reads_only_the_chunks_it_serves(tmp_path, monkeypatch):
-    monkeypatch.setattr(OwnEpochs, "_look_ahead", lambda *args: None)  # (this epoch's reads only)
+def test_each_rank_reads_only_the_chunks_it_serves(tmp_path):
     data = dataset(tmp_path, "store", 200, 10)  # 20 chunks
     reads = []
     for rank in range(2):

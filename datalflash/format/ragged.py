@@ -109,12 +109,16 @@ class Placement:
     buffer: np.ndarray
 
     @classmethod
-    def plan(cls, lengths: np.ndarray, dtype: np.dtype) -> Placement:
-        """The placement of window rows of ``lengths`` elements each."""
+    def plan(cls, lengths: np.ndarray, dtype: np.dtype, reuse: np.ndarray | None = None) -> Placement:
+        """The placement of window rows of ``lengths`` elements each, in ``reuse`` (an earlier
+        placement's buffer, no longer read) when it is large enough: a window buffer is then
+        allocated and page-faulted once, not every window."""
         offsets = np.zeros(len(lengths) + 1, np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        slack = int(lengths.max()) if len(lengths) else 0
-        return cls(offsets, np.empty(int(offsets[-1]) + slack, dtype))
+        size = int(offsets[-1]) + (int(lengths.max()) if len(lengths) else 0)  # (a row's worth of slack)
+        if reuse is not None and reuse.dtype == np.dtype(dtype) and len(reuse) >= size:
+            return cls(offsets, reuse[:size])
+        return cls(offsets, np.empty(size, dtype))
 
     def target(self, start: int, shapes: np.ndarray) -> np.ndarray:
         """Where the values of window rows ``start:start+len(shapes)`` go (StoreFormatError if
@@ -184,16 +188,23 @@ class RaggedBuffer:
         self.dtype = np.dtype(dtype)
         self._pieces: dict[int, tuple[int, np.ndarray]] = {}  # first row -> (rows, values)
         self.placement: Placement | None = None
+        self._kept: np.ndarray | None = None  # the last placement's buffer, reused by the next
 
     def clear(self) -> None:
-        """Forget every piece's values (rows then count as empty until put again) and any placement."""
+        """Forget every piece's values (rows then count as empty until put again) and any
+        placement (whose buffer is kept for the next one)."""
         self._pieces.clear()
+        if self.placement is not None:
+            self._kept = self.placement.buffer
         self.placement = None
 
-    def place(self, placement: Placement) -> None:
-        """From now on (until :meth:`clear`), rows' values are read straight into ``placement``'s buffer."""
+    def place(self, lengths: np.ndarray) -> None:
+        """From now on (until :meth:`clear`), the values of rows of ``lengths`` elements are read
+        straight into one buffer (the last placement's, when it is large enough)."""
         self.clear()
-        self.placement = placement
+        kept = self._kept
+        base = kept.base if kept is not None and isinstance(kept.base, np.ndarray) else kept
+        self.placement = Placement.plan(lengths, self.dtype, base)
 
     def target(self, start: int, rows: int, total: int) -> np.ndarray:
         """Where to read the ``total`` values of rows ``start:start+rows`` (whose shapes are in

@@ -61,7 +61,7 @@ def chunk_prefetcher(
     timeout: float,
 ) -> WindowPrefetcher:
     """The prefetcher of a schedule's visits (ragged fields' values read straight into one
-    buffer per window); reading starts at its first ``get`` (or ``start``)."""
+    buffer per window); reading starts at its first ``get``."""
     ragged = [name for name, spec in dataset.fields.items() if spec.ragged]
     return WindowPrefetcher(
         dataset.store,
@@ -86,19 +86,13 @@ def planned_chunk_batches(
     timeout: float,
     pin_memory: bool,
     collate: Mapping[str, Collate] | None = None,
-    prefetcher: WindowPrefetcher | None = None,
-    on_last_read: Callable[[], None] | None = None,
 ) -> Iterator[Batch]:
     """Batches of a store split's plan, as ``sched`` cuts them for this rank; a batch may take
     its rows from two or more visits. Visits and batches are generated as they are served, so
-    nothing is built per window or batch up front. ``prefetcher``: one already started for this
-    schedule (closed here too); ``on_last_read``: called once the last visit's chunks are in
-    memory (while they are served: the time to start reading what comes next)."""
-    if prefetcher is None:
-        prefetcher = chunk_prefetcher(dataset, plan, sched, reader=reader, ahead=ahead, timeout=timeout)
+    nothing is built per window or batch up front."""
     if not sched:
-        prefetcher.close()
         return
+    prefetcher = chunk_prefetcher(dataset, plan, sched, reader=reader, ahead=ahead, timeout=timeout)
     spans = enumerate(sched.iter_spans())
     try:
         left: dict[int, tuple[int, int]] = {}  # visit -> (window, positions it still serves), as met
@@ -112,9 +106,6 @@ def planned_chunk_batches(
                 if v not in resident:
                     tensors = tensors_from_storage(prefetcher.get(v), dataset.fields)
                     resident[v] = (tensors, torch.from_numpy(plan.order(left[v][0])))
-                    if on_last_read is not None and prefetcher.submitted_all and v == prefetcher.num_submitted - 1:
-                        on_last_read()
-                        on_last_read = None
                 tensors, order = resident[v]
                 segments.append((tensors, order[a:b]))
                 left[v] = (left[v][0], left[v][1] - (b - a))

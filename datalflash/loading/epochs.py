@@ -18,7 +18,6 @@ from torch.utils.data import BatchSampler, Sampler
 from datalflash.batching.ragged import Collate
 from datalflash.loading.batches import (
     Batch,
-    chunk_prefetcher,
     memory_batches,
     planned_chunk_batches,
     planned_memory_batches,
@@ -30,7 +29,7 @@ from datalflash.ordering import EpochPlan, Schedule, memory_plan, plan_epoch, sc
 from datalflash.ordering.plan import split_chunk_rows
 from datalflash.ordering.ranges import Ranges, rank_share, share_size, take, total
 from datalflash.ordering.tokens import TokenBudget, bucketed, token_cuts
-from datalflash.reading import SpareBuffers, ThreadReader, WindowPrefetcher, make_reader
+from datalflash.reading import SpareBuffers, ThreadReader, make_reader
 
 
 @dataclass
@@ -48,22 +47,6 @@ class Reading:
 
 EpochKey = tuple[int, int, tuple[tuple[int, int], ...], int]
 """``(epoch, seed, remaining, skip)``: what decides an epoch's order on a rank."""
-
-
-@dataclass
-class Lookahead:
-    """Reads of an epoch started before it was asked for (see :meth:`OwnEpochs._look_ahead`)."""
-
-    key: EpochKey
-    reader: ThreadReader
-    prefetcher: WindowPrefetcher
-    own_reader: bool
-
-    def close(self) -> None:
-        """Cancel the reads (and stop the reader when it was started for them)."""
-        self.prefetcher.close()
-        if self.own_reader:
-            self.reader.close()
 
 
 @dataclass
@@ -85,8 +68,6 @@ class OwnEpochs:
     tokens: TokenBudget | None = None  # batches bounded by a token budget instead of batch_size
     length_field: str | None = None  # the ragged field whose elements count as tokens
     _token_cache: tuple[Any, Any] | None = None
-    _lookahead: Lookahead | None = None  # the next epoch's first reads, started during this one
-    _completed: int = 0  # epochs of a store split served to their end (reading ahead starts after one)
     _reader: ThreadReader | None = None  # kept across epochs with persistent workers
     _spare: SpareBuffers = field(default_factory=SpareBuffers)  # chunk buffers kept across epochs
 
@@ -150,25 +131,14 @@ class OwnEpochs:
         return plan, schedule(plan, share, self.batch_size, self.drop_last)
 
     def _planned_chunks(self, data: ChunkedDataset, key: EpochKey, pin_memory: bool) -> Iterator[Batch]:
-        """Batches of an epoch of a store split in the loader's own order. Its reads may have
-        started during the previous epoch (:meth:`_look_ahead`): once an epoch was served to
-        its end, every later epoch starts reading the next one's first window when its own last
-        window is read, so the next epoch does not wait for it."""
+        """Batches of an epoch of a store split in the loader's own order, read by this epoch's
+        reader: worker processes when ``reading.workers > 0`` (kept across epochs when
+        persistent), else reading threads."""
         r = self.reading
         plan, sched = self._chunk_schedule(data, key)
-        ahead, self._lookahead = self._lookahead, None
-        if ahead is not None and ahead.key == key:
-            reader, prefetcher = ahead.reader, ahead.prefetcher
-        else:
-            if ahead is not None:
-                ahead.close()
-            reader = self._reader or make_reader(data.store, r.workers, r.context, r.worker_init_fn, self._spare)
-            prefetcher = chunk_prefetcher(data, plan, sched, reader=reader, ahead=1, timeout=r.timeout)
+        reader = self._reader or make_reader(data.store, r.workers, r.context, r.worker_init_fn, self._spare)
         if r.persistent:
             self._reader = reader
-        # Reading ahead starts once an epoch was served to its end: a loader built for one epoch
-        # (an evaluation, a benchmark) never pays for reads it will not use.
-        look = (r.workers == 0 or r.persistent) and self._completed > 0  # (no worker processes for a guess)
         try:
             yield from planned_chunk_batches(
                 data,
@@ -179,27 +149,10 @@ class OwnEpochs:
                 timeout=r.timeout,
                 pin_memory=pin_memory,
                 collate=self.collate,
-                prefetcher=prefetcher,
-                on_last_read=(lambda: self._look_ahead(data, key)) if look else None,
             )
-            self._completed += 1
         finally:
             if not r.persistent:
                 reader.close()
-
-    def _look_ahead(self, data: ChunkedDataset, key: EpochKey) -> None:
-        """Start reading the first windows of the epoch after ``key``'s, as it would run with
-        nothing changed (the whole split, from its start); used if it does, else dropped."""
-        if self._lookahead is not None:
-            self._lookahead.close()
-        epoch, seed, _, _ = key
-        following: EpochKey = (epoch + 1, seed, ((0, len(data)),), 0)
-        plan, sched = self._chunk_schedule(data, following)
-        r = self.reading
-        reader = self._reader or make_reader(data.store, 0, spare=self._spare)
-        prefetcher = chunk_prefetcher(data, plan, sched, reader=reader, ahead=1, timeout=r.timeout)
-        self._lookahead = Lookahead(following, reader, prefetcher, own_reader=self._reader is None)
-        prefetcher.start(visits=1)  # (one window: with the one being served, the two windows budgeted)
 
     def _token_plan(self, epoch: int, seed: int, remaining: Ranges) -> tuple[EpochPlan, Ranges, list[tuple[int, int]]]:
         """``(plan, this rank's share, batch bounds over it)`` of a token-budget epoch (cached)."""
@@ -229,10 +182,7 @@ class OwnEpochs:
         return None
 
     def close(self) -> None:
-        """Stop persistent worker processes, reads started ahead, and drop the kept chunk buffers."""
-        if self._lookahead is not None:
-            self._lookahead.close()
-            self._lookahead = None
+        """Stop persistent worker processes and drop the kept chunk buffers."""
         if self._reader is not None:
             self._reader.close()
             self._reader = None

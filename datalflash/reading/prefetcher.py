@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from datalflash.errors import StoreReadError
-from datalflash.format.ragged import Placement, RaggedBuffer
+from datalflash.format.ragged import RaggedBuffer
 from datalflash.reading.readers import Handle, ThreadReader
 from datalflash.store.base import ChunkStore
 
@@ -61,13 +61,12 @@ class WindowPrefetcher:
         self._rows = rows
         self._visits = iter(zip(windows, needed) if needed is not None else ((w, None) for w in windows))
         self.timeout = timeout
-        self._ahead = max(1, ahead)  # (0 only while start() submits a single visit)
+        self._ahead = max(1, ahead)
         self._own_reader = reader is None
         self._reader = reader if reader is not None else ThreadReader(store)
         self._pending: dict[int, tuple[Handle, list[tuple[int, Future]], int]] = {}
         self._next = 0  # next visit to submit
         self._exhausted = False
-        self._peeked: tuple | None = None  # the next visit, taken from the iterators ahead of its buffer
         self._in_use = 0  # buffers of visits submitted and not released
         self._closed = False
 
@@ -81,44 +80,18 @@ class WindowPrefetcher:
         self._in_use += 1
         return self._reader.allocate(self._rows)
 
-    def start(self, visits: int = 1) -> None:
-        """Start reading the first ``visits`` visits now (``get`` would start them otherwise; it
-        then reads ahead as usual)."""
-        limit, self._ahead = self._ahead, max(0, visits - 1)
-        try:
-            self._submit()
-        finally:
-            self._ahead = limit
-
-    @property
-    def submitted_all(self) -> bool:
-        """Whether every visit has been submitted (the reads of the last one may still run)."""
-        self._peek()
-        return self._exhausted
-
-    @property
-    def num_submitted(self) -> int:
-        """Visits submitted so far."""
-        return self._next
-
-    def _peek(self) -> None:
-        """Take the next visit from the iterators, if not taken yet (so the end shows early)."""
-        if self._peeked is None and not self._exhausted:
-            self._peeked = next(self._visits, None)
-            self._exhausted = self._peeked is None
-
     def _submit(self, force: int | None = None) -> None:
         """Submit the next visits while a buffer is free; visit ``force`` gets one regardless."""
-        while True:
-            self._peek()
-            if self._exhausted:
-                return
+        while not self._exhausted:
             v = self._next
             buffer = self._buffer(force=v == force)
             if buffer is None:
                 return
-            visit, self._peeked = self._peeked, None
-            if visit is None:  # (cannot happen: peeked above)
+            visit = next(self._visits, None)
+            if visit is None:
+                self._exhausted = True
+                self._in_use -= 1
+                self._reader.recycle(buffer)
                 return
             window = [int(c) for c in visit[0]]
             needed = set(window) if visit[1] is None else {int(c) for c in visit[1]}
@@ -142,7 +115,7 @@ class WindowPrefetcher:
         rows = np.repeat(bounds[:, 0] - (np.cumsum(counts) - counts), counts) + np.arange(int(counts.sum()))
         for name, rows_buffer in self._reader.arrays(buffer).items():
             if name in self._lengths and isinstance(rows_buffer, RaggedBuffer):
-                rows_buffer.place(Placement.plan(self._lengths[name][rows], rows_buffer.dtype))
+                rows_buffer.place(self._lengths[name][rows])
 
     def get(self, v: int) -> dict[str, Any]:
         """Visit ``v``'s window rows, waiting for its reads; re-raises a failed read."""
