@@ -44,8 +44,9 @@ def fixture_doc():
     return json.loads((FIXTURES / "memmap" / "manifest.json").read_text())
 
 
-def mutate(path, value):
-    doc = fixture_doc()
+def mutate(path, value, doc=None):
+    """A copy of a fixture manifest (the v1 memmap one by default) with ``path`` set to ``value``."""
+    doc = fixture_doc() if doc is None else doc
     target = doc
     for key in path[:-1]:
         target = target[key]
@@ -186,12 +187,7 @@ def _ragged_doc():
 
 
 def _ragged_mutate(path, value):
-    doc = _ragged_doc()
-    target = doc
-    for key in path[:-1]:
-        target = target[key]
-    target[path[-1]] = value
-    return doc
+    return mutate(path, value, _ragged_doc())
 
 
 BAD_RAGGED = [

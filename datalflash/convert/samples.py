@@ -19,14 +19,13 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from datalflash.batching.tensors import as_storage, from_storage, torch_dtype_name
 from datalflash.errors import ConversionError
 from datalflash.format.dtypes import numpy_dtype_name, storage_dtype
-from datalflash.format.manifest import FieldSpec, allocate, sample_nbytes
+from datalflash.format.manifest import FIELD_KINDS, FieldSpec, allocate, sample_nbytes
 from datalflash.format.ragged import RaggedArray
 from datalflash.format.structure import field_names, flatten, infer_structure
 
 Signature = tuple[str, str, tuple[int, ...]]
 """``(kind, dtype name, shape)`` of one leaf value: kind ``array``, ``str`` or ``bytes``."""
 
-FIELD_KINDS = ("array", "ragged", "bytes", "str")
 PROBES = 32  # samples looked at (spread over the dataset) to tell fixed-shape fields from ragged ones
 
 

@@ -51,31 +51,6 @@ def planned_memory_batches(
         yield gather([(dataset.fields, index)], pin_memory=pin_memory)
 
 
-def chunk_prefetcher(
-    dataset: ChunkedDataset,
-    plan: EpochPlan,
-    sched: Schedule,
-    *,
-    reader: ThreadReader | None,
-    ahead: int,
-    timeout: float,
-) -> WindowPrefetcher:
-    """The prefetcher of a schedule's visits (ragged fields' values read straight into one
-    buffer per window); reading starts at its first ``get``."""
-    ragged = [name for name, spec in dataset.fields.items() if spec.ragged]
-    return WindowPrefetcher(
-        dataset.store,
-        dataset.split,
-        (plan.window_chunks(window) for window, _ in sched.iter_spans()),  # (cheap: no window orders)
-        (visit.chunks for visit in sched.iter_visits()),
-        rows=plan.max_window_rows,
-        reader=reader,
-        ahead=ahead,
-        timeout=timeout,
-        lengths={name: dataset.lengths(name) for name in ragged},  # (ragged values read to their place)
-    )
-
-
 def planned_chunk_batches(
     dataset: ChunkedDataset,
     plan: EpochPlan,
@@ -92,7 +67,18 @@ def planned_chunk_batches(
     nothing is built per window or batch up front."""
     if not sched:
         return
-    prefetcher = chunk_prefetcher(dataset, plan, sched, reader=reader, ahead=ahead, timeout=timeout)
+    ragged = [name for name, spec in dataset.fields.items() if spec.ragged]
+    prefetcher = WindowPrefetcher(
+        dataset.store,
+        dataset.split,
+        (plan.window_chunks(window) for window, _ in sched.iter_spans()),  # (cheap: no window orders)
+        (visit.chunks for visit in sched.iter_visits()),
+        rows=plan.max_window_rows,
+        reader=reader,
+        ahead=ahead,
+        timeout=timeout,
+        lengths={name: dataset.lengths(name) for name in ragged},  # (ragged values read to their place)
+    )
     spans = enumerate(sched.iter_spans())
     try:
         left: dict[int, tuple[int, int]] = {}  # visit -> (window, positions it still serves), as met
