@@ -3,6 +3,7 @@ loader under every collate policy, checked sample by sample against real sources
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -18,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.data import Dataset
 
-from datalflash.batching.ragged import Collate, Packed, Padded, RaggedTensors, assemble
+from datalflash.batching.ragged import Collate, Packed, Padded, RaggedTensors, assemble, assemble_run
 from datalflash.core import FlashDataLoader, get_dataloaders
 from datalflash.errors import ConversionError, DataLFlashError, StoreFormatError
 from datalflash.format.ragged import RaggedArray
@@ -445,6 +446,65 @@ def test_vectorized_pad_matches_per_sample_assignment(shapes, multiple):
         assert padded.lengths[j].tolist() == [h, w, c]
     packed = assemble([(rows, index)], Collate("list"))
     assert all(torch.equal(p, torch.from_numpy(samples[i])) for p, i in zip(packed, index.tolist()))
+
+
+def _cuts(count: int, batch: int) -> list[int]:
+    return [min(batch, count - a) for a in range(0, count, batch)]
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.text(max_size=6), min_size=1, max_size=30), st.integers(1, 7), st.booleans())
+def test_text_runs_decode_every_row(texts, batch, buffered):
+    """str rows of a run (NULs, empty and non-ASCII text included) decoded at once equal each row."""
+    array = RaggedArray.from_samples([np.frombuffer(t.encode(), np.uint8) for t in texts], 1, np.dtype(np.uint8))
+    buffer = np.concatenate([array.values, np.full(8, 65, np.uint8)]) if buffered else None
+    values = array.values if buffer is None else buffer[: len(array.values)]
+    rows = RaggedTensors(array.shapes, array.offsets, values, torch.uint8, "str", (None,), buffer)
+    index = np.random.default_rng(len(texts)).permutation(len(texts))
+    sizes = _cuts(len(texts), batch)
+    got = assemble_run([(rows, torch.from_numpy(index))], sizes, Collate("list"), pin_memory=False)
+    starts = np.cumsum([0, *sizes])
+    assert got == [[texts[i] for i in index[a:b]] for a, b in itertools.pairwise(starts)]
+
+
+def test_text_that_does_not_decode_is_refused():
+    array = RaggedArray.from_samples([np.frombuffer(b, np.uint8) for b in (b"ok", b"\xff\xfe")], 1, np.dtype(np.uint8))
+    rows = RaggedTensors(array.shapes, array.offsets, array.values, torch.uint8, "str", (None,))
+    with pytest.raises(UnicodeDecodeError):
+        assemble_run([(rows, torch.arange(2))], [2], Collate("list"), pin_memory=False)
+
+
+@pytest.mark.parametrize(
+    ("mode", "shape"),
+    [(m, s) for m in ("pad", "packed", "nested", "list") for s in [(None,), (None, 2)]]
+    + [(m, (None, None)) for m in ("pad", "nested", "list")],  # (packed needs fixed trailing dimensions)
+)
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors:UserWarning")  # (strided layout: two dims vary)
+def test_runs_equal_batches_assembled_one_by_one(mode, shape):
+    rng = np.random.default_rng(3)
+    sizes_of = [[int(rng.integers(0, 6)) if d is None else d for d in shape] for _ in range(40)]
+    samples = [rng.integers(1, 100, size=size).astype(np.int32) for size in sizes_of]
+    array = RaggedArray.from_samples(samples, len(shape), np.dtype(np.int32))
+    buffer = np.concatenate([array.values, np.zeros(64, np.int32)])
+    rows = RaggedTensors(array.shapes, array.offsets, buffer[: len(array.values)], torch.int32, "ragged", shape, buffer)
+    index = torch.from_numpy(rng.permutation(40))
+    sizes = _cuts(40, 6)
+    run = assemble_run([(rows, index)], sizes, Collate(mode, pad_value=-1), pin_memory=False)
+    starts = np.cumsum([0, *sizes])
+    for got, a, b in zip(run, starts, starts[1:]):
+        alone = assemble([(rows, index[a:b])], Collate(mode, pad_value=-1))
+        assert _same(got, alone)
+
+
+def _same(x, y) -> bool:
+    """Equal batches: tensors (nested ones row by row), tuples and lists of them, ints, None."""
+    if isinstance(x, torch.Tensor) and x.is_nested:
+        return _same(list(x.unbind()), list(y.unbind()))
+    if isinstance(x, torch.Tensor):
+        return isinstance(y, torch.Tensor) and x.dtype == y.dtype and torch.equal(x, y)
+    if isinstance(x, (tuple, list)):
+        return type(x) is type(y) and len(x) == len(y) and all(_same(a, b) for a, b in zip(x, y))
+    return x == y
 
 
 def _spec(shape):

@@ -7,6 +7,7 @@ fields are assembled by :mod:`datalflash.batching.ragged`, as their :class:`Coll
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -42,6 +43,32 @@ def gather(
         else:
             batch[name] = _gather_tensor(parts, pin_memory)
     return batch
+
+
+def gather_run(
+    source: Source,
+    index: torch.Tensor,
+    sizes: Sequence[int],
+    *,
+    pin_memory: bool = False,
+    collate: Mapping[str, Collate] | None = None,
+) -> list[dict[str, Any]]:
+    """Consecutive batches of ``sizes`` rows each, cut from ``source[field][index]``: as
+    :func:`gather` gives them one by one, but a ragged field's rows are gathered for the whole
+    run at once (per-batch calls are what costs most for small samples)."""
+    collate = collate or {}
+    bounds = [0]
+    for size in sizes:
+        bounds.append(bounds[-1] + size)
+    batches: list[dict[str, Any]] = [{} for _ in sizes]
+    for name, tensor in source.items():
+        if isinstance(tensor, RaggedTensors):
+            parts = ragged.assemble_run([(tensor, index)], sizes, collate.get(name, Collate()), pin_memory)
+        else:
+            parts = [_gather_tensor([(tensor, index[a:b])], pin_memory) for a, b in itertools.pairwise(bounds)]
+        for batch, part in zip(batches, parts):
+            batch[name] = part
+    return batches
 
 
 def _gather_tensor(parts: Sequence[tuple[torch.Tensor, torch.Tensor]], pin_memory: bool) -> torch.Tensor:

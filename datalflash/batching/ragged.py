@@ -5,8 +5,11 @@ Rows of a ragged field (see :class:`~datalflash.format.ragged.RaggedArray`) arri
 out). The reading threads decode each window's values straight into one buffer (see
 :class:`~datalflash.format.ragged.Placement`). A padded batch of one varying dimension then reads
 every row as long as the padded width through a sliding view of that buffer (one gather of whole
-rows) and overwrites the tails; any other batch gathers its rows' elements with one ``np.take``
-by an element index built with a running sum. Each batch is shaped as the field's
+rows) and overwrites the tails; any other batch gathers its rows the same way and drops their
+tails (one compress), or, when rows differ much in length, by one ``np.take`` of an element index
+built with a running sum. ``str`` rows are gathered with a NUL after each and split by one
+decode. Consecutive batches of one window are assembled as a run (:func:`assemble_run`), so what
+is computed per batch is little more than its gathers. Each batch is shaped as the field's
 :class:`Collate` policy says:
 
 * ``"pad"``: :class:`Padded` ``(data, lengths, mask)``, every varying dimension padded to the
@@ -17,8 +20,8 @@ by an element index built with a running sum. Each batch is shaped as the field'
 * ``"list"``: a list of tensors, as ``default_collate`` would give if it could.
 
 ``str`` fields always come back as a list of ``str`` and ``bytes`` fields as a list of uint8
-tensors unless a policy says otherwise (a list of ``str`` cannot be built without one Python
-object per sample, which is all that happens per sample).
+tensors unless a policy says otherwise (a list cannot be built without one Python object per
+sample, which is all that happens per sample).
 """
 
 from __future__ import annotations
@@ -204,8 +207,7 @@ def take(segments: Sequence[tuple[RaggedTensors, torch.Tensor]]) -> tuple[Ragged
     width = int(length.max()) if len(length) else 0
     if len(segments) == 1 and _wide_readable(first, parts[0][1], width) and len(length) * width <= 2 * offsets[-1]:
         # whole rows through a sliding view, their tails dropped: one gather and one compress
-        wide = _rows_as_wide(first, parts[0][1], length, width)
-        values = wide[~_tails(length, width)]
+        values = _rows_as_wide(first, parts[0][1], length, width)[_within(length, width)]
         return RaggedTensors(shape, offsets, values, first.dtype, first.kind, first.shape), length
     values = np.empty(int(offsets[-1]), dtype=parts[0][0].dtype)
     done = 0
@@ -220,30 +222,73 @@ def take(segments: Sequence[tuple[RaggedTensors, torch.Tensor]]) -> tuple[Ragged
 
 def assemble(segments: Sequence[tuple[RaggedTensors, torch.Tensor]], policy: Collate, pin_memory: bool = False) -> Any:
     """The batch of a ragged field's rows ``source[index]`` over ``segments``, as ``policy`` says."""
+    total = sum(len(index) for _, index in segments)
+    return assemble_run(segments, [total], policy, pin_memory)[0]
+
+
+def assemble_run(
+    segments: Sequence[tuple[RaggedTensors, torch.Tensor]], sizes: Sequence[int], policy: Collate, pin_memory: bool
+) -> list[Any]:
+    """Consecutive batches of ``sizes`` rows each, cut from the rows ``source[index]`` over
+    ``segments``, as ``policy`` says: the rows of the whole run are gathered (or decoded) with
+    one set of calls and each batch then takes its share, so the calls per batch are few."""
     first = segments[0][0]
-    if first.kind == "str":  # each str decoded straight from the rows' bytes (no gather first)
-        texts = []
-        for source, index in segments:
-            index_np = _index(index)
-            data = source.values.data  # (a memoryview of the bytes)
-            starts, stops = source.offsets[index_np].tolist(), source.offsets[index_np + 1].tolist()
-            texts += [str(data[a:b], "utf-8") for a, b in zip(starts, stops)]
-        return texts
-    if policy.mode == "pad" and first.shapes.shape[1] == 1:
-        return _pin(_padded_rows(segments, policy), pin_memory)
-    rows, lengths = take(segments)
-    if policy.mode == "pad":
-        return _pin(_padded(rows, lengths, policy), pin_memory)
-    values = rows.tensor(rows.values)
-    values = values.pin_memory() if pin_memory else values
-    if policy.mode == "list":
-        parts = values.split(lengths.tolist())
-        if rows.shapes.shape[1] <= 1:
-            return list(parts)
-        return [part.view(shape) for part, shape in zip(parts, rows.shapes.tolist())]
-    if policy.mode == "packed":
-        return _packed(rows, values)
-    return _nested(rows, values, lengths)
+    bounds = np.zeros(len(sizes) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=bounds[1:])
+    cuts = list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
+    if first.kind == "str":
+        texts = _texts(segments)
+        return [texts[a:b] for a, b in cuts]
+    if policy.mode == "pad" and first.shapes.shape[1] == 1:  # whole rows straight from the source
+        if len(cuts) > 1:
+            source, index = segments[0]
+            return [_pin(_padded_rows([(source, index[a:b])], policy), pin_memory) for a, b in cuts]
+        return [_pin(_padded_rows(segments, policy), pin_memory)]
+    batches: list[Any] = []
+    for a, b in cuts:  # (each batch's rows gathered on their own: a run's would not stay in cache)
+        rows, lengths = take(segments if len(cuts) == 1 else [(segments[0][0], segments[0][1][a:b])])
+        if policy.mode == "pad":
+            batches.append(_pin(_padded(rows, lengths, policy), pin_memory))
+            continue
+        values = rows.tensor(rows.values)
+        values = values.pin_memory() if pin_memory else values
+        if policy.mode == "list":
+            parts = values.split(lengths.tolist())
+            if rows.shapes.shape[1] <= 1:
+                batches.append(list(parts))
+            else:
+                batches.append([part.view(shape) for part, shape in zip(parts, rows.shapes.tolist())])
+        elif policy.mode == "packed":
+            batches.append(_packed(rows, values))
+        else:
+            batches.append(_nested(rows, values, lengths))
+    return batches
+
+
+def _texts(segments: Sequence[tuple[RaggedTensors, torch.Tensor]]) -> list[str]:
+    """The rows of a ``str`` field as ``str``: each segment's rows gathered with a NUL after
+    each row and decoded by one ``decode`` and one ``split`` (rows holding a NUL themselves, or
+    bytes that do not decode, are decoded row by row, which names the bad one)."""
+    texts: list[str] = []
+    for source, index in segments:
+        index_np = _index(index)
+        starts = source.offsets[index_np]
+        lengths = source.offsets[index_np + 1] - starts
+        if not len(lengths):
+            continue
+        width = int(lengths.max()) + 1
+        rows = _rows_as_wide(source, starts, lengths, width)
+        rows[np.arange(len(rows)), lengths] = 0  # (each row's separator)
+        joined = rows[_within(lengths + 1, width)]
+        if np.count_nonzero(joined == 0) == len(rows):
+            try:
+                texts += joined.tobytes().decode("utf-8").split("\x00")[:-1]
+                continue
+            except UnicodeDecodeError:
+                pass
+        data = source.values.data  # (a memoryview of the bytes)
+        texts += [str(data[a:b], "utf-8") for a, b in zip(starts.tolist(), (starts + lengths).tolist())]
+    return texts
 
 
 def _pin(batch: Padded, pin_memory: bool) -> Padded:
@@ -255,6 +300,8 @@ def _pin(batch: Padded, pin_memory: bool) -> Padded:
 
 def _packed(rows: RaggedTensors, values: torch.Tensor) -> Packed:
     first = rows.shapes[:, 0]
+    if rows.shapes.shape[1] == 1:  # (the element offsets are the sample offsets)
+        return Packed(values, torch.from_numpy(rows.offsets.astype(np.int32)), int(first.max()) if len(first) else 0)
     cu_seqlens = np.zeros(len(first) + 1, dtype=np.int32)
     np.cumsum(first, out=cu_seqlens[1:])
     trailing = rows.shapes[0, 1:].tolist() if len(rows) else []
@@ -300,25 +347,35 @@ def _padded_rows(segments: Sequence[tuple[RaggedTensors, torch.Tensor]], policy:
     data = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
     tails = _tails(lengths, width)
     np.copyto(data, pad, where=tails)
-    mask = torch.from_numpy(~tails) if policy.mask else None
+    mask = torch.from_numpy(_within(lengths, width)) if policy.mask else None
     return Padded(first.tensor(data), torch.from_numpy(lengths), mask)
 
 
-TAIL_TABLE_WIDTH = 4096  # widths up to this use a cached table of tails (16 MiB at most)
-_tail_table = np.zeros((1, 0), dtype=bool)
+MASK_TABLE_WIDTH = 4096  # widths up to this use cached tables of row masks (16 MiB each at most)
 
 
-def _tails(lengths: np.ndarray, width: int) -> np.ndarray:
-    """``(rows, width)`` booleans, True past each row's length: rows of a cached triangular
-    table (a gather of rows), for widths up to :data:`TAIL_TABLE_WIDTH`."""
-    global _tail_table
-    if width > TAIL_TABLE_WIDTH:
-        return np.arange(width) >= lengths[:, None]
-    if _tail_table.shape[1] < width:
-        size = max(width, 2 * _tail_table.shape[1])
-        size = min(size, TAIL_TABLE_WIDTH)
-        _tail_table = np.arange(size) >= np.arange(size + 1)[:, None]
-    return _tail_table[np.minimum(lengths, width), :width]
+class _RowMasks:
+    """``(rows, width)`` booleans per row length: True past the length (``past_end``) or within
+    it; rows of a cached triangular table (a gather of rows), for widths up to
+    :data:`MASK_TABLE_WIDTH`."""
+
+    def __init__(self, past_end: bool):
+        self.past_end = past_end
+        self.table = np.zeros((1, 0), dtype=bool)
+
+    def __call__(self, lengths: np.ndarray, width: int) -> np.ndarray:
+        if width > MASK_TABLE_WIDTH:
+            positions = np.arange(width)
+            return positions >= lengths[:, None] if self.past_end else positions < lengths[:, None]
+        if self.table.shape[1] < width:
+            size = min(max(width, 2 * self.table.shape[1]), MASK_TABLE_WIDTH)
+            positions, ends = np.arange(size), np.arange(size + 1)[:, None]
+            self.table = positions >= ends if self.past_end else positions < ends
+        return self.table[np.minimum(lengths, width), :width]
+
+
+_tails = _RowMasks(past_end=True)
+_within = _RowMasks(past_end=False)
 
 
 def _wide_readable(source: RaggedTensors, starts: np.ndarray, width: int) -> bool:
@@ -334,7 +391,10 @@ def _rows_as_wide(source: RaggedTensors, starts: np.ndarray, lengths: np.ndarray
     buffer = source.buffer
     if buffer is not None and _wide_readable(source, starts, width):
         step = buffer.strides[0]  # (fancy indexing of the view copies just the rows it picks)
-        return as_strided(buffer, (len(buffer) - width + 1, width), (step, step))[starts]
+        shape = (len(buffer) - width + 1, width)
+        if buffer.flags.c_contiguous:  # (as_strided's own checks cost more than the gather of short rows)
+            return np.ndarray(shape, buffer.dtype, buffer, 0, (step, step))[starts]
+        return as_strided(buffer, shape, (step, step))[starts]
     rows = np.zeros((len(starts), width), dtype=source.values.dtype)
     if len(starts) and width:
         positions = element_positions(starts, lengths, int(lengths.sum()))

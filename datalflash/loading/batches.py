@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from datalflash.batching import gather
+from datalflash.batching.assemble import gather_run
 from datalflash.batching.ragged import Collate
 from datalflash.batching.tensors import tensors_from_storage
 from datalflash.loading.chunked import ChunkedDataset
@@ -80,29 +81,65 @@ def planned_chunk_batches(
         lengths={name: dataset.lengths(name) for name in ragged},  # (ragged values read to their place)
     )
     spans = enumerate(sched.iter_spans())
+    run_rows = RUN_BYTES // max(1, dataset.store.manifest.sample_nbytes) if ragged else 0
     try:
         left: dict[int, tuple[int, int]] = {}  # visit -> (window, positions it still serves), as met
         resident: dict[int, tuple[dict[str, Any], torch.Tensor]] = {}
-        for pieces in sched.iter_batches():
-            segments = []
-            for v, a, b in pieces:
+        for run in _runs(sched.iter_batches(), run_rows):
+            for v, a, b in (piece for pieces in run for piece in pieces):
                 while v not in left:
                     seen, (window, visit_spans) = next(spans)
                     left[seen] = (window, sum(hi - lo for lo, hi in visit_spans))
                 if v not in resident:
                     tensors = tensors_from_storage(prefetcher.get(v), dataset.fields)
                     resident[v] = (tensors, torch.from_numpy(plan.order(left[v][0])))
-                tensors, order = resident[v]
-                segments.append((tensors, order[a:b]))
                 left[v] = (left[v][0], left[v][1] - (b - a))
-            batch = gather(segments, pin_memory=pin_memory, collate=collate or {})
-            for v, _, _ in pieces:
+            if len(run) == 1:
+                segments = [(resident[v][0], resident[v][1][a:b]) for v, a, b in run[0]]
+                batches = [gather(segments, pin_memory=pin_memory, collate=collate or {})]
+            else:  # consecutive rows of one visit
+                (v, start, _), (_, _, stop) = run[0][0], run[-1][0]
+                tensors, order = resident[v]
+                sizes = [pieces[0][2] - pieces[0][1] for pieces in run]
+                batches = gather_run(tensors, order[start:stop], sizes, pin_memory=pin_memory, collate=collate)
+            for v in {v for pieces in run for v, _, _ in pieces}:
                 if v in left and left[v][1] == 0 and v in resident:
                     del resident[v], left[v]
                     prefetcher.release(v)
-            yield batch
+            yield from batches
     finally:
         prefetcher.close()
+
+
+RUN_BYTES = 4 << 20
+"""Consecutive batches of one visit are assembled together up to about this many bytes of rows,
+when the dataset has ragged fields (one set of calls per run rather than per batch)."""
+
+
+def _runs(batches: Iterable[list[tuple[int, int, int]]], max_rows: int) -> Iterator[list[list[tuple[int, int, int]]]]:
+    """``batches`` (each a list of ``(visit, start, stop)`` pieces) grouped into runs: consecutive
+    batches that each take one piece of the same visit, each piece starting where the last one
+    stopped, up to ``max_rows`` rows in all (0: every batch a run of its own)."""
+    run: list[list[tuple[int, int, int]]] = []
+    rows = 0
+    for pieces in batches:
+        size = sum(b - a for _, a, b in pieces)
+        last = run[-1] if run else None
+        joins = (
+            last is not None
+            and len(last) == 1
+            and len(pieces) == 1
+            and last[0][0] == pieces[0][0]
+            and last[0][2] == pieces[0][1]
+            and rows + size <= max_rows
+        )
+        if not joins and run:
+            yield run
+            run, rows = [], 0
+        run.append(pieces)
+        rows += size
+    if run:
+        yield run
 
 
 def sampled_chunk_batches(
