@@ -4,7 +4,10 @@ import os
 import subprocess
 import sys
 
-from torch.utils.data import Dataset
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+from datalflash.utils import DatasetConverter
 
 
 class Samples(Dataset):
@@ -26,3 +29,12 @@ def torchrun(nproc, script, *args):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(script)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([*cmd, *map(str, args)], capture_output=True, text=True, timeout=300, env=env)
+
+
+def indexed_store(path, n):
+    """A one-split store of ``n`` samples ``(features (4,), label, index)``, chunks of 16."""
+    g = torch.Generator().manual_seed(0)
+    samples = TensorDataset(torch.randn(n, 4, generator=g), torch.randint(0, 10, (n,), generator=g), torch.arange(n))
+    return DatasetConverter.create_chunked_dataset(
+        samples, path, chunk_size=16, split_ratios={"train": 1.0}, progress=False
+    )

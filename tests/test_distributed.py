@@ -7,12 +7,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import torch
 import torch.distributed as dist
-from helpers import torchrun
-from torch.utils.data import TensorDataset
-
-from datalflash.utils import DatasetConverter
+from helpers import indexed_store, torchrun
 
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_train.py"
 N = 203
@@ -24,11 +20,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ddp") / "store"
-    g = torch.Generator().manual_seed(0)
-    samples = TensorDataset(torch.randn(N, 4, generator=g), torch.randint(0, 10, (N,), generator=g), torch.arange(N))
-    DatasetConverter.create_chunked_dataset(samples, path, chunk_size=16, split_ratios={"train": 1.0}, progress=False)
-    return path
+    return indexed_store(tmp_path_factory.mktemp("ddp") / "store", N)
 
 
 def run_ranks(nproc, store, out, *args):

@@ -76,6 +76,10 @@ class OwnEpochs:
         """Whether the order is the loader's own (plannable, resumable) one."""
         return self.sampler is None and self.batch_sampler is None
 
+    def set_ranks(self, rank: int, world_size: int) -> None:
+        """Serve rank ``rank``'s share of ``world_size`` from the next epoch on."""
+        self.rank, self.world_size, self._token_cache = rank, world_size, None
+
     def num_batches(self, remaining: Ranges, skip: int, epoch: int = 0, seed: int = 0) -> int:
         """Batches of an epoch whose positions ``remaining`` are shared out, ``skip`` of this
         rank's share already served (in token-budget mode: ``skip`` batches)."""

@@ -10,6 +10,7 @@ unchanged, so swapping the class in never changes what a training script gets.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -27,6 +28,8 @@ from datalflash.ordering import window_size
 from datalflash.ordering.ranges import Ranges, share_size, total
 from datalflash.ordering.tokens import TokenBudget
 from datalflash.transfer import DeviceTransfer, resolve_device
+
+logger = logging.getLogger("datalflash")
 
 DEFAULT_READ_AHEAD = 512 * 2**20
 
@@ -47,7 +50,9 @@ class FlashDataLoader:
     * ``transform``: a function applied to each batch's features after the device transfer
       (the first element of tuple samples, the whole dict of dict samples).
     * ``rank``, ``world_size``: this process's share of each epoch; by default taken from
-      ``torch.distributed`` when it is initialized. Every sample is served once per epoch across
+      ``torch.distributed`` as each epoch starts (so a loader built before the process group,
+      as Lightning and Accelerate scripts build them, shards once it runs; logged once at INFO
+      on the ``datalflash`` logger). Every sample is served once per epoch across
       ranks (``drop_last=False`` pads with at most ``world_size - 1`` repeats, ``drop_last=True``
       leaves at most ``world_size - 1`` out before dropping each rank's short last batch), every
       rank yields the same number of batches, and each rank reads only the chunks it serves.
@@ -124,6 +129,9 @@ class FlashDataLoader:
         self.persistent_workers = persistent_workers and num_workers > 0
         self.device, self.pin_memory = resolve_device(device, pin_memory)
         self.rank, self.world_size = 0, 1  # torch's loader does not shard (a DistributedSampler does)
+        self._ranks_given = True  # (else taken from torch.distributed again as each epoch starts)
+        self._seed_given = seed is not None
+        self._sharding_said = False
         self.window_chunks: int | None = None
         self._seed: int | None = None if seed is None else int(seed)
         self._seed_agreed = True
@@ -150,6 +158,7 @@ class FlashDataLoader:
             if tokens is not None and (sampler is not None or batch_sampler is not None):
                 raise ValueError("max_tokens cuts the loader's own order; it does not apply to a sampler's batches")
             self.rank, self.world_size = resolve_ranks(rank, world_size)
+            self._ranks_given = rank is not None
             check_seed_can_be_agreed(seed, self.world_size)
             if self._seed is None:  # drawn now, as torch draws its base seed; agreed when first used
                 self._seed, self._seed_agreed = draw_seed(generator), self.world_size == 1
@@ -239,6 +248,7 @@ class FlashDataLoader:
     def __len__(self) -> int:
         if self._own is None:
             return len(self._torch)  # type: ignore[arg-type]  # (one of the two is set)
+        self._follow_ranks()
         remaining, skip = self._segment(self._epoch)
         if self._own.tokens is not None:
             return self._own.num_batches(remaining, skip, self._epoch, self._own_seed())
@@ -268,6 +278,7 @@ class FlashDataLoader:
 
     def state_dict(self) -> dict:
         """Where the loader stands, as a small JSON-serializable dict (any rank's describes all)."""
+        self._follow_ranks()
         order = self._order_settings()
         cursor = self._cursor or self._new_cursor(self._epoch)
         share = share_size(total(cursor["remaining"]), self.world_size, self.drop_last)
@@ -298,6 +309,7 @@ class FlashDataLoader:
     def load_state_dict(self, state: dict) -> None:
         """Continue from ``state``: the next iteration serves the rest of its epoch, on this
         loader's world size; the seed is the saved one. Refuses a state of other data or settings."""
+        self._follow_ranks()
         settings = self._order_settings()
         if settings["tokens"] is not None and (state.get("world_size"), state.get("drop_last")) != (
             self.world_size,
@@ -319,6 +331,8 @@ class FlashDataLoader:
         if own is None:
             batches: Iterator[Any] = iter(self._torch)  # type: ignore[arg-type]  # (one of the two is set)
         else:
+            self._follow_ranks(starting=True)
+            self._say_sharding()
             if own.own_order:
                 cursor = self._new_cursor(epoch)
                 remaining, skip = cursor["remaining"], cursor["skip"]
@@ -337,6 +351,32 @@ class FlashDataLoader:
             return batches
         self._cursor = cursor
         return self._counted(batches, cursor)
+
+    def _follow_ranks(self, starting: bool = False) -> None:
+        """Take rank and world size from ``torch.distributed`` again, where they were not given:
+        a loader built before the process group starts (as Lightning and Accelerate users build
+        them) shards once it has, rather than serving every rank everything. Not while an epoch
+        is being served, unless a new one is ``starting``."""
+        if self._own is None or self._ranks_given or (self._cursor is not None and not starting):
+            return
+        rank, world_size = resolve_ranks(None, None)
+        if (rank, world_size) == (self.rank, self.world_size):
+            return
+        self.rank, self.world_size = rank, world_size
+        self._own.set_ranks(rank, world_size)
+        if not self._seed_given and self._resume is None:  # (a drawn seed: rank 0's, by a broadcast)
+            self._seed_agreed = world_size == 1
+
+    def _say_sharding(self) -> None:
+        """Log once that this loader serves one rank's share of each epoch."""
+        if self.world_size > 1 and not self._sharding_said:
+            self._sharding_said = True
+            logger.info(
+                "datalflash: rank %d of %d serves its share of each epoch (%s)",
+                self.rank,
+                self.world_size,
+                "as given" if self._ranks_given else "from torch.distributed",
+            )
 
     def _counted(self, batches: Iterator[Any], cursor: dict) -> Iterator[Any]:
         """Yield ``batches``, keeping :meth:`state_dict`'s ``cursor`` on the last one handed out."""

@@ -1,0 +1,63 @@
+"""The loaders inside real training frameworks: Lightning's DDP (2 CPU processes, gloo) with the
+loader built before ``fit`` or inside ``train_dataloader``, and mid-epoch resume through
+Lightning's own checkpoint."""
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from helpers import indexed_store
+
+pytest.importorskip("lightning", reason="lightning is a test extra (pip install -e '.[frameworks]')")
+
+SCRIPT = Path(__file__).parent / "scripts" / "lightning_ddp.py"
+N = 96
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return indexed_store(tmp_path_factory.mktemp("lightning") / "store", N)
+
+
+def lightning(store: Path, out: Path, *args: str) -> list[dict[str, list[int]]]:
+    """Run the script (Lightning starts the second process itself); each rank's ids per epoch."""
+    out.mkdir(parents=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [sys.executable, str(SCRIPT), str(store), str(out), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=out,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return [json.loads((out / f"rank{r}.json").read_text())["seen"] for r in range(2)]
+
+
+@pytest.mark.parametrize("build", ["before", "inside"])
+def test_ddp_ranks_share_each_epoch(store, tmp_path, build):
+    """Built before fit (ranks unknown until the process group starts) or inside the hook: each
+    epoch every sample is trained on once, half on each rank, in a new order each epoch."""
+    ranks = lightning(store, tmp_path / "out", "--build", build, "--epochs", "2")
+    for epoch in ("0", "1"):
+        seen = [r[epoch] for r in ranks]
+        assert [len(s) for s in seen] == [N // 2, N // 2]
+        assert sorted(seen[0] + seen[1]) == list(range(N))
+    assert ranks[0]["0"] != ranks[0]["1"], "a new order each epoch"
+
+
+def test_mid_epoch_resume_through_lightning_checkpoint(store, tmp_path):
+    """Stopped after 3 steps (checkpointed mid-epoch by ModelCheckpoint), resumed from that
+    checkpoint: the two runs together train on every sample once."""
+    first = lightning(store, tmp_path / "first", "--stop", "3", "--epochs", "1")
+    checkpoint = tmp_path / "first" / "stopped.ckpt"
+    assert checkpoint.exists()
+    rest = lightning(store, tmp_path / "rest", "--resume", str(checkpoint), "--epochs", "1")
+    assert [len(r["0"]) for r in first] == [24, 24]
+    seen = Counter(i for run in (first, rest) for r in run for i in r["0"])
+    assert sorted(seen) == list(range(N)) and set(seen.values()) == {1}
