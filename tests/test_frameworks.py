@@ -3,6 +3,7 @@ loader built before ``fit`` or inside ``train_dataloader``, and mid-epoch resume
 Lightning's own checkpoint."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from helpers import indexed_store
+from helpers import indexed_store, torchrun
 
 pytest.importorskip("lightning", reason="lightning is a test extra (pip install -e '.[frameworks]')")
 
@@ -61,3 +62,22 @@ def test_mid_epoch_resume_through_lightning_checkpoint(store, tmp_path):
     assert [len(r["0"]) for r in first] == [24, 24]
     seen = Counter(i for run in (first, rest) for r in run for i in r["0"])
     assert sorted(seen) == list(range(N)) and set(seen.values()) == {1}
+
+
+ACCELERATE = Path(__file__).parent / "scripts" / "accelerate_train.py"
+
+
+@pytest.mark.parametrize("n", [801, 800])
+def test_accelerate_accumulation_and_metrics(tmp_path, n):
+    """Under Accelerate (2 processes): gradients sync every 4 batches and on the epoch's last
+    batch, and gather_for_metrics counts every sample once (801: the last batches carry a padded
+    repeat, which Accelerate drops)."""
+    pytest.importorskip("accelerate", reason="accelerate is a test extra (pip install -e '.[frameworks]')")
+    path = indexed_store(tmp_path / "store", n)
+    run = torchrun(2, ACCELERATE, path, tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    batches = math.ceil(math.ceil(n / 2) / 4)  # (each rank: ceil(n / 2) samples, 4 a batch)
+    assert result["batches"] == batches
+    assert result["syncs"] == math.ceil(batches / 4), "a sync every 4 batches and on the last"
+    assert sorted(result["gathered"]) == list(range(n))

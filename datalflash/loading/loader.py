@@ -22,6 +22,7 @@ from datalflash.distributed import agree_seed, check_seed_can_be_agreed, draw_se
 from datalflash.format.structure import rebuild
 from datalflash.loading.chunked import ChunkedDataset
 from datalflash.loading.epochs import OwnEpochs, Reading
+from datalflash.loading.frameworks import accelerate_running, told_to_accelerate
 from datalflash.loading.memory import FlashDataset
 from datalflash.loading.resume import fingerprint, make_state, resume_point
 from datalflash.ordering import window_size
@@ -328,6 +329,8 @@ class FlashDataLoader:
     def __iter__(self) -> Iterator[Any]:
         epoch, self._epoch = self._epoch, self._epoch + 1
         own, cursor = self._own, None
+        remaining: Ranges = []
+        skip = 0
         if own is None:
             batches: Iterator[Any] = iter(self._torch)  # type: ignore[arg-type]  # (one of the two is set)
         else:
@@ -336,8 +339,6 @@ class FlashDataLoader:
             if own.own_order:
                 cursor = self._new_cursor(epoch)
                 remaining, skip = cursor["remaining"], cursor["skip"]
-            else:
-                remaining, skip = [], 0
             self._resume = None
             seed, structure = self._own_seed(), own.data.structure
             cpu = own.batches(epoch, seed, remaining, skip, self.pin_memory)
@@ -347,10 +348,28 @@ class FlashDataLoader:
         if self.transform is not None:
             transform = self.transform
             batches = (_apply_to_features(transform, b) for b in batches)
-        if cursor is None:
-            return batches
-        self._cursor = cursor
-        return self._counted(batches, cursor)
+        if cursor is not None:
+            self._cursor = cursor
+            batches = self._counted(batches, cursor)
+        if accelerate_running():
+            batches = self._told_to_accelerate(batches, epoch, remaining, skip)
+        return batches
+
+    def _told_to_accelerate(self, batches: Iterator[Any], epoch: int, remaining: Ranges, skip: int) -> Iterator[Any]:
+        """``batches`` of ``epoch`` registered with Accelerate's gradient state (see :mod:`.frameworks`)."""
+        own = self._own
+        try:
+            if own is None:
+                count: int | None = len(self._torch)  # type: ignore[arg-type]  # (one of the two is set)
+            else:
+                count = own.num_batches(remaining, skip, epoch, self._own_seed())
+        except TypeError:  # (a sampler or dataset without a length)
+            count = None
+        samples = None  # (padding laid out as Accelerate's own loaders lay it out: the loader's own order)
+        if own is not None and own.own_order and own.tokens is None and not self.drop_last:
+            samples = len(own.data)
+        batch_size = own.batch_size if own is not None else (self.batch_size or 1)
+        return told_to_accelerate(batches, count, samples, batch_size * self.world_size)
 
     def _follow_ranks(self, starting: bool = False) -> None:
         """Take rank and world size from ``torch.distributed`` again, where they were not given:
