@@ -367,7 +367,7 @@ class FlashDataLoader:
             count = None
         samples = None  # (padding laid out as Accelerate's own loaders lay it out: the loader's own order)
         if own is not None and own.own_order and own.tokens is None and not self.drop_last:
-            samples = len(own.data)
+            samples = max(0, total(remaining) - self.world_size * skip)  # (what the ranks serve from here)
         batch_size = own.batch_size if own is not None else (self.batch_size or 1)
         return told_to_accelerate(batches, count, samples, batch_size * self.world_size)
 
