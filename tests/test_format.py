@@ -54,7 +54,28 @@ def mutate(path, value, doc=None):
     return doc
 
 
+def as_namedtuple(info):
+    """The fixture manifest with its samples declared a namedtuple described by ``info`` (its
+    items: the fixture's fields, in order)."""
+    items = [{"kind": "field", "name": name} for name in fixture_doc()["fields"]]
+    return mutate(["structure"], {"kind": "tuple", "items": items, "namedtuple": info})
+
+
+NAMES = [f"f{i}" for i in range(len(fixture_doc()["fields"]))]
+
+
+def test_namedtuple_structure_is_read_and_valid_in_the_schema():
+    doc = as_namedtuple({"name": "Pair", "module": "train", "fields": NAMES})
+    jsonschema.validate(doc, SCHEMA)
+    assert parse_manifest(doc).structure["namedtuple"]["name"] == "Pair"
+
+
 BAD_MANIFESTS = [
+    (as_namedtuple({"name": "os.system", "fields": NAMES}), "namedtuple"),
+    (as_namedtuple({"name": "Pair", "fields": NAMES[1:]}), "namedtuple"),
+    (as_namedtuple({"name": "Pair", "fields": ["x"] * len(NAMES)}), "namedtuple"),
+    (as_namedtuple({"name": "Pair", "fields": "ab"}), "namedtuple"),
+    (as_namedtuple({"name": "Pair", "fields": NAMES, "module": 3}), "namedtuple"),
     (mutate(["format"], "zarr"), "'format'"),
     (mutate(["format_version"], 2), "newer than this datalflash reads.*upgrade"),
     (mutate(["format_version"], "1"), "not an integer"),

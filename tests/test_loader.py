@@ -6,12 +6,13 @@ import sys
 import textwrap
 import threading
 import time
+from typing import NamedTuple
 
 import numpy as np
 import pytest
 import torch
 from helpers import Samples
-from torch.utils.data import DataLoader, IterableDataset, RandomSampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, TensorDataset
 
 from datalflash.core import ChunkedDataset, FlashDataLoader, FlashDataset, get_dataloaders
 from datalflash.errors import StoreReadError
@@ -205,11 +206,25 @@ def test_other_datasets_behave_exactly_like_torch():
 
 def test_argument_errors_match_torch(source):
     ours, oracle = source
-    for kwargs in [dict(sampler=[0], shuffle=True), dict(batch_sampler=[[0]], batch_size=2), dict(batch_size=0)]:
+    for kwargs in [
+        dict(sampler=[0], shuffle=True),
+        dict(batch_sampler=[[0]], batch_size=2),
+        dict(batch_size=0),
+        dict(timeout=-1),
+        dict(prefetch_factor=2),
+        dict(persistent_workers=True),
+        dict(multiprocessing_context="spawn"),
+        dict(num_workers=1, prefetch_factor=-1),
+    ]:
         with pytest.raises(ValueError) as theirs:
             DataLoader(oracle, **kwargs)
         with pytest.raises(ValueError, match=str(theirs.value)[:40]):
             FlashDataLoader(ours, **kwargs)
+
+
+def test_flash_dataset_refuses_worker_processes():
+    with pytest.raises(ValueError, match="one gather from memory"):
+        FlashDataLoader(FlashDataset(torch.arange(8)), batch_size=2, num_workers=2)
 
 
 def test_pin_memory_and_device_without_cuda(source):
@@ -331,3 +346,37 @@ def test_read_ahead_is_bounded(tmp_path):
         next_window = (i + 1) * 4 // 16
         assert len(reads) <= (next_window + 2) * 2, (i, len(reads))
     assert sorted(reads) == list(range(20))  # each chunk read exactly once
+
+
+class Pair(NamedTuple):
+    image: torch.Tensor
+    label: int
+
+
+class Pairs(Dataset):
+    def __len__(self):
+        return 10
+
+    def __getitem__(self, i):
+        return Pair(torch.full((2,), float(i)), i)
+
+
+def test_namedtuple_samples_keep_their_type(tmp_path):
+    """As default_collate gives them: batches (and single samples) are the sample's namedtuple."""
+    path = DatasetConverter.create_chunked_dataset(
+        Pairs(), tmp_path / "s", chunk_size=4, split_ratios={"train": 1.0}, shuffle=False, progress=False
+    )
+    split = ChunkedDataset(path, "train")
+    assert set(split.fields) == {"image", "label"}
+    assert type(split[3]) is Pair and split[3].label == 3
+    expected = list(DataLoader(Pairs(), batch_size=3))
+    for dataset in (split, DatasetConverter.from_pytorch_dataset(Pairs())):
+        got = list(FlashDataLoader(dataset, batch_size=3))
+        assert_same(got, expected)
+    code = (
+        "import sys; from datalflash.core import FlashDataLoader; from datalflash.loading import ChunkedDataset; "
+        "b = next(iter(FlashDataLoader(ChunkedDataset(sys.argv[1], 'train'), batch_size=4))); "
+        "print(type(b).__name__, b._fields, b.label.tolist())"
+    )
+    other = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert other.stdout.split("\n")[0] == "Pair ('image', 'label') [0, 1, 2, 3]", other.stderr[-2000:]

@@ -7,14 +7,22 @@ Spec grammar (JSON)::
 
     {"kind": "field", "name": "0"}                # a leaf: one field
     {"kind": "tuple", "items": [spec, ...]}       # tuple or list sample
+    {"kind": "tuple", "items": [...], "namedtuple": {"name": "Sample", "fields": ["image", "label"]}}
     {"kind": "dict",  "items": {"key": spec, ...}}
+
+A namedtuple sample's batches are that namedtuple again (as ``default_collate`` gives): the class
+itself when the module that defines it is imported (looked up, never imported from a manifest),
+else a namedtuple class of the same name and fields.
 """
 
 from __future__ import annotations
 
+import functools
+import keyword
 import re
+import sys
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from datalflash.errors import StoreFormatError
 
@@ -43,12 +51,39 @@ def _infer(sample: Any, prefix: str, depth: int) -> dict:
                 raise ValueError(f"dict key {key!r} cannot name a field: use letters, digits, '_' and '-'")
             items[key] = _infer(sample[key], join(key), depth + 1)
         return {"kind": "dict", "items": items}
+    fields = getattr(type(sample), "_fields", None)
+    if isinstance(sample, tuple) and isinstance(fields, tuple) and _is_namedtuple_info(type(sample).__name__, fields):
+        named = [_infer(item, join(name), depth + 1) for name, item in zip(fields, sample)]
+        info = {"name": type(sample).__name__, "module": type(sample).__module__, "fields": list(fields)}
+        return {"kind": "tuple", "items": named, "namedtuple": info}
     if isinstance(sample, (tuple, list)):
         return {
             "kind": "tuple",
             "items": [_infer(item, join(i), depth + 1) for i, item in enumerate(sample)],
         }
     return {"kind": "field", "name": prefix or "data"}
+
+
+def _is_namedtuple_info(name: Any, fields: Any) -> bool:
+    """Whether ``name`` and ``fields`` can name a namedtuple class (identifiers, fields distinct
+    and field-name safe)."""
+    names = [name, *fields] if isinstance(fields, (list, tuple)) else [None]
+    return (
+        all(isinstance(n, str) and n.isidentifier() and not keyword.iskeyword(n) for n in names)
+        and len(set(fields)) == len(fields)
+        and all(is_valid_field_name(f) and not f.startswith("_") for f in fields)
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def namedtuple_class(name: str, fields: tuple[str, ...], module: str | None = None) -> type:
+    """The namedtuple class ``module.name`` when that module is imported and defines it with these
+    fields, else a new namedtuple class of that name and fields."""
+    found = getattr(sys.modules.get(module or ""), name, None)
+    if isinstance(found, type) and issubclass(found, tuple) and getattr(found, "_fields", None) == fields:
+        return found
+    made: type = NamedTuple(name, [(field, Any) for field in fields])  # type: ignore[misc]  # (made at run time)
+    return made
 
 
 def field_names(spec: dict) -> list[str]:
@@ -105,7 +140,11 @@ def rebuild(spec: dict, leaves: Mapping[str, Any], sequence: Callable = tuple) -
     if kind == "field":
         return leaves[spec["name"]]
     if kind == "tuple":
-        return sequence(rebuild(item, leaves, sequence) for item in spec["items"])
+        items = [rebuild(item, leaves, sequence) for item in spec["items"]]
+        info = spec.get("namedtuple")
+        if info is not None:
+            return namedtuple_class(info["name"], tuple(info["fields"]), info.get("module"))(*items)
+        return sequence(items)
     return {key: rebuild(item, leaves, sequence) for key, item in spec["items"].items()}
 
 
@@ -125,6 +164,14 @@ def _validate(spec: Any, depth: int, seen: list[str]) -> None:
     if kind == "field" and isinstance(spec.get("name"), str):
         seen.append(spec["name"])
     elif kind == "tuple" and isinstance(items, list):
+        info = spec.get("namedtuple")
+        if info is not None and not (
+            isinstance(info, dict)
+            and _is_namedtuple_info(info.get("name"), info.get("fields"))
+            and len(info["fields"]) == len(items)
+            and isinstance(info.get("module", ""), str)
+        ):
+            raise StoreFormatError(f"manifest structure namedtuple {str(info)[:80]!r} is not valid")
         for item in items:
             _validate(item, depth + 1, seen)
     elif kind == "dict" and isinstance(items, dict):

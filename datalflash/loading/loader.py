@@ -154,6 +154,13 @@ class FlashDataLoader:
                 drop_last,
                 num_workers,
             )
+            _check_worker_arguments(num_workers, timeout, prefetch_factor, persistent_workers, multiprocessing_context)
+            if isinstance(dataset, FlashDataset) and num_workers > 0:
+                raise ValueError(
+                    f"num_workers={num_workers}: a FlashDataset's batches are one gather from memory in this "
+                    "process; worker processes would only copy them between processes. Use num_workers=0 "
+                    "(store splits, ChunkedDataset, read in workers)"
+                )
             policies = collate_policies(collate, dataset.store.fields if isinstance(dataset, ChunkedDataset) else {})
             tokens, length_field = _token_budget(dataset, policies, max_tokens, batch_size, bucket_size, length_field)
             if tokens is not None and (sampler is not None or batch_sampler is not None):
@@ -449,6 +456,28 @@ def _apply_to_features(transform: Callable, batch: Any) -> Any:
     if isinstance(batch, tuple) and batch:
         return (transform(batch[0]), *batch[1:])
     return transform(batch)
+
+
+def _check_worker_arguments(
+    num_workers: int, timeout: float, prefetch_factor: int | None, persistent_workers: bool, context: Any
+) -> None:
+    """torch's DataLoader rules for the worker options, with its messages."""
+    if timeout < 0:
+        raise ValueError("timeout option should be non-negative")
+    if num_workers == 0 and prefetch_factor is not None:
+        raise ValueError(
+            "prefetch_factor option could only be specified in multiprocessing."
+            "let num_workers > 0 to enable multiprocessing, otherwise set prefetch_factor to None."
+        )
+    if prefetch_factor is not None and prefetch_factor < 0:
+        raise ValueError("prefetch_factor option should be non-negative")
+    if persistent_workers and num_workers == 0:
+        raise ValueError("persistent_workers option needs num_workers > 0")
+    if context is not None and num_workers == 0:
+        raise ValueError(
+            "multiprocessing_context can only be used with multi-process loading (num_workers > 0), but got "
+            f"num_workers={num_workers}"
+        )
 
 
 def _check_arguments(
