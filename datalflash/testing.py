@@ -37,7 +37,7 @@ class ChunkReaderDataset(Dataset):
 
 
 class DictSamples(Dataset):
-    """Dict samples covering every dtype family, including bfloat16 and scalars."""
+    """Dict samples covering every dtype family, including bfloat16, complex and scalars."""
 
     def __init__(self, n: int, seed: int = 0):
         g = torch.Generator().manual_seed(seed)
@@ -47,6 +47,7 @@ class DictSamples(Dataset):
         self.half = torch.randn(n, 2, generator=g).half()
         self.bf16 = torch.randn(n, 3, generator=g).bfloat16()
         self.vector = torch.randn(n, 7, generator=g, dtype=torch.float64).numpy()
+        self.wave = torch.randn(n, 4, generator=g, dtype=torch.complex64)
         self.n = n
 
     def __len__(self) -> int:
@@ -62,6 +63,8 @@ class DictSamples(Dataset):
             "vector": self.vector[i],
             "score": float(self.vector[i, 0]),
             "small": np.int16(i % 1000),
+            "wave": self.wave[i],
+            "phase": complex(self.vector[i, 1], self.vector[i, 2]),
         }
 
     def expected(self, index: np.ndarray) -> dict[str, np.ndarray]:
@@ -76,6 +79,8 @@ class DictSamples(Dataset):
             "vector": self.vector[index],
             "score": self.vector[index, 0],
             "small": (np.asarray(index) % 1000).astype(np.int16),
+            "wave": self.wave[idx].numpy(),
+            "phase": self.vector[index, 1] + 1j * self.vector[index, 2],
         }
 
 
@@ -118,6 +123,8 @@ class ChunkStoreTests:
             "bfloat16",
             "float64",
             "int16",
+            "complex64",
+            "complex128",
         }
         assert store.fields["score"].shape == () and store.fields["image"].shape == (3, 4, 5)
         for split, index in self.split_order(store, 53, seed=3, shuffle=True).items():

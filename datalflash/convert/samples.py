@@ -49,6 +49,8 @@ def leaf_signature(value: Any) -> Signature | None:
         return ("array", "int64", ())
     if isinstance(value, numbers.Real):
         return ("array", "float64", ())
+    if isinstance(value, numbers.Complex):
+        return ("array", "complex128", ())
     return None
 
 
