@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from datalflash.transforms import Compose, ConvertDtype, Normalize, RandomCrop, RandomHorizontalFlip
+from datalflash.core import ChunkedDataset, FlashDataLoader, get_dataloaders
+from datalflash.transforms import Compose, ConvertDtype, Normalize, PerSample, RandomCrop, RandomHorizontalFlip
+from datalflash.utils import DatasetConverter
 
 
 def images(n=16):
@@ -46,3 +48,74 @@ def test_compose_runs_in_order():
     x = images()
     t = Compose([ConvertDtype(torch.float32), Normalize([0.5] * 3, [0.5] * 3)])
     assert torch.allclose(t(x), (x.float() / 255 - 0.5) / 0.5)
+
+
+def image_store(tmp_path, n=64):
+    """A store of dict samples ``{"image": (3, 8, 8) uint8, "label": int}`` (real-looking noise
+    is enough here: the checks compare each output sample with its own input)."""
+    x = images(n)
+    samples = [{"image": x[i], "label": i} for i in range(n)]
+    path = DatasetConverter.create_chunked_dataset(
+        samples, tmp_path / "s", chunk_size=16, split_ratios={"train": 1.0}, progress=False
+    )
+    return path, x
+
+
+def random_flip(sample: torch.Tensor) -> torch.Tensor:
+    """A transform written per sample (one random draw per call), as torchvision's are."""
+    return sample.flip(-1) if torch.rand(()) < 0.5 else sample
+
+
+def flipped_or_kept(out, x, labels):
+    flipped = [torch.equal(o, x[i].flip(-1)) for o, i in zip(out, labels.tolist())]
+    kept = [torch.equal(o, x[i]) for o, i in zip(out, labels.tolist())]
+    return flipped, kept
+
+
+def test_per_sample_transform_draws_for_each_sample(tmp_path):
+    """A per-sample transform on dict batches (field chosen by key) is applied to each sample on
+    its own: within one batch some samples are flipped and some not."""
+    path, x = image_store(tmp_path)
+    torch.manual_seed(0)
+    loader = get_dataloaders(path, 64, augmentations={"train": PerSample(random_flip, field="image")})["train"]
+    batch = next(iter(loader))
+    flipped, kept = flipped_or_kept(batch["image"], x, batch["label"])
+    assert all(f or k for f, k in zip(flipped, kept)) and any(flipped) and any(kept)
+
+
+def test_batch_transforms_choose_the_field_of_dict_and_tuple_batches(tmp_path):
+    path, x = image_store(tmp_path)
+    convert = Compose([ConvertDtype(torch.float32), Normalize([0.5] * 3, [0.5] * 3)], field="image")
+    batch = next(iter(FlashDataLoader(ChunkedDataset(path, "train"), batch_size=8, transform=convert)))
+    assert torch.allclose(batch["image"], (x[batch["label"]].float() / 255 - 0.5) / 0.5)
+    assert batch["label"].dtype == torch.int64
+    with pytest.raises(ValueError, match=r"pass field= to choose the field of dict batches \(one of \['image'"):
+        next(iter(FlashDataLoader(ChunkedDataset(path, "train"), batch_size=8, transform=ConvertDtype())))
+    pair = (x[:4], torch.arange(4))
+    out = ConvertDtype(torch.float32)(pair)
+    assert isinstance(out, tuple) and out[0].dtype == torch.float32 and out[1] is pair[1]
+    with pytest.raises(ValueError, match="not a position"):
+        ConvertDtype(field=5)(pair)
+
+
+def _torchvision_v2():
+    try:
+        from torchvision.transforms import v2
+    except Exception as e:  # (an ImportError, or torchvision built for another torch: a RuntimeError)
+        pytest.skip(f"torchvision does not import here: {str(e)[:100]}")
+    return v2
+
+
+def test_torchvision_transforms_are_applied_per_sample(tmp_path):
+    """torchvision's v2 flip, given as an augmentation, flips samples independently (applied to
+    the whole batch it would flip all or none)."""
+    v2 = _torchvision_v2()
+    x = images(64)
+    samples = [(x[i], i) for i in range(len(x))]
+    tuple_path = DatasetConverter.create_chunked_dataset(
+        samples, tmp_path / "t", chunk_size=16, split_ratios={"train": 1.0}, progress=False
+    )
+    loader = get_dataloaders(tuple_path, 64, augmentations={"train": v2.Compose([v2.RandomHorizontalFlip()])})
+    images_, labels = next(iter(loader["train"]))
+    flipped, kept = flipped_or_kept(images_, x, labels)
+    assert all(f or k for f, k in zip(flipped, kept)) and any(flipped) and any(kept)

@@ -29,6 +29,7 @@ from datalflash.ordering import window_size
 from datalflash.ordering.ranges import Ranges, share_size, total
 from datalflash.ordering.tokens import TokenBudget
 from datalflash.transfer import DeviceTransfer, resolve_device
+from datalflash.transforms import PerSample, is_per_sample, on_field
 
 logger = logging.getLogger("datalflash")
 
@@ -49,7 +50,9 @@ class FlashDataLoader:
       the whole split when it fits in ``read_ahead_bytes``, else as many as half of it holds
       (the window being served and the next one being read). Memory: up to two windows.
     * ``transform``: a function applied to each batch's features after the device transfer
-      (the first element of tuple samples, the whole dict of dict samples).
+      (the first element of tuple samples, the whole dict of dict samples: the
+      :mod:`datalflash.transforms` take ``field=``). torchvision's transforms (v1, v2), written
+      per sample, are applied to each sample on its own (:class:`~datalflash.transforms.PerSample`).
     * ``rank``, ``world_size``: this process's share of each epoch; by default taken from
       ``torch.distributed`` as each epoch starts (so a loader built before the process group,
       as Lightning and Accelerate scripts build them, shards once it runs; logged once at INFO
@@ -124,7 +127,7 @@ class FlashDataLoader:
         self.shuffle = bool(shuffle)
         self.num_workers = num_workers
         self.timeout = timeout
-        self.transform = transform
+        self.transform = PerSample(transform) if transform is not None and is_per_sample(transform) else transform
         self.read_ahead_bytes = int(read_ahead_bytes)
         self.multiprocessing_context, self.worker_init_fn = multiprocessing_context, worker_init_fn
         self.persistent_workers = persistent_workers and num_workers > 0
@@ -451,10 +454,10 @@ def _token_budget(
 
 
 def _apply_to_features(transform: Callable, batch: Any) -> Any:
-    if isinstance(batch, list) and batch:
-        return [transform(batch[0]), *batch[1:]]
-    if isinstance(batch, tuple) and batch:
-        return (transform(batch[0]), *batch[1:])
+    """``transform`` of a batch's features: the first item of a tuple/list batch (namedtuples
+    stay namedtuples), the whole of a dict or tensor batch."""
+    if isinstance(batch, (tuple, list)) and batch:
+        return on_field(batch, 0, transform, "transform")
     return transform(batch)
 
 

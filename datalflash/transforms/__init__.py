@@ -1,6 +1,27 @@
 """Batch transforms: augmentations applied to a whole batch at once, on its device, with
-per-sample randomness drawn vectorized (no per-sample Python)."""
+per-sample randomness drawn vectorized (no per-sample Python); :class:`PerSample` runs a transform
+written per sample (torchvision's) on each sample of a batch."""
 
-from datalflash.transforms.batch import Compose, ConvertDtype, Normalize, RandomCrop, RandomHorizontalFlip
+from datalflash.transforms.batch import (
+    BatchTransform,
+    Compose,
+    ConvertDtype,
+    Normalize,
+    PerSample,
+    RandomCrop,
+    RandomHorizontalFlip,
+    is_per_sample,
+    on_field,
+)
 
-__all__ = ["Compose", "ConvertDtype", "Normalize", "RandomCrop", "RandomHorizontalFlip"]
+__all__ = [
+    "BatchTransform",
+    "Compose",
+    "ConvertDtype",
+    "Normalize",
+    "PerSample",
+    "RandomCrop",
+    "RandomHorizontalFlip",
+    "is_per_sample",
+    "on_field",
+]

@@ -1,38 +1,98 @@
 """Vectorized batch transforms for ``(N, C, H, W)`` image batches.
 
-Each takes and returns a tensor; randomness is per sample, drawn with an optional
+Each takes a batch and returns it transformed: a tensor, or a tuple/list/dict batch of which one
+field is transformed (``field=``: a key of a dict batch, a position of a tuple one, 0 by default)
+and the others passed through. Randomness is per sample, drawn with an optional
 ``torch.Generator`` on the batch's device, so a seeded run is reproducible.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 
+Field = str | int | None
 
-class Compose:
-    """Apply transforms in order, like ``torchvision.transforms.Compose``."""
 
-    def __init__(self, transforms: Sequence[Callable[[torch.Tensor], torch.Tensor]]):
-        self.transforms = list(transforms)
+class BatchTransform:
+    """A transform of one tensor of a batch: subclasses implement :meth:`apply`; calling the
+    transform picks the tensor out of the batch (see the module's description)."""
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+    field: Field = None
+
+    def apply(self, batch: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, batch: Any) -> Any:
+        return on_field(batch, self.field, self.apply, type(self).__name__)
+
+
+def on_field(batch: Any, field: Field, function: Callable[[torch.Tensor], Any], name: str) -> Any:
+    """``batch`` with its tensor ``field`` replaced by ``function`` of it (a tensor batch: the
+    whole of it); a ValueError naming the fields when ``field`` does not pick one."""
+    if isinstance(batch, torch.Tensor):
+        return function(batch)
+    if isinstance(batch, Mapping):
+        if field not in batch:
+            raise ValueError(f"{name}: pass field= to choose the field of dict batches (one of {list(batch)})")
+        return {**batch, field: function(batch[field])}
+    if isinstance(batch, (tuple, list)):
+        position = 0 if field is None else field
+        if not isinstance(position, int) or not -len(batch) <= position < len(batch):
+            raise ValueError(f"{name}: field={field!r} is not a position of a batch of {len(batch)} items")
+        items = list(batch)
+        items[position] = function(items[position])
+        if hasattr(batch, "_fields"):  # (a namedtuple batch stays one)
+            return type(batch)(*items)
+        return type(batch)(items)
+    raise TypeError(f"{name}: a batch is a tensor, tuple, list or dict, not {type(batch).__name__}")
+
+
+class Compose(BatchTransform):
+    """Apply transforms in order, like ``torchvision.transforms.Compose``, to ``field``."""
+
+    def __init__(self, transforms: Sequence[Callable[[torch.Tensor], torch.Tensor]], field: Field = None):
+        self.transforms, self.field = list(transforms), field
+
+    def apply(self, batch: torch.Tensor) -> torch.Tensor:
         for transform in self.transforms:
-            batch = transform(batch)
+            batch = transform.apply(batch) if isinstance(transform, BatchTransform) else transform(batch)
         return batch
 
     def __repr__(self) -> str:
         return f"Compose({self.transforms!r})"
 
 
-class ConvertDtype:
+class PerSample(BatchTransform):
+    """Apply ``transform`` to each sample of ``field`` on its own and stack the results: for
+    transforms written per sample (torchvision's, v1 and v2), which applied to a whole batch
+    would draw one random crop or flip for all of its samples. Per-sample Python: each sample
+    costs one call."""
+
+    def __init__(self, transform: Callable[[torch.Tensor], torch.Tensor], field: Field = None):
+        self.transform, self.field = transform, field
+
+    def apply(self, batch: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.transform(sample) for sample in batch.unbind(0)])
+
+    def __repr__(self) -> str:
+        return f"PerSample({self.transform!r})"
+
+
+def is_per_sample(transform: Any) -> bool:
+    """Whether ``transform`` is written per sample: torchvision's (v1 and v2) transforms."""
+    return type(transform).__module__.startswith("torchvision.transforms")
+
+
+class ConvertDtype(BatchTransform):
     """Convert to ``dtype``; integer -> float divides by the integer type's maximum (uint8 -> [0, 1])."""
 
-    def __init__(self, dtype: torch.dtype = torch.float32, scale: bool = True):
-        self.dtype, self.scale = dtype, scale
+    def __init__(self, dtype: torch.dtype = torch.float32, scale: bool = True, field: Field = None):
+        self.dtype, self.scale, self.field = dtype, scale, field
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+    def apply(self, batch: torch.Tensor) -> torch.Tensor:
         out = batch.to(self.dtype)
         if (
             self.scale
@@ -44,41 +104,47 @@ class ConvertDtype:
         return out
 
 
-class Normalize:
+class Normalize(BatchTransform):
     """``(x - mean) / std`` per channel (dimension 1)."""
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+    def __init__(self, mean: Sequence[float], std: Sequence[float], field: Field = None):
         if any(s == 0 for s in std):
             raise ValueError(f"std must be non-zero, got {list(std)}")
-        self.mean, self.std = torch.tensor(mean), torch.tensor(std)
+        self.mean, self.std, self.field = torch.tensor(mean), torch.tensor(std), field
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+    def apply(self, batch: torch.Tensor) -> torch.Tensor:
         shape = (1, -1) + (1,) * (batch.dim() - 2)
         mean = self.mean.to(batch.device, batch.dtype).view(shape)
         std = self.std.to(batch.device, batch.dtype).view(shape)
         return (batch - mean) / std
 
 
-class RandomHorizontalFlip:
+class RandomHorizontalFlip(BatchTransform):
     """Flip each sample left-right (last dimension) with probability ``p``."""
 
-    def __init__(self, p: float = 0.5, generator: torch.Generator | None = None):
-        self.p, self.generator = p, generator
+    def __init__(self, p: float = 0.5, generator: torch.Generator | None = None, field: Field = None):
+        self.p, self.generator, self.field = p, generator, field
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+    def apply(self, batch: torch.Tensor) -> torch.Tensor:
         flip = torch.rand(batch.shape[0], device=batch.device, generator=self.generator) < self.p
         mask = flip.view(-1, *([1] * (batch.dim() - 1)))
         return torch.where(mask, batch.flip(-1), batch)
 
 
-class RandomCrop:
+class RandomCrop(BatchTransform):
     """Zero-pad by ``padding`` then crop ``size`` at a random offset per sample, in one gather."""
 
-    def __init__(self, size: int | tuple[int, int], padding: int = 0, generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        size: int | tuple[int, int],
+        padding: int = 0,
+        generator: torch.Generator | None = None,
+        field: Field = None,
+    ):
         self.size = (size, size) if isinstance(size, int) else tuple(size)
-        self.padding, self.generator = padding, generator
+        self.padding, self.generator, self.field = padding, generator, field
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+    def apply(self, batch: torch.Tensor) -> torch.Tensor:
         n, h, w = batch.shape[0], *self.size
         padded = torch.nn.functional.pad(batch, [self.padding] * 4) if self.padding else batch
         ph, pw = padded.shape[-2:]
