@@ -56,7 +56,7 @@ def test_convert_from_each_source_reads_back_the_source(sources, tmp_path, sourc
     assert np.array_equal(all_samples(tmp_path / "store", field), {"x": x, "y": y}[expected])
 
 
-def test_convert_options(sources, tmp_path):
+def test_convert_options(sources, tmp_path, capsys):
     assert (
         cli(
             [
@@ -79,6 +79,9 @@ def test_convert_options(sources, tmp_path):
     store = open_store(tmp_path / "s")
     assert store.backend_id == "memmap" and sorted(store.splits) == ["a", "b"] and store.chunk_size == 32
     assert cli(["convert", "x.npy,y.npy", "s", "-q"]) == 2  # exists, no --overwrite
+    assert "already exists; pass --overwrite to replace it" in capsys.readouterr().err
+    assert cli(["convert", "x.npy,y.npy", ".", "--overwrite", "-q"]) == 2  # not a store: never replaced
+    assert "is not a datalflash store; choose another output path" in capsys.readouterr().err
     assert cli(["convert", "x.npy,y.npy", "s", "--overwrite", "--backend", "hdf5", "--compression", "gzip", "-q"]) == 0
     assert open_store(tmp_path / "s").manifest.backend_config["compression"] == "gzip"
     assert cli(["convert", "x.npy,y.npy", "s", "--overwrite", "--compression", "zstd", "--level", "1", "-q"]) == 0
@@ -123,9 +126,10 @@ def test_convert_options(sources, tmp_path):
             "backend 'memmap' takes no compression level",
         ),
         (["convert", "x.npy,y.npy", "o", "--level", "12"], "clevel 12 is not an integer in 0..9"),
-        (["info", "nowhere"], "not a datalflash store"),
-        (["verify", "nowhere"], "not a datalflash store"),
-        (["bench", "nowhere"], "not a datalflash store"),
+        (["info", "nowhere"], "nowhere: does not exist"),
+        (["verify", "nowhere"], "nowhere: does not exist"),
+        (["bench", "nowhere"], "nowhere: does not exist"),
+        (["info", "."], "not a datalflash store (no manifest.json)"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_message(sources, capsys, argv, message):

@@ -17,3 +17,4 @@ def test_demo_trains_on_real_digits(tmp_path):
     assert accuracy >= 0.9
     assert (tmp_path / "digits_store" / "manifest.json").is_file()
     assert "samples/s" in result.stdout
+    assert f"the stores are kept in {tmp_path.resolve()}" in result.stdout

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,51 +31,55 @@ def digits_dataset() -> TensorDataset:
     return TensorDataset(images, torch.from_numpy(digits.target.astype(np.int64)))
 
 
+DEFAULT_WORKDIR = "datalflash-demo"
+
+
 def run(workdir: str | None = None, epochs: int = 15, batch_size: int = 64, seed: int = 0) -> float:
-    """Run the demo; returns test accuracy."""
+    """Run the demo, its stores kept in ``workdir`` (default ``./datalflash-demo``); returns test
+    accuracy."""
     torch.manual_seed(seed)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(workdir or tmp) / "digits_store"
-        start = time.perf_counter()
-        dataset = digits_dataset()
-        DatasetConverter.create_chunked_dataset(
-            dataset, path, chunk_size=256, seed=seed, overwrite=True, progress=False
-        )
-        loaders = get_dataloaders(path, batch_size, seed=seed)
-        store = open_store(path)
-        sizes = {split: store.num_samples(split) for split in store.splits}
-        print(
-            f"converted {len(dataset)} real 8x8 digits into a Zarr store at {path} "
-            f"({time.perf_counter() - start:.2f}s); splits {sizes}"
-        )
-        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-        for _ in range(epochs):
-            for images, labels in loaders["train"]:
-                loss = nn.functional.cross_entropy(model(images), labels)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-        correct = total = 0
-        with torch.no_grad():
-            for images, labels in loaders["test"]:
-                correct += int((model(images).argmax(1) == labels).sum())
-                total += len(labels)
-        accuracy = correct / total
-        print(f"test accuracy after {epochs} epochs: {accuracy:.3f}")
-        flash = statistics.median(timed_rate(loaders["train"], math.inf)[0] for _ in range(5))
-        plain = TensorDataset(
-            *[torch.from_numpy(a) for a in store.read_chunks("train", range(store.num_chunks("train"))).values()]
-        )
-        baseline = statistics.median(
-            timed_rate(DataLoader(plain, batch_size, shuffle=True), math.inf)[0] for _ in range(5)
-        )
-        print(
-            f"loading the train split: FlashDataLoader {flash:,.0f} samples/s, torch DataLoader "
-            f"(same data in RAM) {baseline:,.0f} samples/s ({flash / baseline:.1f}x)"
-        )
-        speed_check(Path(workdir or tmp) / "cifar_shaped_store", seed)
-        return accuracy
+    workdir = workdir or DEFAULT_WORKDIR
+    path = Path(workdir) / "digits_store"
+    start = time.perf_counter()
+    dataset = digits_dataset()
+    DatasetConverter.create_chunked_dataset(dataset, path, chunk_size=256, seed=seed, overwrite=True, progress=False)
+    loaders = get_dataloaders(path, batch_size, seed=seed)
+    store = open_store(path)
+    sizes = {split: store.num_samples(split) for split in store.splits}
+    print(
+        f"converted {len(dataset)} real 8x8 digits into a Zarr store at {path} "
+        f"({time.perf_counter() - start:.2f}s); splits {sizes}"
+    )
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(epochs):
+        for images, labels in loaders["train"]:
+            loss = nn.functional.cross_entropy(model(images), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    correct = total = 0
+    with torch.no_grad():
+        for images, labels in loaders["test"]:
+            correct += int((model(images).argmax(1) == labels).sum())
+            total += len(labels)
+    accuracy = correct / total
+    print(f"test accuracy after {epochs} epochs: {accuracy:.3f}")
+    flash = statistics.median(timed_rate(loaders["train"], math.inf)[0] for _ in range(5))
+    plain = TensorDataset(
+        *[torch.from_numpy(a) for a in store.read_chunks("train", range(store.num_chunks("train"))).values()]
+    )
+    baseline = statistics.median(timed_rate(DataLoader(plain, batch_size, shuffle=True), math.inf)[0] for _ in range(5))
+    print(
+        f"loading the train split: FlashDataLoader {flash:,.0f} samples/s, torch DataLoader "
+        f"(same data in RAM) {baseline:,.0f} samples/s ({flash / baseline:.1f}x)"
+    )
+    speed_check(Path(workdir) / "cifar_shaped_store", seed)
+    print(
+        f"the stores are kept in {Path(workdir).resolve()} (try: datalflash info {path}); "
+        "remove that directory when done"
+    )
+    return accuracy
 
 
 def speed_check(path: Path, seed: int = 0, n: int = 20_000) -> None:

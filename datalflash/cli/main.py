@@ -15,8 +15,14 @@ from datalflash.errors import ConversionError, DataLFlashError
 LEVEL_OPTION = {"zarr": "clevel", "hdf5": "level"}  # each backend's name for a compression level
 
 
+CLI_TERMS = {"pass overwrite=True": "pass --overwrite"}  # (library messages, said in the CLI's terms)
+
+
 def _fail(command: str, error: Exception) -> int:
-    print(f"datalflash {command}: error: {error}", file=sys.stderr)
+    message = str(error)
+    for library, cli in CLI_TERMS.items():
+        message = message.replace(library, cli)
+    print(f"datalflash {command}: error: {message}", file=sys.stderr)
     return 2
 
 
@@ -170,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=_bench)
 
     demo = commands.add_parser("demo", help="the main job: real digits -> Zarr store -> training, and a speed check")
-    demo.add_argument("--workdir", help="keep the stores here instead of a temporary directory")
+    demo.add_argument("--workdir", help="where the demo keeps its stores (default: ./datalflash-demo)")
     demo.add_argument("--epochs", type=int, default=15)
     demo.set_defaults(func=_demo)
     return parser

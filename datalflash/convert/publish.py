@@ -23,10 +23,13 @@ def check_output(output_dir: Path, overwrite: bool) -> None:
     """Raise StoreExistsError unless a store may be written at ``output_dir``."""
     if not output_dir.exists():
         return
+    if not output_dir.is_dir() or not ((output_dir / MANIFEST_NAME).is_file() or not any(output_dir.iterdir())):
+        raise StoreExistsError(
+            f"{output_dir} exists and is not a datalflash store; choose another output path "
+            "(overwriting replaces stores only)"
+        )
     if not overwrite:
         raise StoreExistsError(f"{output_dir} already exists; pass overwrite=True to replace it")
-    if not output_dir.is_dir() or not ((output_dir / MANIFEST_NAME).is_file() or not any(output_dir.iterdir())):
-        raise StoreExistsError(f"{output_dir} exists and is not a datalflash store; refusing to overwrite it")
 
 
 def _alive(pid: int) -> bool:

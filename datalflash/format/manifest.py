@@ -210,10 +210,17 @@ def read_manifest(directory: str | os.PathLike) -> Manifest:
         finally:
             os.close(fd)
     except FileNotFoundError:
-        raise StoreFormatError(f"{directory}: not a datalflash store (no {MANIFEST_NAME})") from None
+        raise StoreFormatError(not_a_store(directory)) from None
     except OSError as e:
         raise StoreFormatError(f"{path}: cannot read manifest: {e}") from e
     return manifest_from_bytes(raw, path)
+
+
+def not_a_store(directory: str | os.PathLike) -> str:
+    """Why there is no store at ``directory``: it does not exist, or it has no manifest."""
+    if not os.path.lexists(directory):
+        return f"{directory}: does not exist"
+    return f"{directory}: not a datalflash store (no {MANIFEST_NAME})"
 
 
 def manifest_from_bytes(raw: bytes, path: Any) -> Manifest:

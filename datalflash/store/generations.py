@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from datalflash.errors import StoreChangedError, StoreFormatError
-from datalflash.format.manifest import MANIFEST_NAME, Manifest, manifest_from_bytes
+from datalflash.format.manifest import MANIFEST_NAME, Manifest, manifest_from_bytes, not_a_store
 from datalflash.store.integrity import open_file
 
 PROC_FD = "/proc/self/fd"
@@ -116,7 +116,7 @@ def open_current(path: str) -> Pin:
     except OSError as e:
         raise StoreFormatError(f"{os.path.join(path, MANIFEST_NAME)}: cannot read manifest: {e}") from e
     if pin is None:
-        raise StoreFormatError(f"{path}: not a datalflash store (no {MANIFEST_NAME})")
+        raise StoreFormatError(not_a_store(path))
     return pin
 
 
