@@ -98,24 +98,28 @@ def test_batch_transforms_choose_the_field_of_dict_and_tuple_batches(tmp_path):
         ConvertDtype(field=5)(pair)
 
 
-def _torchvision_v2():
+def _torchvision(version: str):
     try:
+        import torchvision.transforms as v1
         from torchvision.transforms import v2
     except Exception as e:  # (an ImportError, or torchvision built for another torch: a RuntimeError)
         pytest.skip(f"torchvision does not import here: {str(e)[:100]}")
-    return v2
+    return v1 if version == "v1" else v2
 
 
-def test_torchvision_transforms_are_applied_per_sample(tmp_path):
-    """torchvision's v2 flip, given as an augmentation, flips samples independently (applied to
-    the whole batch it would flip all or none)."""
-    v2 = _torchvision_v2()
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_torchvision_transforms_are_applied_per_sample(tmp_path, version):
+    """torchvision's flip (v1 and v2), given as an augmentation, flips samples independently
+    (applied to the whole batch it would flip all or none). The same behaviour is checked with a
+    plain per-sample function above, where torchvision does not import."""
+    transforms = _torchvision(version)
     x = images(64)
     samples = [(x[i], i) for i in range(len(x))]
     tuple_path = DatasetConverter.create_chunked_dataset(
         samples, tmp_path / "t", chunk_size=16, split_ratios={"train": 1.0}, progress=False
     )
-    loader = get_dataloaders(tuple_path, 64, augmentations={"train": v2.Compose([v2.RandomHorizontalFlip()])})
+    augment = transforms.Compose([transforms.RandomHorizontalFlip()])
+    loader = get_dataloaders(tuple_path, 64, augmentations={"train": augment})
     images_, labels = next(iter(loader["train"]))
     flipped, kept = flipped_or_kept(images_, x, labels)
     assert all(f or k for f, k in zip(flipped, kept)) and any(flipped) and any(kept)
