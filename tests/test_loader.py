@@ -222,6 +222,43 @@ def test_argument_errors_match_torch(source):
             FlashDataLoader(ours, **kwargs)
 
 
+def test_building_a_loader_leaves_the_global_rng_alone(source):
+    """As torch's DataLoader: building draws nothing (a model initialised after it is the same);
+    a shuffled loader draws its seed when its first epoch starts, an unshuffled one never."""
+    ours, _ = source
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    shuffled = FlashDataLoader(ours, batch_size=4, shuffle=True)
+    assert torch.equal(torch.rand(3), expected)
+    torch.manual_seed(0)
+    list(FlashDataLoader(ours, batch_size=4))
+    assert torch.equal(torch.rand(3), expected)
+    torch.manual_seed(5)
+    first = list(shuffled)
+    torch.manual_seed(5)
+    assert_same(list(FlashDataLoader(ours, batch_size=4, shuffle=True)), first)
+
+
+def test_loader_attributes_as_torch_has_them(source):
+    """What frameworks read off a loader: torch's attributes, len() of an epoch's iterator, and
+    the attributes torch freezes after construction."""
+    ours, oracle = source
+    generator = torch.Generator()
+    for make in (FlashDataLoader, DataLoader):
+        data = ours if make is FlashDataLoader else oracle
+        loader = make(data, batch_size=4, drop_last=True, generator=generator)
+        assert loader.batch_size == 4 and loader.drop_last and loader.generator is generator
+        assert loader.num_workers == 0 and loader.prefetch_factor is None and loader.dataset is data
+        epoch = iter(loader)
+        assert len(epoch) == len(loader) == len(data) // 4
+        next(epoch)
+        with pytest.raises(ValueError, match=r"batch_size attribute should not be set after \w+ is initialized"):
+            loader.batch_size = 8
+        with pytest.raises(ValueError, match="dataset attribute should not be set"):
+            loader.dataset = data
+
+
 def test_flash_dataset_refuses_worker_processes():
     with pytest.raises(ValueError, match="one gather from memory"):
         FlashDataLoader(FlashDataset(torch.arange(8)), batch_size=2, num_workers=2)

@@ -124,6 +124,8 @@ class FlashDataLoader:
         self.drop_last = drop_last
         self.sampler = sampler
         self.batch_sampler = batch_sampler
+        self.collate_fn, self.generator, self.prefetch_factor = collate_fn, generator, prefetch_factor
+        self.in_order, self.pin_memory_device = in_order, pin_memory_device
         self.shuffle = bool(shuffle)
         self.num_workers = num_workers
         self.timeout = timeout
@@ -139,6 +141,7 @@ class FlashDataLoader:
         self.window_chunks: int | None = None
         self._seed: int | None = None if seed is None else int(seed)
         self._seed_agreed = True
+        self._generator: torch.Generator | None = None
         self._epoch = 0
         self._resume: tuple[int, Ranges, int] | None = None  # (epoch, remaining, skip) from load_state_dict
         self._cursor: dict | None = None  # where the epoch being served stands
@@ -171,8 +174,8 @@ class FlashDataLoader:
             self.rank, self.world_size = resolve_ranks(rank, world_size)
             self._ranks_given = rank is not None
             check_seed_can_be_agreed(seed, self.world_size)
-            if self._seed is None:  # drawn now, as torch draws its base seed; agreed when first used
-                self._seed, self._seed_agreed = draw_seed(generator), self.world_size == 1
+            if self._seed is None:  # drawn when first needed, as torch's sampler draws; then agreed
+                self._generator, self._seed_agreed = generator, False
             if isinstance(dataset, ChunkedDataset):
                 store = dataset.store
                 chunks, chunk_nbytes = store.num_chunks(dataset.split), store.manifest.chunk_nbytes
@@ -228,14 +231,26 @@ class FlashDataLoader:
                 pin_memory_device=pin_memory_device,
                 **torch_options,
             )
+        self._frozen = True
+
+    FROZEN = ("batch_size", "batch_sampler", "sampler", "drop_last", "dataset", "persistent_workers")
+    """Attributes torch's DataLoader refuses to have set after it is built; so does this loader."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self.FROZEN and self.__dict__.get("_frozen", False):
+            raise ValueError(f"{name} attribute should not be set after {type(self).__name__} is initialized")
+        super().__setattr__(name, value)
 
     @property
     def seed(self) -> int | None:
-        """The seed of the epoch orders: the one given, or one drawn from torch's RNG (or
-        ``generator``) when the loader was built, rank 0's on every rank (agreed by a broadcast
-        when first needed, at the start of an epoch or in :meth:`state_dict`). ``None`` where the
-        loader hands over to torch's DataLoader without a seed."""
-        if not self._seed_agreed and self._seed is not None:
+        """The seed of the epoch orders: the one given, or, when first needed (the first epoch
+        or :meth:`state_dict`; never when the loader is built), one drawn from torch's RNG (or
+        ``generator``) as torch's sampler draws it, 0 without ``shuffle`` (nothing drawn); rank
+        0's on every rank (agreed by a broadcast). ``None`` where the loader hands over to torch's
+        DataLoader without a seed."""
+        if not self._seed_agreed and self._own is not None:
+            if self._seed is None:
+                self._seed = draw_seed(self._generator) if self.shuffle else 0
             self._seed, self._seed_agreed = agree_seed(self._seed, self.world_size), True
         return self._seed
 
@@ -361,20 +376,26 @@ class FlashDataLoader:
         if cursor is not None:
             self._cursor = cursor
             batches = self._counted(batches, cursor)
+        count = self._epoch_batches(epoch, remaining, skip)
         if accelerate_running():
-            batches = self._told_to_accelerate(batches, epoch, remaining, skip)
-        return batches
+            batches = self._told_to_accelerate(batches, count, remaining, skip)
+        return EpochIterator(batches, count)
 
-    def _told_to_accelerate(self, batches: Iterator[Any], epoch: int, remaining: Ranges, skip: int) -> Iterator[Any]:
-        """``batches`` of ``epoch`` registered with Accelerate's gradient state (see :mod:`.frameworks`)."""
-        own = self._own
+    def _epoch_batches(self, epoch: int, remaining: Ranges, skip: int) -> int | None:
+        """How many batches this rank serves of ``epoch`` from here (None: a sampler or dataset
+        without a length)."""
         try:
-            if own is None:
-                count: int | None = len(self._torch)  # type: ignore[arg-type]  # (one of the two is set)
-            else:
-                count = own.num_batches(remaining, skip, epoch, self._own_seed())
-        except TypeError:  # (a sampler or dataset without a length)
-            count = None
+            if self._own is None:
+                return len(self._torch)  # type: ignore[arg-type]  # (one of the two is set)
+            return self._own.num_batches(remaining, skip, epoch, self._own_seed())
+        except TypeError:
+            return None
+
+    def _told_to_accelerate(
+        self, batches: Iterator[Any], count: int | None, remaining: Ranges, skip: int
+    ) -> Iterator[Any]:
+        """``batches`` registered with Accelerate's gradient state (see :mod:`.frameworks`)."""
+        own = self._own
         samples = None  # (padding laid out as Accelerate's own loaders lay it out: the loader's own order)
         if own is not None and own.own_order and own.tokens is None and not self.drop_last:
             samples = max(0, total(remaining) - self.world_size * skip)  # (what the ranks serve from here)
@@ -394,7 +415,7 @@ class FlashDataLoader:
         self.rank, self.world_size = rank, world_size
         self._own.set_ranks(rank, world_size)
         if not self._seed_given and self._resume is None:  # (a drawn seed: rank 0's, by a broadcast)
-            self._seed_agreed = world_size == 1
+            self._seed_agreed = False
 
     def _say_sharding(self) -> None:
         """Log once that this loader serves one rank's share of each epoch."""
@@ -423,6 +444,28 @@ class FlashDataLoader:
     def __del__(self, _quietly: Callable[..., Any] = contextlib.suppress) -> None:
         with _quietly(Exception):  # (bound at definition: at interpreter exit module globals may be gone)
             self.close()
+
+
+class EpochIterator(Iterator[Any]):
+    """An epoch's batches, with ``len()`` as torch's loader iterators have it: the batches this
+    rank serves in the epoch (a TypeError where a sampler or dataset has no length)."""
+
+    def __init__(self, batches: Iterator[Any], count: int | None):
+        self._batches, self._count = batches, count
+
+    def __next__(self) -> Any:
+        return next(self._batches)
+
+    def __len__(self) -> int:
+        if self._count is None:
+            raise TypeError("this epoch's length is not known (a sampler or dataset without len())")
+        return self._count
+
+    def close(self) -> None:
+        """Stop the epoch early, releasing what it holds (as a generator's ``close``)."""
+        close = getattr(self._batches, "close", None)
+        if close is not None:
+            close()
 
 
 def _token_budget(
