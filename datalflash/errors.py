@@ -34,3 +34,14 @@ class StoreChangedError(StoreReadError):
 
 class ChecksumError(StoreReadError):
     """A chunk's bytes do not match their checksum: the store is corrupt there."""
+
+
+class LoaderTimeoutError(DataLFlashError, RuntimeError, TimeoutError):
+    """A batch took longer than the loader's ``timeout=``: a ``RuntimeError`` whose message starts
+    as torch's DataLoader's ("DataLoader timed out after N seconds"), and a ``TimeoutError``;
+    the message then names the store, split and chunk that were late."""
+
+    def __init__(self, timeout: float, where: str):
+        super().__init__(
+            f"DataLoader timed out after {timeout:g} seconds: {where} took longer than timeout={timeout:g}s"
+        )

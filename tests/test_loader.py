@@ -1,11 +1,14 @@
 """FlashDataLoader against torch's DataLoader as the oracle, on every kind of source."""
 
 import gc
+import json
+import os
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -325,6 +328,41 @@ def test_read_error_surfaces_fast_naming_the_chunk(tmp_path):
     del info, loader
     gc.collect()
     assert reading_threads() == []
+
+
+def record_worker(worker_id):
+    """A worker_init_fn that writes what the worker sees, as torch's workers would see it."""
+    from torch.utils.data import get_worker_info
+
+    info = get_worker_info()
+    out = Path(os.environ["DATALFLASH_TEST_OUT"]) / f"worker{worker_id}.json"
+    out.write_text(json.dumps([info.id, info.num_workers, info.seed, torch.initial_seed(), float(torch.rand(()))]))
+
+
+def test_store_workers_see_worker_info_and_distinct_seeds(tmp_path, monkeypatch):
+    monkeypatch.setenv("DATALFLASH_TEST_OUT", str(tmp_path))
+    data = store_split(tmp_path, [(torch.zeros(4), i) for i in range(40)], chunk_size=8, backend="memmap")
+    list(
+        FlashDataLoader(data, batch_size=8, num_workers=2, worker_init_fn=record_worker, multiprocessing_context="fork")
+    )
+    seen = [json.loads((tmp_path / f"worker{w}.json").read_text()) for w in range(2)]
+    assert [s[:2] for s in seen] == [[0, 2], [1, 2]]
+    assert seen[0][2] + 1 == seen[1][2] and all(s[2] == s[3] for s in seen), "seed = base + id, as torch's"
+    assert seen[0][4] != seen[1][4], "the workers' random draws differ"
+
+
+def fail_in_worker(worker_id):
+    raise ValueError(f"worker {worker_id} cannot start")
+
+
+def test_worker_init_fn_errors_are_raised_as_torch_raises_them(tmp_path, source):
+    _, oracle = source
+    with pytest.raises(ValueError, match="cannot start"):
+        list(DataLoader(oracle, batch_size=4, num_workers=1, worker_init_fn=fail_in_worker))
+    data = store_split(tmp_path / "own", [(torch.zeros(4), i) for i in range(16)], chunk_size=8, backend="memmap")
+    loader = FlashDataLoader(data, batch_size=4, num_workers=1, worker_init_fn=fail_in_worker)
+    with pytest.raises(ValueError, match="worker 0 cannot start"):
+        list(loader)
 
 
 def test_worker_process_errors_surface_and_processes_stop(tmp_path):

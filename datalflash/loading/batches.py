@@ -23,6 +23,7 @@ from datalflash.batching import gather
 from datalflash.batching.assemble import gather_run
 from datalflash.batching.ragged import Collate
 from datalflash.batching.tensors import tensors_from_storage
+from datalflash.errors import LoaderTimeoutError
 from datalflash.loading.chunked import ChunkedDataset
 from datalflash.loading.memory import FlashDataset, checked_index
 from datalflash.ordering import EpochPlan, Schedule
@@ -162,9 +163,7 @@ def sampled_chunk_batches(
         try:
             return pool.submit(dataset.chunk_tensors, chunk).result(timeout=timeout or None)
         except FutureTimeout:
-            raise TimeoutError(
-                f"{store.path}: reading split {dataset.split!r} chunk {chunk} took longer than timeout={timeout}s"
-            ) from None
+            raise LoaderTimeoutError(timeout, f"{store.path}: reading split {dataset.split!r} chunk {chunk}") from None
 
     try:
         yield from _sampled(dataset, batches, cache, capacity, read, pin_memory, collate or {})

@@ -11,6 +11,7 @@ reader's threads or processes.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from datalflash.errors import StoreReadError
+from datalflash.errors import LoaderTimeoutError, StoreReadError
 from datalflash.format.ragged import RaggedBuffer
 from datalflash.reading.readers import Handle, ThreadReader
 from datalflash.store.base import ChunkStore
@@ -123,14 +124,13 @@ class WindowPrefetcher:
             raise RuntimeError("prefetcher is closed")
         self._submit(force=v)
         buffer, tasks, rows = self._pending[v]
+        deadline = time.monotonic() + self.timeout if self.timeout else None
         for chunk, future in tasks:
             try:
-                future.result(timeout=self.timeout or None)
+                future.result(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
             except FutureTimeout:
-                raise TimeoutError(
-                    f"{self.store.path}: reading split {self.split!r} chunk {chunk} took longer than "
-                    f"timeout={self.timeout}s"
-                ) from None
+                where = f"{self.store.path}: reading split {self.split!r} chunk {chunk}"
+                raise LoaderTimeoutError(self.timeout, where) from None
             except BrokenProcessPool as e:
                 raise StoreReadError(
                     f"{self.store.path}: split {self.split!r} chunk {chunk}: the worker process reading it died ({e})"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import random
 import signal
 import threading
 import time
@@ -144,15 +145,41 @@ def _watch_parent(parent: int) -> None:
     os._exit(1)
 
 
-def _init_worker(store: ChunkStore, worker_init_fn: Any, worker_id_queue: Any, parent: int, pids: Any) -> None:
-    global _worker_store
+_init_error: Exception | None = None  # what this worker's worker_init_fn raised, raised by its reads
+
+
+def _init_worker(
+    store: ChunkStore, worker_init_fn: Any, worker_id_queue: Any, parent: int, pids: Any, workers: int, base_seed: int
+) -> None:
+    global _worker_store, _init_error
     _worker_store = store
     pids.put(os.getpid())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: no traceback per worker
     threading.Thread(target=_watch_parent, args=(parent,), name="datalflash-parent-watch", daemon=True).start()
     torch.set_num_threads(1)
+    worker_id = worker_id_queue.get()
+    _seed_as_torch_does(worker_id, workers, base_seed, store)
     if worker_init_fn is not None:
-        worker_init_fn(worker_id_queue.get())
+        try:
+            worker_init_fn(worker_id)
+        except Exception as e:  # (raised by this worker's reads, so the loader raises it, as torch does)
+            _init_error = e
+
+
+def _seed_as_torch_does(worker_id: int, workers: int, base_seed: int, store: ChunkStore) -> None:
+    """Seed ``random``, torch and numpy in a worker and set what ``get_worker_info()`` returns, as
+    torch's DataLoader does in its workers (``seed = base_seed + worker_id``; ``dataset`` is the
+    store)."""
+    seed = base_seed + worker_id
+    random.seed(seed)
+    torch.manual_seed(seed)
+    from torch.utils.data._utils import worker  # (torch keeps these in its private module)
+
+    generate = getattr(worker, "_generate_state", None)
+    np.random.seed(generate(base_seed, worker_id) if generate is not None else seed % 2**32)
+    info = getattr(worker, "WorkerInfo", None)
+    if info is not None:
+        worker._worker_info = info(id=worker_id, num_workers=workers, seed=seed, dataset=store)
 
 
 _worker_buffers: dict[int, dict[str, torch.Tensor]] = {}
@@ -169,6 +196,8 @@ def _read_in_worker(
     store = _worker_store
     if store is None:
         raise RuntimeError("a reading worker was not initialized with its store")
+    if _init_error is not None:
+        raise _init_error
     start, stop = store.chunk_bounds(split, chunk)
     out = _fields(store, _views(store, raw, offset, stop - start))
     store.read_chunks(split, [chunk], out)
@@ -176,11 +205,18 @@ def _read_in_worker(
     return {name: rows.values_of(0) for name, rows in out.items() if isinstance(rows, RaggedBuffer)}
 
 
+def _base_seed() -> int:
+    """A base seed for a pool of workers, drawn from torch's RNG as torch's loader draws one."""
+    return int(torch.empty((), dtype=torch.int64).random_().item())
+
+
 class ProcessReader(ThreadReader):
     """Reads chunks in ``workers`` processes into shared-memory buffers.
 
     ``context`` is a multiprocessing context or start method name (``None``: the default);
-    ``worker_init_fn(worker_id)`` runs once in each worker, as in torch's DataLoader.
+    ``worker_init_fn(worker_id)`` runs once in each worker, as in torch's DataLoader (what it
+    raises, that worker's reads raise); each worker is seeded and sees ``get_worker_info()`` as
+    torch's workers do.
     """
 
     def __init__(
@@ -203,7 +239,7 @@ class ProcessReader(ThreadReader):
             workers,
             mp_context=context,
             initializer=_init_worker,
-            initargs=(store, worker_init_fn, ids, os.getpid(), self._pids),
+            initargs=(store, worker_init_fn, ids, os.getpid(), self._pids, workers, _base_seed()),
         )
 
     def _new(self, rows: int) -> Any:
