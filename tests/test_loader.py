@@ -262,6 +262,30 @@ def test_loader_attributes_as_torch_has_them(source):
             loader.dataset = data
 
 
+class Doubled(FlashDataset):
+    """A subclass that changes how a sample is read."""
+
+    def __getitem__(self, index):
+        x, y = super().__getitem__(index)
+        return x * 2, y
+
+
+def test_overridden_sample_access_is_honoured():
+    x, y = torch.arange(20.0).view(10, 2), torch.arange(10)
+    with pytest.warns(UserWarning, match="Doubled overrides __getitem__"):
+        loader = FlashDataLoader(Doubled(x, y), batch_size=4)
+    assert_same(list(loader), list(DataLoader(Doubled(x, y), batch_size=4)))
+    assert torch.equal(next(iter(loader))[0], x[:4] * 2)
+
+
+def test_empty_dataset_with_shuffle_is_refused_as_torch_refuses_it():
+    with pytest.raises(ValueError) as theirs:
+        DataLoader(TensorDataset(torch.zeros(0, 2)), batch_size=2, shuffle=True)
+    with pytest.raises(ValueError, match=str(theirs.value)):
+        FlashDataLoader(FlashDataset(torch.zeros(0, 2)), batch_size=2, shuffle=True)
+    assert list(FlashDataLoader(FlashDataset(torch.zeros(0, 2)), batch_size=2)) == []
+
+
 def test_flash_dataset_refuses_worker_processes():
     with pytest.raises(ValueError, match="one gather from memory"):
         FlashDataLoader(FlashDataset(torch.arange(8)), batch_size=2, num_workers=2)
@@ -448,6 +472,7 @@ def test_namedtuple_samples_keep_their_type(tmp_path):
     for dataset in (split, DatasetConverter.from_pytorch_dataset(Pairs())):
         got = list(FlashDataLoader(dataset, batch_size=3))
         assert_same(got, expected)
+        assert_same(list(DataLoader(dataset, batch_size=3)), expected)  # (torch's loader over ours)
     code = (
         "import sys; from datalflash.core import FlashDataLoader; from datalflash.loading import ChunkedDataset; "
         "b = next(iter(FlashDataLoader(ChunkedDataset(sys.argv[1], 'train'), batch_size=4))); "

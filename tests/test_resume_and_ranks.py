@@ -285,3 +285,15 @@ def test_each_rank_reads_only_the_chunks_it_serves(tmp_path):
         reads.append(set(got))
     assert reads[0] | reads[1] == set(range(20))
     assert len(reads[0] & reads[1]) <= 2, "only the window at the boundary between the ranks' shares is shared"
+
+
+@pytest.mark.parametrize("world_size", [1, 3, 4])
+def test_padded_repeats_mark_the_padding_of_each_rank(world_size):
+    """Dropping ``padded_repeats`` samples from each rank's epoch leaves every sample once."""
+    data = FlashDataset(torch.arange(10))
+    seen = []
+    for rank in range(world_size):
+        loader = FlashDataLoader(data, batch_size=3, shuffle=True, seed=1, rank=rank, world_size=world_size)
+        samples = torch.cat([batch[0] for batch in loader]).tolist()
+        seen += samples[: len(samples) - loader.padded_repeats]
+    assert sorted(seen) == list(range(10))

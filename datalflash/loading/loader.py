@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -151,6 +152,7 @@ class FlashDataLoader:
             isinstance(dataset, (FlashDataset, ChunkedDataset))
             and collate_fn is None
             and (batch_size is not None or batch_sampler is not None or max_tokens is not None)
+            and not _overrides_sample_access(dataset)
         ):
             _check_arguments(
                 batch_size if max_tokens is None or batch_size is not None else 1,
@@ -161,6 +163,8 @@ class FlashDataLoader:
                 num_workers,
             )
             _check_worker_arguments(num_workers, timeout, prefetch_factor, persistent_workers, multiprocessing_context)
+            if shuffle and sampler is None and batch_sampler is None and len(dataset) == 0:
+                raise ValueError("num_samples should be a positive integer value, but got num_samples=0")
             if isinstance(dataset, FlashDataset) and num_workers > 0:
                 raise ValueError(
                     f"num_workers={num_workers}: a FlashDataset's batches are one gather from memory in this "
@@ -402,6 +406,21 @@ class FlashDataLoader:
         batch_size = own.batch_size if own is not None else (self.batch_size or 1)
         return told_to_accelerate(batches, count, samples, batch_size * self.world_size)
 
+    @property
+    def padded_repeats(self) -> int:
+        """How many samples at the end of this rank's epoch (the one in progress, else the next)
+        are padded repeats of samples other ranks serve: with several ranks and
+        ``drop_last=False`` the ranks' shares are evened out so; drop them from the last batch
+        to count each sample once in an evaluation. 0 on a single rank, with ``drop_last``, a
+        sampler, or token budgets (Accelerate's ``gather_for_metrics`` is told on its own)."""
+        own = self._own
+        if own is None or not own.own_order or own.tokens is not None or self.drop_last:
+            return 0
+        self._follow_ranks()
+        cursor = self._cursor or self._new_cursor(self._epoch)
+        count, share = total(cursor["remaining"]), share_size(total(cursor["remaining"]), self.world_size, False)
+        return max(0, (self.rank + 1) * share - max(self.rank * share, count))
+
     def _follow_ranks(self, starting: bool = False) -> None:
         """Take rank and world size from ``torch.distributed`` again, where they were not given:
         a loader built before the process group starts (as Lightning and Accelerate users build
@@ -502,6 +521,26 @@ def _apply_to_features(transform: Callable, batch: Any) -> Any:
     if isinstance(batch, (tuple, list)) and batch:
         return on_field(batch, 0, transform, "transform")
     return transform(batch)
+
+
+def _overrides_sample_access(dataset: Dataset) -> bool:
+    """Whether ``dataset``'s class (a subclass of FlashDataset or ChunkedDataset) redefines how a
+    sample is read (``__getitem__``, ``__getitems__``): then torch's DataLoader reads it through
+    them, as the class asks, and a warning says the vectorized path is off."""
+    base = FlashDataset if isinstance(dataset, FlashDataset) else ChunkedDataset
+    overridden = [
+        name
+        for name in ("__getitem__", "__getitems__")
+        if getattr(type(dataset), name, None) is not getattr(base, name, None)
+    ]
+    if overridden:
+        warnings.warn(
+            f"{type(dataset).__name__} overrides {' and '.join(overridden)}: its samples are read through "
+            f"them by torch's DataLoader, one call at a time (the vectorized path of {base.__name__} reads "
+            "the stored fields directly and would bypass them)",
+            stacklevel=3,
+        )
+    return bool(overridden)
 
 
 def _check_worker_arguments(

@@ -57,7 +57,11 @@ class FlashDataset(Dataset):
         self._names = field_names(structure)
         items = structure["items"].values() if structure["kind"] == "dict" else structure.get("items", [])
         # one level of fields, named in order: samples are built with zip, not rebuild
-        self._flat = structure["kind"] != "field" and all(item["kind"] == "field" for item in items)
+        self._flat = (
+            structure["kind"] != "field"
+            and "namedtuple" not in structure
+            and all(item["kind"] == "field" for item in items)
+        )
         self._length = next(iter(lengths.values()))
 
     def __len__(self) -> int:
@@ -81,7 +85,10 @@ class FlashDataset(Dataset):
         return rebuild(self.structure, batch, list)
 
     def __getitems__(self, indices: Sequence[int]) -> list:
-        """Samples of ``indices`` from one vectorized gather per field (torch's batched-fetch hook)."""
+        """Samples of ``indices`` from one vectorized gather per field (torch's batched-fetch hook);
+        through ``__getitem__`` where a subclass redefines it."""
+        if type(self).__getitem__ is not FlashDataset.__getitem__:
+            return [self[i] for i in indices]
         index = checked_index(indices, self._length)
         rows = [self.fields[name].index_select(0, index).unbind(0) for name in self._names]
         kind = self.structure["kind"]
