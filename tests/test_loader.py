@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import Samples
-from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, TensorDataset, default_collate
 
 from datalflash.core import ChunkedDataset, FlashDataLoader, FlashDataset, get_dataloaders
 from datalflash.errors import StoreReadError
@@ -87,6 +87,43 @@ def test_unshuffled_batches_equal_torch(source, batch_size, drop_last):
     assert len(got) == len(expected)
     for k, (a, b) in enumerate(zip(got, expected)):
         assert_same(a, b, f"batch {k}")
+
+
+def as_given(samples):
+    """A collate_fn that hands back the samples it got."""
+    return samples
+
+
+def test_collate_fn_gets_the_samples_torch_would_give(source):
+    """collate_fn gets each batch's samples as torch's DataLoader over the same dataset hands them
+    over (same structure, types and values), and default_collate makes the batches torch makes
+    over the source samples; the loader's own pipeline reads them (whole chunks)."""
+    ours, oracle = source
+    loader = FlashDataLoader(ours, batch_size=7, collate_fn=as_given)
+    assert loader._own is not None
+    assert_same(list(loader), list(DataLoader(ours, batch_size=7, collate_fn=as_given)))
+    assert_same(
+        list(FlashDataLoader(ours, batch_size=7, collate_fn=default_collate)),
+        list(DataLoader(oracle, batch_size=7, collate_fn=default_collate)),
+    )
+
+
+def test_collate_fn_batches_shuffle_resume_and_workers(source):
+    ours, _ = source
+    count = lambda samples: sorted(int(s["label"] if isinstance(s, dict) else s[1]) for s in samples)  # noqa: E731
+    loader = FlashDataLoader(ours, batch_size=4, shuffle=True, seed=3, collate_fn=count)
+    epoch = list(loader)
+    assert sorted(i for batch in epoch for i in batch) == list(range(len(ours)))
+    first = FlashDataLoader(ours, batch_size=4, shuffle=True, seed=3, collate_fn=count)
+    it = iter(first)
+    head = [next(it) for _ in range(3)]
+    state = first.state_dict()
+    resumed = FlashDataLoader(ours, batch_size=4, shuffle=True, seed=3, collate_fn=count)
+    resumed.load_state_dict(state)
+    assert head + list(resumed) == epoch
+    if isinstance(ours, ChunkedDataset):
+        workers = FlashDataLoader(ours, batch_size=4, shuffle=True, seed=3, collate_fn=count, num_workers=1)
+        assert list(workers) == epoch
 
 
 @pytest.mark.parametrize("kind", ["sampler", "batch_sampler"])

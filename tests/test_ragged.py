@@ -17,7 +17,7 @@ import torch
 import zarr
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from datalflash.batching.ragged import Collate, Packed, Padded, RaggedTensors, assemble, assemble_run
 from datalflash.core import FlashDataLoader, get_dataloaders
@@ -210,6 +210,39 @@ def test_packed_nested_list_policies(store, real, mode):
             assert np.array_equal(batch["photo"][j].numpy(), source["photo"])
         if mode == "nested":
             assert tokens.is_nested
+
+
+def pad_tokens_with_names(samples: list[dict]) -> dict:
+    """A padding collate_fn over the samples, as users write for torch's DataLoader."""
+    tokens = [s["tokens"] for s in samples]
+    return {
+        "tokens": torch.nn.utils.rnn.pad_sequence(tokens, batch_first=True),
+        "lengths": torch.tensor([len(t) for t in tokens]),
+        "name": [s["name"] for s in samples],
+        "index": torch.stack([torch.as_tensor(s["index"]) for s in samples]),
+    }
+
+
+def test_collate_fn_gets_ragged_samples_as_torch_would(store, real):
+    """A collate_fn gets ragged, str and bytes samples as torch's DataLoader over the split gives
+    them, in every batch; a padding collate_fn's batches equal torch's over the source samples."""
+    split = ChunkedDataset(store, "train")
+    ours = list(FlashDataLoader(split, batch_size=9, collate_fn=lambda samples: samples))
+    theirs = list(DataLoader(split, batch_size=9, collate_fn=lambda samples: samples))
+    assert len(ours) == len(theirs)
+    for a, b in zip((s for batch in ours for s in batch), (s for batch in theirs for s in batch)):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert type(a[key]) is type(b[key]), key
+            assert torch.equal(a[key], b[key]) if isinstance(a[key], torch.Tensor) else a[key] == b[key]
+    padded = list(FlashDataLoader(split, batch_size=9, shuffle=True, seed=1, collate_fn=pad_tokens_with_names))
+    for batch in padded:
+        sources = [real[int(i)] for i in batch["index"]]
+        expected = pad_tokens_with_names(sources)
+        assert torch.equal(batch["tokens"], expected["tokens"]) and batch["name"] == expected["name"]
+    assert sorted(int(i) for batch in padded for i in batch["index"]) == sorted(
+        int(split[r]["index"]) for r in range(len(split))
+    )
 
 
 def test_packed_refuses_fields_varying_beyond_the_first_dimension(store):
@@ -462,6 +495,7 @@ def test_text_runs_decode_every_row(texts, batch, buffered):
     rows = RaggedTensors(array.shapes, array.offsets, values, torch.uint8, "str", (None,), buffer)
     index = np.random.default_rng(len(texts)).permutation(len(texts))
     sizes = _cuts(len(texts), batch)
+    assert RaggedTensors(array.shapes, array.offsets, array.values, torch.uint8, "str", (None,)).items() == texts
     got = assemble_run([(rows, torch.from_numpy(index))], sizes, Collate("list"), pin_memory=False)
     starts = np.cumsum([0, *sizes])
     assert got == [[texts[i] for i in index[a:b]] for a, b in itertools.pairwise(starts)]

@@ -27,6 +27,7 @@ sample, which is all that happens per sample).
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -170,6 +171,29 @@ class RaggedTensors:
         """Storage ``values`` as a tensor of the field's dtype (sharing memory)."""
         tensor = torch.from_numpy(values)
         return tensor if tensor.dtype == self.dtype else tensor.view(self.dtype)
+
+    def items(self) -> list[Any]:
+        """Every row as its sample (as :meth:`item` gives them), with a few calls for all rows:
+        numeric rows are views of one tensor of the values (call on rows gathered for a batch,
+        not on a window's buffer), ``str`` rows decoded together where no row holds a NUL."""
+        if self.kind == "str":
+            starts, stops = self.offsets[:-1], self.offsets[1:]
+            if len(self) and not np.count_nonzero(self.values[starts[0] : stops[-1]] == 0):
+                joined = np.insert(self.values[starts[0] : stops[-1]], stops[:-1] - starts[0], 0)
+                texts = joined.tobytes().decode("utf-8").split("\x00")
+                if len(texts) == len(self):
+                    return texts
+            return [self.item(row) for row in range(len(self))]
+        first = int(self.offsets[0]) if len(self) else 0
+        values = self.values[first : int(self.offsets[-1])] if len(self) else self.values[:0]
+        if self.kind == "bytes":
+            data = values.tobytes()
+            bounds = (self.offsets - first).tolist()
+            return [data[a:b] for a, b in itertools.pairwise(bounds)]
+        parts = self.tensor(values).split(np.diff(self.offsets).tolist())
+        if self.shapes.shape[1] == 1:
+            return list(parts)
+        return [part.view(shape) for part, shape in zip(parts, self.shapes.tolist())]
 
     def item(self, row: int) -> Any:
         """Row ``row`` as its sample: a tensor of its shape, a ``str`` or ``bytes``."""

@@ -66,7 +66,8 @@ def planned_chunk_batches(
 ) -> Iterator[Batch]:
     """Batches of a store split's plan, as ``sched`` cuts them for this rank; a batch may take
     its rows from two or more visits. Visits and batches are generated as they are served, so
-    nothing is built per window or batch up front."""
+    nothing is built per window or batch up front. Ragged fields are batched as ``collate``
+    says (None: kept as rows, for a ``collate_fn`` to batch their samples)."""
     if not sched:
         return
     ragged = [name for name, spec in dataset.fields.items() if spec.ragged]
@@ -82,7 +83,7 @@ def planned_chunk_batches(
         lengths={name: dataset.lengths(name) for name in ragged},  # (ragged values read to their place)
     )
     spans = enumerate(sched.iter_spans())
-    run_rows = RUN_BYTES // max(1, dataset.store.manifest.sample_nbytes) if ragged else 0
+    run_rows = RUN_BYTES // max(1, dataset.store.manifest.sample_nbytes) if ragged and collate is not None else 0
     try:
         left: dict[int, tuple[int, int]] = {}  # visit -> (window, positions it still serves), as met
         resident: dict[int, tuple[dict[str, Any], torch.Tensor]] = {}
@@ -97,7 +98,7 @@ def planned_chunk_batches(
                 left[v] = (left[v][0], left[v][1] - (b - a))
             if len(run) == 1:
                 segments = [(resident[v][0], resident[v][1][a:b]) for v, a, b in run[0]]
-                batches = [gather(segments, pin_memory=pin_memory, collate=collate or {})]
+                batches = [gather(segments, pin_memory=pin_memory, collate=collate)]
             else:  # consecutive rows of one visit
                 (v, start, _), (_, _, stop) = run[0][0], run[-1][0]
                 tensors, order = resident[v]
@@ -153,7 +154,8 @@ def sampled_chunk_batches(
     collate: Mapping[str, Collate] | None = None,
 ) -> Iterator[Batch]:
     """Batches in a sampler's order: each batch reads the chunks it needs (kept in an LRU cache),
-    in a reading thread waited on for at most ``timeout`` seconds (0: no limit)."""
+    in a reading thread waited on for at most ``timeout`` seconds (0: no limit); ``collate`` as
+    for :func:`planned_chunk_batches`."""
     store = dataset.store
     capacity = max(1, cache_bytes // max(1, store.manifest.chunk_nbytes))
     cache: OrderedDict[int, dict[str, torch.Tensor]] = OrderedDict()
@@ -166,7 +168,7 @@ def sampled_chunk_batches(
             raise LoaderTimeoutError(timeout, f"{store.path}: reading split {dataset.split!r} chunk {chunk}") from None
 
     try:
-        yield from _sampled(dataset, batches, cache, capacity, read, pin_memory, collate or {})
+        yield from _sampled(dataset, batches, cache, capacity, read, pin_memory, collate)
     finally:
         pool.shutdown(readers.CLOSE_TIMEOUT)
 
@@ -178,7 +180,7 @@ def _sampled(
     capacity: int,
     read: Callable[[int], dict[str, torch.Tensor]],
     pin_memory: bool,
-    collate: Mapping[str, Collate],
+    collate: Mapping[str, Collate] | None,
 ) -> Iterator[Batch]:
     store = dataset.store
     for indices in batches:

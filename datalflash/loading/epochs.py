@@ -64,7 +64,7 @@ class OwnEpochs:
     world_size: int = 1
     window_chunks: int | None = None
     reading: Reading = field(default_factory=Reading)
-    collate: dict[str, Collate] = field(default_factory=dict)  # how each ragged field is batched
+    collate: dict[str, Collate] | None = field(default_factory=dict)  # how ragged fields batch (None: rows)
     tokens: TokenBudget | None = None  # batches bounded by a token budget instead of batch_size
     length_field: str | None = None  # the ragged field whose elements count as tokens
     _token_cache: tuple[Any, Any] | None = None

@@ -2,9 +2,10 @@
 
 store -> order -> read -> assemble -> transfer. For a :class:`FlashDataset` (RAM) or a
 :class:`ChunkedDataset` (a split of a chunk store) the loader plans each epoch itself, reads
-whole chunks ahead in background threads and gathers each batch in one vectorized call per field.
-Any other dataset, or a custom ``collate_fn``, goes through ``torch.utils.data.DataLoader``
-unchanged, so swapping the class in never changes what a training script gets.
+whole chunks ahead in background threads and gathers each batch in one vectorized call per field;
+a ``collate_fn`` then gets the batch's samples as torch's DataLoader would hand them over. Any
+other dataset goes through ``torch.utils.data.DataLoader`` unchanged, so swapping the class in
+never changes what a training script gets.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from datalflash.batching.ragged import Collate, collate_policies
+from datalflash.batching.samples import samples_of
 from datalflash.distributed import agree_seed, check_seed_can_be_agreed, draw_seed, resolve_ranks
 from datalflash.format.structure import rebuild
 from datalflash.loading.chunked import ChunkedDataset
@@ -29,7 +31,7 @@ from datalflash.loading.resume import fingerprint, make_state, resume_point
 from datalflash.ordering import window_size
 from datalflash.ordering.ranges import Ranges, share_size, total
 from datalflash.ordering.tokens import TokenBudget
-from datalflash.transfer import DeviceTransfer, resolve_device
+from datalflash.transfer import DeviceTransfer, map_tensors, resolve_device
 from datalflash.transforms import PerSample, is_per_sample, on_field
 
 logger = logging.getLogger("datalflash")
@@ -150,7 +152,6 @@ class FlashDataLoader:
         self._own: OwnEpochs | None = None  # else the loader's own stages
         if (
             isinstance(dataset, (FlashDataset, ChunkedDataset))
-            and collate_fn is None
             and (batch_size is not None or batch_sampler is not None or max_tokens is not None)
             and not _overrides_sample_access(dataset)
         ):
@@ -170,6 +171,11 @@ class FlashDataLoader:
                     f"num_workers={num_workers}: a FlashDataset's batches are one gather from memory in this "
                     "process; worker processes would only copy them between processes. Use num_workers=0 "
                     "(store splits, ChunkedDataset, read in workers)"
+                )
+            if collate_fn is not None and collate is not None:
+                raise ValueError(
+                    "collate= shapes the ragged fields of batches the loader collates itself; with a "
+                    "collate_fn, collate_fn makes the batches (it gets each sample as the dataset gives it)"
                 )
             policies = collate_policies(collate, dataset.store.fields if isinstance(dataset, ChunkedDataset) else {})
             tokens, length_field = _token_budget(dataset, policies, max_tokens, batch_size, bucket_size, length_field)
@@ -203,7 +209,7 @@ class FlashDataLoader:
                 self.world_size,
                 self.window_chunks,
                 reading,
-                policies,
+                None if collate_fn is not None else policies,  # (None: ragged rows kept for collate_fn)
                 tokens,
                 length_field,
             )
@@ -290,7 +296,7 @@ class FlashDataLoader:
         if self._own is None or not self._own.own_order:
             raise ValueError(
                 "state_dict() needs the loader's own order over a FlashDataset or a store split; with a "
-                "custom sampler, batch_sampler, collate_fn or another dataset, save that order yourself"
+                "custom sampler, batch_sampler or another dataset, save that order yourself"
             )
         return self._own
 
@@ -370,8 +376,14 @@ class FlashDataLoader:
                 remaining, skip = cursor["remaining"], cursor["skip"]
             self._resume = None
             seed, structure = self._own_seed(), own.data.structure
-            cpu = own.batches(epoch, seed, remaining, skip, self.pin_memory)
-            batches = (rebuild(structure, b, list) for b in cpu)
+            if self.collate_fn is None:
+                cpu = own.batches(epoch, seed, remaining, skip, self.pin_memory)
+                batches = (rebuild(structure, b, list) for b in cpu)
+            else:  # (collate_fn gets each batch's samples, sliced from the gathered rows)
+                cpu = own.batches(epoch, seed, remaining, skip, False)
+                batches = (self.collate_fn(samples_of(b, structure)) for b in cpu)
+                if self.pin_memory:
+                    batches = (map_tensors(torch.Tensor.pin_memory, b) for b in batches)
         if self.device is not None:
             batches = DeviceTransfer(self.device).stream(batches)
         if self.transform is not None:
