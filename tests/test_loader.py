@@ -108,6 +108,28 @@ def test_collate_fn_gets_the_samples_torch_would_give(source):
     )
 
 
+def test_unbatched_samples_as_torch_gives_them(source):
+    """batch_size=None: samples one at a time, as torch's DataLoader over the same dataset gives
+    them (default_convert, or the collate_fn applied to each), shuffled and resumable."""
+    ours, _ = source
+    loader = FlashDataLoader(ours, batch_size=None)
+    assert loader._own is not None and len(loader) == len(ours)
+    assert_same(list(loader), list(DataLoader(ours, batch_size=None)))
+    assert_same(
+        list(FlashDataLoader(ours, batch_size=None, collate_fn=as_given)),
+        list(DataLoader(ours, batch_size=None, collate_fn=as_given)),
+    )
+    shuffled = FlashDataLoader(ours, batch_size=None, shuffle=True, seed=2)
+    first = [next(iter(shuffled))]
+    state = shuffled.state_dict()
+    rest = FlashDataLoader(ours, batch_size=None, shuffle=True, seed=2)
+    rest.load_state_dict(state)
+    label = lambda s: int(s["label"] if isinstance(s, dict) else s[1])  # noqa: E731
+    assert sorted(label(s) for s in first + list(rest)) == list(range(len(ours)))
+    with pytest.raises(ValueError, match="mutually exclusive with drop_last"):
+        FlashDataLoader(ours, batch_size=None, drop_last=True)
+
+
 def test_collate_fn_batches_shuffle_resume_and_workers(source):
     ours, _ = source
     count = lambda samples: sorted(int(s["label"] if isinstance(s, dict) else s[1]) for s in samples)  # noqa: E731

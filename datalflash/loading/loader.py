@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_convert
 
 from datalflash.batching.ragged import Collate, collate_policies
 from datalflash.batching.samples import samples_of
@@ -149,14 +149,16 @@ class FlashDataLoader:
         self._resume: tuple[int, Ranges, int] | None = None  # (epoch, remaining, skip) from load_state_dict
         self._cursor: dict | None = None  # where the epoch being served stands
         self._torch: DataLoader | None = None  # torch's own loader, where this one hands over to it
+        self._unbatched = False  # batch_size=None: samples one at a time, as torch gives them
         self._own: OwnEpochs | None = None  # else the loader's own stages
-        if (
-            isinstance(dataset, (FlashDataset, ChunkedDataset))
-            and (batch_size is not None or batch_sampler is not None or max_tokens is not None)
-            and not _overrides_sample_access(dataset)
-        ):
+        if isinstance(dataset, (FlashDataset, ChunkedDataset)) and not _overrides_sample_access(dataset):
+            self._unbatched = batch_size is None and batch_sampler is None and max_tokens is None
+            if self._unbatched and drop_last:
+                raise ValueError(
+                    "batch_size=None option disables auto-batching and is mutually exclusive with drop_last"
+                )
             _check_arguments(
-                batch_size if max_tokens is None or batch_size is not None else 1,
+                batch_size if batch_size is not None else 1,
                 shuffle,
                 sampler,
                 batch_sampler,
@@ -209,7 +211,7 @@ class FlashDataLoader:
                 self.world_size,
                 self.window_chunks,
                 reading,
-                None if collate_fn is not None else policies,  # (None: ragged rows kept for collate_fn)
+                None if collate_fn is not None or self._unbatched else policies,  # (None: ragged rows kept)
                 tokens,
                 length_field,
             )
@@ -376,12 +378,16 @@ class FlashDataLoader:
                 remaining, skip = cursor["remaining"], cursor["skip"]
             self._resume = None
             seed, structure = self._own_seed(), own.data.structure
-            if self.collate_fn is None:
+            if self.collate_fn is None and not self._unbatched:
                 cpu = own.batches(epoch, seed, remaining, skip, self.pin_memory)
                 batches = (rebuild(structure, b, list) for b in cpu)
-            else:  # (collate_fn gets each batch's samples, sliced from the gathered rows)
+            else:  # (samples sliced from the gathered rows, handed over as torch hands them over)
                 cpu = own.batches(epoch, seed, remaining, skip, False)
-                batches = (self.collate_fn(samples_of(b, structure)) for b in cpu)
+                convert: Callable = self.collate_fn or default_convert  # (default_convert: unbatched only)
+                if self._unbatched:  # (batches of one sample, each converted as torch converts it)
+                    batches = (convert(samples_of(b, structure)[0]) for b in cpu)
+                else:
+                    batches = (convert(samples_of(b, structure)) for b in cpu)
                 if self.pin_memory:
                     batches = (map_tensors(torch.Tensor.pin_memory, b) for b in batches)
         if self.device is not None:
