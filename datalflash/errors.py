@@ -45,3 +45,7 @@ class LoaderTimeoutError(DataLFlashError, RuntimeError, TimeoutError):
         super().__init__(
             f"DataLoader timed out after {timeout:g} seconds: {where} took longer than timeout={timeout:g}s"
         )
+        self.timeout, self.where = timeout, where
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.timeout, self.where)

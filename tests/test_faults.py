@@ -397,6 +397,7 @@ def test_a_stuck_read_times_out_and_closing_does_not_wait_for_it(tmp_path, monke
         with pytest.raises(RuntimeError, match=r"^DataLoader timed out after 0\.5 seconds: .*took longer") as info:
             next(iter(loader))
         assert isinstance(info.value, TimeoutError)
+        assert str(pickle.loads(pickle.dumps(info.value))) == str(info.value)  # (crosses processes whole)
         loader.close()
         gc.collect()
     assert time.monotonic() - start < 10
