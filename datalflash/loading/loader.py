@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -23,6 +22,7 @@ from datalflash.batching.ragged import Collate, collate_policies
 from datalflash.batching.samples import samples_of
 from datalflash.distributed import agree_seed, check_seed_can_be_agreed, draw_seed, resolve_ranks
 from datalflash.format.structure import rebuild
+from datalflash.loading.checks import check_arguments, check_worker_arguments, overrides_sample_access
 from datalflash.loading.chunked import ChunkedDataset
 from datalflash.loading.epochs import OwnEpochs, Reading
 from datalflash.loading.frameworks import accelerate_running, told_to_accelerate
@@ -144,20 +144,19 @@ class FlashDataLoader:
         self.window_chunks: int | None = None
         self._seed: int | None = None if seed is None else int(seed)
         self._seed_agreed = True
-        self._generator: torch.Generator | None = None
         self._epoch = 0
         self._resume: tuple[int, Ranges, int] | None = None  # (epoch, remaining, skip) from load_state_dict
         self._cursor: dict | None = None  # where the epoch being served stands
         self._torch: DataLoader | None = None  # torch's own loader, where this one hands over to it
         self._unbatched = False  # batch_size=None: samples one at a time, as torch gives them
         self._own: OwnEpochs | None = None  # else the loader's own stages
-        if isinstance(dataset, (FlashDataset, ChunkedDataset)) and not _overrides_sample_access(dataset):
+        if isinstance(dataset, (FlashDataset, ChunkedDataset)) and not overrides_sample_access(dataset):
             self._unbatched = batch_size is None and batch_sampler is None and max_tokens is None
             if self._unbatched and drop_last:
                 raise ValueError(
                     "batch_size=None option disables auto-batching and is mutually exclusive with drop_last"
                 )
-            _check_arguments(
+            check_arguments(
                 batch_size if batch_size is not None else 1,
                 shuffle,
                 sampler,
@@ -165,7 +164,7 @@ class FlashDataLoader:
                 drop_last,
                 num_workers,
             )
-            _check_worker_arguments(num_workers, timeout, prefetch_factor, persistent_workers, multiprocessing_context)
+            check_worker_arguments(num_workers, timeout, prefetch_factor, persistent_workers, multiprocessing_context)
             if shuffle and sampler is None and batch_sampler is None and len(dataset) == 0:
                 raise ValueError("num_samples should be a positive integer value, but got num_samples=0")
             if isinstance(dataset, FlashDataset) and num_workers > 0:
@@ -186,8 +185,8 @@ class FlashDataLoader:
             self.rank, self.world_size = resolve_ranks(rank, world_size)
             self._ranks_given = rank is not None
             check_seed_can_be_agreed(seed, self.world_size)
-            if self._seed is None:  # drawn when first needed, as torch's sampler draws; then agreed
-                self._generator, self._seed_agreed = generator, False
+            if self._seed is None:  # drawn when first needed (from generator), as torch's sampler draws
+                self._seed_agreed = False
             if isinstance(dataset, ChunkedDataset):
                 store = dataset.store
                 chunks, chunk_nbytes = store.num_chunks(dataset.split), store.manifest.chunk_nbytes
@@ -262,7 +261,7 @@ class FlashDataLoader:
         DataLoader without a seed."""
         if not self._seed_agreed and self._own is not None:
             if self._seed is None:
-                self._seed = draw_seed(self._generator) if self.shuffle else 0
+                self._seed = draw_seed(self.generator) if self.shuffle else 0
             self._seed, self._seed_agreed = agree_seed(self._seed, self.world_size), True
         return self._seed
 
@@ -539,62 +538,3 @@ def _apply_to_features(transform: Callable, batch: Any) -> Any:
     if isinstance(batch, (tuple, list)) and batch:
         return on_field(batch, 0, transform, "transform")
     return transform(batch)
-
-
-def _overrides_sample_access(dataset: Dataset) -> bool:
-    """Whether ``dataset``'s class (a subclass of FlashDataset or ChunkedDataset) redefines how a
-    sample is read (``__getitem__``, ``__getitems__``): then torch's DataLoader reads it through
-    them, as the class asks, and a warning says the vectorized path is off."""
-    base = FlashDataset if isinstance(dataset, FlashDataset) else ChunkedDataset
-    overridden = [
-        name
-        for name in ("__getitem__", "__getitems__")
-        if getattr(type(dataset), name, None) is not getattr(base, name, None)
-    ]
-    if overridden:
-        warnings.warn(
-            f"{type(dataset).__name__} overrides {' and '.join(overridden)}: its samples are read through "
-            f"them by torch's DataLoader, one call at a time (the vectorized path of {base.__name__} reads "
-            "the stored fields directly and would bypass them)",
-            stacklevel=3,
-        )
-    return bool(overridden)
-
-
-def _check_worker_arguments(
-    num_workers: int, timeout: float, prefetch_factor: int | None, persistent_workers: bool, context: Any
-) -> None:
-    """torch's DataLoader rules for the worker options, with its messages."""
-    if timeout < 0:
-        raise ValueError("timeout option should be non-negative")
-    if num_workers == 0 and prefetch_factor is not None:
-        raise ValueError(
-            "prefetch_factor option could only be specified in multiprocessing."
-            "let num_workers > 0 to enable multiprocessing, otherwise set prefetch_factor to None."
-        )
-    if prefetch_factor is not None and prefetch_factor < 0:
-        raise ValueError("prefetch_factor option should be non-negative")
-    if persistent_workers and num_workers == 0:
-        raise ValueError("persistent_workers option needs num_workers > 0")
-    if context is not None and num_workers == 0:
-        raise ValueError(
-            "multiprocessing_context can only be used with multi-process loading (num_workers > 0), but got "
-            f"num_workers={num_workers}"
-        )
-
-
-def _check_arguments(
-    batch_size: int | None, shuffle: bool | None, sampler: Any, batch_sampler: Any, drop_last: bool, num_workers: int
-) -> None:
-    """The argument rules of torch's DataLoader, with its messages."""
-    if not isinstance(num_workers, int) or num_workers < 0:
-        raise ValueError("num_workers option should be non-negative; use num_workers=0 to disable multiprocessing.")
-    if sampler is not None and shuffle:
-        raise ValueError("sampler option is mutually exclusive with shuffle")
-    if batch_sampler is not None:
-        if batch_size != 1 or shuffle or sampler is not None or drop_last:
-            raise ValueError(
-                "batch_sampler option is mutually exclusive with batch_size, shuffle, sampler, and drop_last"
-            )
-    elif not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size should be a positive integer value, but got batch_size={batch_size}")
