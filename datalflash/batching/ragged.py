@@ -175,25 +175,17 @@ class RaggedTensors:
     def items(self) -> list[Any]:
         """Every row as its sample (as :meth:`item` gives them), with a few calls for all rows:
         numeric rows are views of one tensor of the values (call on rows gathered for a batch,
-        not on a window's buffer), ``str`` rows decoded together where no row holds a NUL."""
-        if self.kind == "str":
-            starts, stops = self.offsets[:-1], self.offsets[1:]
-            if len(self) and not np.count_nonzero(self.values[starts[0] : stops[-1]] == 0):
-                joined = np.insert(self.values[starts[0] : stops[-1]], stops[:-1] - starts[0], 0)
-                texts = joined.tobytes().decode("utf-8").split("\x00")
-                if len(texts) == len(self):
-                    return texts
-            return [self.item(row) for row in range(len(self))]
+        not on a window's buffer), ``str`` rows decoded together (see :func:`_split_text`)."""
         first = int(self.offsets[0]) if len(self) else 0
         values = self.values[first : int(self.offsets[-1])] if len(self) else self.values[:0]
+        if self.kind == "str":
+            texts = _split_text(np.insert(values, self.offsets[1:] - first, 0), len(self))
+            return texts if texts is not None else [self.item(row) for row in range(len(self))]
         if self.kind == "bytes":
             data = values.tobytes()
             bounds = (self.offsets - first).tolist()
             return [data[a:b] for a, b in itertools.pairwise(bounds)]
-        parts = self.tensor(values).split(np.diff(self.offsets).tolist())
-        if self.shapes.shape[1] == 1:
-            return list(parts)
-        return [part.view(shape) for part, shape in zip(parts, self.shapes.tolist())]
+        return _row_tensors(self.tensor(values), self.shapes, np.diff(self.offsets))
 
     def item(self, row: int) -> Any:
         """Row ``row`` as its sample: a tensor of its shape, a ``str`` or ``bytes``."""
@@ -277,11 +269,7 @@ def assemble_run(
         values = rows.tensor(rows.values)
         values = values.pin_memory() if pin_memory else values
         if policy.mode == "list":
-            parts = values.split(lengths.tolist())
-            if rows.shapes.shape[1] <= 1:
-                batches.append(list(parts))
-            else:
-                batches.append([part.view(shape) for part, shape in zip(parts, rows.shapes.tolist())])
+            batches.append(_row_tensors(values, rows.shapes, lengths))
         elif policy.mode == "packed":
             batches.append(_packed(rows, values))
         else:
@@ -303,16 +291,24 @@ def _texts(segments: Sequence[tuple[RaggedTensors, torch.Tensor]]) -> list[str]:
         width = int(lengths.max()) + 1
         rows = _rows_as_wide(source, starts, lengths, width)
         rows[np.arange(len(rows)), lengths] = 0  # (each row's separator)
-        joined = rows[_within(lengths + 1, width)]
-        if np.count_nonzero(joined == 0) == len(rows):
-            try:
-                texts += joined.tobytes().decode("utf-8").split("\x00")[:-1]
-                continue
-            except UnicodeDecodeError:
-                pass
-        data = source.values.data  # (a memoryview of the bytes)
-        texts += [str(data[a:b], "utf-8") for a, b in zip(starts.tolist(), (starts + lengths).tolist())]
+        decoded = _split_text(rows[_within(lengths + 1, width)], len(rows))
+        if decoded is None:  # (row by row: the bad row raises)
+            data = source.values.data  # (a memoryview of the bytes)
+            decoded = [str(data[a:b], "utf-8") for a, b in zip(starts.tolist(), (starts + lengths).tolist())]
+        texts += decoded
     return texts
+
+
+def _split_text(joined: np.ndarray, rows: int) -> list[str] | None:
+    """``rows`` strings from their UTF-8 bytes each followed by a NUL, by one ``decode`` and one
+    ``split``; None where a row holds a NUL itself or the bytes do not decode (decode those rows
+    one by one)."""
+    if np.count_nonzero(joined == 0) != rows:
+        return None
+    try:
+        return joined.tobytes().decode("utf-8").split("\x00")[:-1]
+    except UnicodeDecodeError:
+        return None
 
 
 def _pin(batch: Padded, pin_memory: bool) -> Padded:
@@ -338,8 +334,16 @@ def _nested(rows: RaggedTensors, values: torch.Tensor, lengths: np.ndarray) -> t
         offsets = torch.zeros(len(rows) + 1, dtype=torch.int64)
         torch.cumsum(torch.from_numpy(shapes[:, 0]), 0, out=offsets[1:])
         return torch.nested.nested_tensor_from_jagged(values.view(-1, *shapes[0, 1:].tolist()), offsets)
+    return torch.nested.as_nested_tensor(_row_tensors(values, shapes, lengths))
+
+
+def _row_tensors(values: torch.Tensor, shapes: np.ndarray, lengths: np.ndarray) -> list[torch.Tensor]:
+    """Each row's tensor, of its shape: views of ``values`` (the rows' elements, in order), cut
+    by ``lengths`` (elements per row)."""
     parts = values.split(lengths.tolist())
-    return torch.nested.as_nested_tensor([p.view(s) for p, s in zip(parts, shapes.tolist())])
+    if shapes.shape[1] <= 1:
+        return list(parts)
+    return [part.view(shape) for part, shape in zip(parts, shapes.tolist())]
 
 
 def _pad_size(shapes: np.ndarray, policy: Collate) -> list[int]:

@@ -435,7 +435,8 @@ class FlashDataLoader:
             return 0
         self._follow_ranks()
         cursor = self._cursor or self._new_cursor(self._epoch)
-        count, share = total(cursor["remaining"]), share_size(total(cursor["remaining"]), self.world_size, False)
+        count = total(cursor["remaining"])
+        share = share_size(count, self.world_size, False)
         return max(0, (self.rank + 1) * share - max(self.rank * share, count))
 
     def _follow_ranks(self, starting: bool = False) -> None:

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datalflash.format.structure import field_names, rebuild, validate_structure
+from datalflash.batching.samples import samples_of
+from datalflash.format.structure import rebuild, validate_structure
 
 
 class FlashDataset(Dataset):
@@ -54,14 +55,6 @@ class FlashDataset(Dataset):
         validate_structure(structure, fields)
         self.fields = {name: t.contiguous() for name, t in fields.items()}
         self.structure = structure
-        self._names = field_names(structure)
-        items = structure["items"].values() if structure["kind"] == "dict" else structure.get("items", [])
-        # one level of fields, named in order: samples are built with zip, not rebuild
-        self._flat = (
-            structure["kind"] != "field"
-            and "namedtuple" not in structure
-            and all(item["kind"] == "field" for item in items)
-        )
         self._length = next(iter(lengths.values()))
 
     def __len__(self) -> int:
@@ -90,13 +83,7 @@ class FlashDataset(Dataset):
         if type(self).__getitem__ is not FlashDataset.__getitem__:
             return [self[i] for i in indices]
         index = checked_index(indices, self._length)
-        rows = [self.fields[name].index_select(0, index).unbind(0) for name in self._names]
-        kind = self.structure["kind"]
-        if self._flat and kind == "tuple":
-            return list(zip(*rows))
-        if self._flat and kind == "dict":
-            return [dict(zip(self._names, values)) for values in zip(*rows)]
-        return [rebuild(self.structure, dict(zip(self._names, values)), tuple) for values in zip(*rows)]
+        return samples_of({name: t.index_select(0, index) for name, t in self.fields.items()}, self.structure)
 
     def __repr__(self) -> str:
         shapes = ", ".join(f"{k}: {tuple(v.shape[1:])} {v.dtype}" for k, v in self.fields.items())
