@@ -49,3 +49,8 @@ class LoaderTimeoutError(DataLFlashError, RuntimeError, TimeoutError):
 
     def __reduce__(self) -> tuple:
         return type(self), (self.timeout, self.where)
+
+
+class ImageError(DataLFlashError, ValueError):
+    """An image cannot be read, identified or decoded; the message names its file or its split and
+    sample."""

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from numpy.lib.stride_tricks import as_strided
 
+from datalflash.format.images import pil_image
 from datalflash.format.manifest import FieldSpec
 from datalflash.format.ragged import PlacedRows, RaggedArray, element_positions
 
@@ -118,7 +119,7 @@ def _is_options(value: Mapping) -> bool:
 
 def _policy(value: Any, spec: FieldSpec) -> Collate:
     if value is None:
-        return Collate("list" if spec.kind in ("str", "bytes") else "pad")
+        return Collate("list" if spec.kind in ("str", "bytes", "image") else "pad")
     if isinstance(value, Collate):
         return value
     if isinstance(value, str):
@@ -181,10 +182,11 @@ class RaggedTensors:
         if self.kind == "str":
             texts = _split_text(np.insert(values, self.offsets[1:] - first, 0), len(self))
             return texts if texts is not None else [self.item(row) for row in range(len(self))]
-        if self.kind == "bytes":
+        if self.kind in ("bytes", "image"):
             data = values.tobytes()
             bounds = (self.offsets - first).tolist()
-            return [data[a:b] for a, b in itertools.pairwise(bounds)]
+            blobs = [data[a:b] for a, b in itertools.pairwise(bounds)]
+            return [pil_image(blob) for blob in blobs] if self.kind == "image" else blobs
         return _row_tensors(self.tensor(values), self.shapes, np.diff(self.offsets))
 
     def item(self, row: int) -> Any:
@@ -194,6 +196,8 @@ class RaggedTensors:
             return self.values[a:b].tobytes().decode("utf-8")
         if self.kind == "bytes":
             return self.values[a:b].tobytes()
+        if self.kind == "image":
+            return pil_image(self.values[a:b].tobytes())
         return self.tensor(self.values[a:b].copy()).reshape(self.shapes[row].tolist())
 
 

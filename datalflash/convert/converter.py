@@ -28,7 +28,8 @@ from datalflash.convert import publish as publishing
 from datalflash.convert.layout import DEFAULT_SPLITS, read_blocks, source_order, split_sizes
 from datalflash.convert.pipeline import fill_store
 from datalflash.convert.ranks import conversion_ranks, convert_across_ranks
-from datalflash.convert.samples import PROBES, BlockReader, ShapeVariesError, block_size, infer_schema
+from datalflash.convert.samples import PROBES, BlockReader, ShapeVariesError, block_size, infer_schema, with_classes
+from datalflash.convert.images import ImageFiles, image_source
 from datalflash.convert.sources import as_dataset
 from datalflash.errors import BackendError, ConversionError
 from datalflash.format.manifest import MAX_CHUNKS, FieldSpec, Manifest, SplitInfo, allocate
@@ -71,10 +72,30 @@ def _announce_ragged(fields: Mapping[str, FieldSpec], progress: bool) -> None:
     """Say which fields are stored with a shape per sample (progress output)."""
     if progress:
         for name, spec in fields.items():
-            if spec.ragged:
+            if spec.kind == "image":
+                how = f", decoded ones encoded as {spec.encoding}" if spec.encoding else ", files' bytes verbatim"
+                tqdm.write(f"datalflash: field {name!r} holds images: stored encoded{how}; sizes in {name}.size")
+            elif spec.ragged:
                 shown = "(" + ", ".join("*" if d is None else str(d) for d in spec.shape) + ")"
                 what = f"{spec.kind} ({spec.dtype} {shown}, * varies)" if spec.kind == "ragged" else spec.kind
                 tqdm.write(f"datalflash: field {name!r} is {what}: stored as values + a shape per sample")
+
+
+MAX_SKIPPED_LISTED = 1000  # files left out (on_error="skip") the manifest lists by name
+
+
+def _announce_skipped(images: ImageFiles | None, progress: bool) -> dict:
+    """Say which image files were left out (on_error="skip"); the manifest's record of them."""
+    if images is None or not images.skipped:
+        return {}
+    if progress:
+        shown = "; ".join(why for _, why in images.skipped[:5])
+        more = f" (and {len(images.skipped) - 5} more)" if len(images.skipped) > 5 else ""
+        tqdm.write(f"datalflash: left out {len(images.skipped)} unreadable image file(s): {shown}{more}")
+    return {
+        "num_skipped": len(images.skipped),
+        "skipped": [list(item) for item in images.skipped[:MAX_SKIPPED_LISTED]],
+    }
 
 
 def _backend(backend: str, compression: Any) -> tuple[type[ChunkStore], dict]:
@@ -109,9 +130,11 @@ class DatasetConverter:
         rank: int | None = None,
         world_size: int | None = None,
         fields: Mapping[str, Any] | None = None,
+        on_error: str = "raise",
     ) -> Path:
         """Write ``pytorch_dataset`` (any map-style dataset, a Hugging Face ``datasets.Dataset``
-        included) as a chunked store at ``output_dir``; returns its path.
+        included, an image folder or a list of ``(image path, label)`` pairs) as a chunked store
+        at ``output_dir``; returns its path.
 
         Samples are permuted with ``seed`` when ``shuffle`` and cut into splits by
         ``split_ratios`` (default 80/10/10 train/val/test); each split is stored in chunks of
@@ -132,11 +155,23 @@ class DatasetConverter:
         values are text and byte fields. ``fields`` overrides the inference per field, with a
         kind (``"array"``, ``"ragged"``, ``"str"``, ``"bytes"``) or a dict (``{"kind": "ragged",
         "shape": [3, None, None]}``): ``"array"`` makes a sample of another shape an error.
+
+        Images (``PIL.Image`` values, and the files of an image folder) become ``image`` fields:
+        files are stored as their bytes, verbatim; decoded images are encoded as PNG, or as
+        ``fields={name: {"kind": "image", "encoding": "jpeg:90"}}`` says; ``fields={name:
+        "ragged"}`` keeps decoded RGB pixels instead. An image folder (``root/<class>/*.jpg``,
+        see :func:`~datalflash.convert.images.image_folder`) gives samples ``(image, class id)``,
+        the class names kept in the manifest. A file that is not a readable image raises an error
+        naming it; with ``on_error="skip"`` it is left out, and the files left out are listed in
+        the progress output and in the manifest's ``created["skipped"]``.
         """
         require_int("chunk_size", chunk_size, 1, ConversionError)
         require_int("num_workers", num_workers, 0, ConversionError)
         source_name = type(pytorch_dataset).__name__
-        pytorch_dataset = as_dataset(pytorch_dataset)
+        images = image_source(pytorch_dataset, on_error)
+        if images is None and on_error != "raise":
+            raise ConversionError("on_error='skip' applies to image folders and (path, label) lists")
+        pytorch_dataset = as_dataset(pytorch_dataset) if images is None else images
         n = _dataset_length(pytorch_dataset)
         ratios = DEFAULT_SPLITS if split_ratios is None else split_ratios
         sizes = split_sizes(n, ratios)
@@ -153,8 +188,9 @@ class DatasetConverter:
             publishing.check_output(output_dir, overwrite)
 
         order = source_order(n, shuffle, seed)
-        structure, specs = infer_schema(_probe(pytorch_dataset, order), fields)
+        structure, specs = with_classes(*infer_schema(_probe(pytorch_dataset, order), fields), pytorch_dataset)
         _announce_ragged(specs, progress and rank == 0)
+        skipped = _announce_skipped(images, progress and rank == 0)
         manifest = Manifest(
             backend_id=backend,
             backend_config=config,
@@ -171,6 +207,7 @@ class DatasetConverter:
                 "shuffle": bool(shuffle),
                 "seed": int(seed),
                 "split_ratios": dict(ratios),
+                **skipped,
             },
         )
         if world > 1:
@@ -207,7 +244,9 @@ class DatasetConverter:
                 if progress:
                     tqdm.write(f"datalflash: {e}; converting again with field {field!r} ragged")
                 fields = declared
-                structure, specs = infer_schema(_probe(pytorch_dataset, order), fields)
+                structure, specs = with_classes(
+                    *infer_schema(_probe(pytorch_dataset, order), fields), pytorch_dataset
+                )
                 manifest = dataclasses.replace(manifest, fields=specs, structure=structure)
 
     @staticmethod

@@ -7,6 +7,7 @@ array per field, checking every sample against the schema of the first.
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -19,9 +20,10 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from datalflash.batching.tensors import as_storage, from_storage, torch_dtype_name
 from datalflash.errors import ConversionError
 from datalflash.format.dtypes import numpy_dtype_name, storage_dtype
+from datalflash.format.images import EncodedImage, decoded_pixels, encoded, image_size, is_image, parse_encoding
 from datalflash.format.manifest import FIELD_KINDS, FieldSpec, allocate, sample_nbytes
 from datalflash.format.ragged import RaggedArray
-from datalflash.format.structure import field_names, flatten, infer_structure
+from datalflash.format.structure import field_names, flatten, image_sizes, infer_structure
 
 Signature = tuple[str, str, tuple[int, ...]]
 """``(kind, dtype name, shape)`` of one leaf value: kind ``array``, ``str`` or ``bytes``."""
@@ -31,6 +33,10 @@ PROBES = 32  # samples looked at (spread over the dataset) to tell fixed-shape f
 
 def leaf_signature(value: Any) -> Signature | None:
     """``(kind, dtype name, shape)`` of one leaf value, or None if the format cannot store it."""
+    if is_image(value):
+        size = image_size(value)
+        nbytes = len(value.data) if isinstance(value, EncodedImage) else int(np.prod(size)) // 4
+        return ("image", "uint8", (nbytes,))
     if isinstance(value, torch.Tensor):
         name = torch_dtype_name(value.dtype)
         return ("array", name, tuple(value.shape)) if _storable(name) else None
@@ -60,6 +66,10 @@ def leaf_values(value: Any, spec: FieldSpec) -> np.ndarray:
         return np.frombuffer(value.encode("utf-8"), dtype=np.uint8)
     if spec.kind == "bytes":
         return np.frombuffer(memoryview(value).cast("B"), dtype=np.uint8)
+    if spec.kind == "image":
+        return np.frombuffer(encoded(value, spec.encoding or "png"), dtype=np.uint8)
+    if is_image(value):  # (an image field kept as decoded pixels)
+        return decoded_pixels(value)
     if isinstance(value, np.ndarray) and value.dtype.kind == "O":  # an empty sample
         return np.zeros([0 if d is None else d for d in spec.shape], dtype=spec.storage_dtype)
     return as_storage(value, spec.dtype)
@@ -84,12 +94,16 @@ def infer_schema(
         structure = infer_structure(first)
     except ValueError as e:
         raise ConversionError(f"sample {index}: {e}") from None
-    names = field_names(structure)
     declared = dict(declared or {})
+    for image, size in image_sizes(structure).items():  # (an image kept as decoded pixels has no size field)
+        if _kind_of(declared.get(image)) == "ragged":
+            structure = _without_size(structure, image)
+    names = field_names(structure)
     unknown = sorted(set(declared) - set(names))
     if unknown:
         raise ConversionError(f"fields= names {unknown}, but the samples' fields are {names}")
     seen: dict[str, list[Signature]] = {name: [] for name in names}
+    files: dict[str, bool] = {}  # (whether a field's leaves are all image files: stored verbatim)
     for i, sample in samples:
         try:
             leaves = flatten(sample, structure)
@@ -103,11 +117,48 @@ def infer_schema(
                     "use tensors, numpy arrays, Python numbers, str or bytes"
                 )
             seen[name].append(signature)
-    fields = {name: _field_spec(name, seen[name], declared.get(name), samples) for name in names}
+            files[name] = files.get(name, True) and isinstance(leaf, EncodedImage)
+    fields = {name: _field_spec(name, seen[name], declared.get(name), samples, files[name]) for name in names}
     return structure, fields
 
 
-def _field_spec(name: str, seen: list[Signature], declared: Any, samples: Sequence[tuple[int, Any]]) -> FieldSpec:
+def with_classes(structure: dict, fields: dict[str, FieldSpec], dataset: Any) -> tuple[dict, dict[str, FieldSpec]]:
+    """``(structure, fields)``, the label field of ``(input, label)`` samples given the names of
+    its classes when the dataset lists them (``dataset.classes``, as torchvision's datasets do)."""
+    classes = getattr(dataset, "classes", None)
+    items = structure.get("items")
+    if not (
+        isinstance(classes, (list, tuple))
+        and classes
+        and all(isinstance(c, str) for c in classes)
+        and structure["kind"] == "tuple"
+        and len(items) == 2
+        and items[1]["kind"] == "field"
+    ):
+        return structure, fields
+    label = fields[items[1]["name"]]
+    if label.kind != "array" or label.shape != () or not label.dtype.startswith(("int", "uint")):
+        return structure, fields
+    return structure, {**fields, label.name: dataclasses.replace(label, classes=tuple(classes))}
+
+
+def _kind_of(declared: Any) -> Any:
+    return declared.get("kind") if isinstance(declared, Mapping) else declared
+
+
+def _without_size(structure: dict, image: str) -> dict:
+    """``structure`` with the image field ``image``'s node holding no size field."""
+    if structure["kind"] == "field":
+        return {"kind": "field", "name": image} if structure["name"] == image else structure
+    items = structure["items"]
+    if isinstance(items, list):
+        return {**structure, "items": [_without_size(item, image) for item in items]}
+    return {**structure, "items": {key: _without_size(item, image) for key, item in items.items()}}
+
+
+def _field_spec(
+    name: str, seen: list[Signature], declared: Any, samples: Sequence[tuple[int, Any]], files_only: bool = False
+) -> FieldSpec:
     empty = any(k == "empty" for k, _, _ in seen)
     pairs = [(p, sig) for p, sig in zip(samples, seen) if sig[0] != "empty"]
     if not pairs:
@@ -122,11 +173,16 @@ def _field_spec(name: str, seen: list[Signature], declared: Any, samples: Sequen
     want = declared.pop("kind", None)
     dtype = declared.pop("dtype", dtype)
     declared_shape = declared.pop("shape", None)
+    encoding = declared.pop("encoding", "")
     if declared or (want is not None and want not in FIELD_KINDS):
         raise ConversionError(
             f"fields[{name!r}]: kind {want!r} or keys {sorted(declared)} not understood; kinds are {FIELD_KINDS}, "
-            "keys 'kind', 'dtype', 'shape'"
+            "keys 'kind', 'dtype', 'shape', 'encoding' (image fields)"
         )
+    if kind == "image":
+        return _image_spec(name, want, encoding or ("" if files_only else "png"), seen)
+    if encoding or want == "image":
+        raise ConversionError(f"field {name!r} holds {_signature_text(seen[0])}, not images; fields= declares an image")
     for (index, _), (k, d, sh) in zip(samples, seen):
         if k != kind or (kind == "array" and (d != seen[0][1] or len(sh) != len(shape))):
             raise ConversionError(
@@ -159,6 +215,22 @@ def _field_spec(name: str, seen: list[Signature], declared: Any, samples: Sequen
     if not ragged_shape:
         raise ConversionError(f"field {name!r} holds scalars; a ragged field's samples have at least one dimension")
     return FieldSpec(name, dtype, ragged_shape, "ragged", typical)
+
+
+def _image_spec(name: str, want: Any, encoding: Any, seen: list[Signature]) -> FieldSpec:
+    """The field of image leaves: encoded (kind ``image``) or, declared ``"ragged"``, decoded
+    RGB pixels ``(height, width, 3)``."""
+    typical = int(np.mean([sh[0] for _, _, sh in seen]))
+    if want == "ragged":
+        return FieldSpec(name, "uint8", (None, None, 3), "ragged", typical * 4)
+    if want not in (None, "image"):
+        raise ConversionError(f"field {name!r} holds images; fields= declares it {want} (use 'image' or 'ragged')")
+    try:
+        if encoding:
+            parse_encoding(encoding, name)
+    except ValueError as e:
+        raise ConversionError(str(e)) from None
+    return FieldSpec(name, "uint8", (None,), "image", typical, encoding)
 
 
 def _signature_text(signature: Signature) -> str:
@@ -215,6 +287,18 @@ class IndexedDataset(Dataset):
         except Exception as e:
             raise ConversionError(f"reading sample {index} failed: {type(e).__name__}: {e}") from e
 
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[int, Any]]:
+        """The samples at ``indices``: by the dataset's own ``__getitems__`` where it has one
+        (a batched read), else one by one."""
+        many = getattr(self.dataset, "__getitems__", None)
+        if many is None:
+            return [self[i] for i in indices]
+        try:
+            return list(zip(indices, many(list(indices))))
+        except Exception as e:
+            where = f"sample {indices[0]}" if len(indices) == 1 else f"samples {indices[0]}..{indices[-1]}"
+            raise ConversionError(f"reading {where} failed: {type(e).__name__}: {e}") from e
+
 
 class BlockCollator:
     """Collate ``[(index, sample), ...]`` into ``{field: storage array}``, checking each sample."""
@@ -251,7 +335,9 @@ class BlockCollator:
             kind, dtype, shape = signature
             if kind == "empty" and spec.kind == "ragged":
                 return
-            if spec.kind in ("str", "bytes"):
+            if kind == "image" and (spec.kind == "image" or (spec.kind == "ragged" and spec.dtype == "uint8")):
+                return
+            if spec.kind in ("str", "bytes", "image"):
                 if kind == spec.kind:
                     return
             elif kind == "array" and dtype == spec.dtype and len(shape) == len(spec.shape):
@@ -264,7 +350,7 @@ class BlockCollator:
                         "(declare the field ragged with fields= to store samples of varying shape)"
                     )
             found = f"{kind} {dtype} {shape}" if kind == "array" else kind
-        expected = spec.kind if spec.kind in ("str", "bytes") else f"{spec.dtype} of shape {list(spec.shape)}"
+        expected = spec.kind if spec.kind in ("str", "bytes", "image") else f"{spec.dtype} of shape {list(spec.shape)}"
         raise ConversionError(
             f"sample {index} field {spec.name!r}: got {found}, but the field holds {expected} "
             "(None: a dimension that varies); every sample must have the same kind and dtype"

@@ -21,8 +21,9 @@ import numpy as np
 from datalflash.arguments import is_int
 from datalflash.errors import StoreFormatError
 from datalflash.format.dtypes import SUPPORTED_DTYPES, storage_dtype
+from datalflash.format.images import parse_encoding
 from datalflash.format.ragged import RaggedBuffer
-from datalflash.format.structure import is_valid_field_name, validate_structure
+from datalflash.format.structure import image_sizes, is_valid_field_name, validate_structure
 
 FORMAT_NAME = "datalflash-store"
 FORMAT_VERSION = 1
@@ -37,9 +38,12 @@ CHECKSUM_ALGORITHM = "crc32c"
 GENERATION = re.compile(r"(|[0-9a-f]{8,64})")
 
 
-FIELD_KINDS = ("array", "ragged", "bytes", "str")
+FIELD_KINDS = ("array", "ragged", "bytes", "str", "image")
 """``array``: one shape for every sample; ``ragged``: the shape varies (``None`` dimensions);
-``bytes`` / ``str``: byte strings / text (UTF-8), stored as ragged uint8."""
+``bytes`` / ``str``: byte strings / text (UTF-8), stored as ragged uint8; ``image``: encoded
+images (JPEG, PNG, ...), stored as ``bytes`` are, their sizes in a field of their own."""
+BYTE_KINDS = ("bytes", "str", "image")
+"""Kinds stored as ragged uint8 of shape ``[None]``."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,8 @@ class FieldSpec:
     shape: tuple[int | None, ...]
     kind: str = "array"
     typical_nbytes: int = 0
+    encoding: str = ""  # image fields: how decoded images were encoded ("png", "jpeg:<quality>")
+    classes: tuple[str, ...] = ()  # integer class ids: the name of each (from the source's ``classes``)
 
     @property
     def ragged(self) -> bool:
@@ -87,6 +93,10 @@ class FieldSpec:
         doc: dict[str, Any] = {"dtype": self.dtype, "storage_dtype": self.storage_dtype.str, "shape": list(self.shape)}
         if self.ragged:
             doc.update(kind=self.kind, typical_nbytes=self.typical_nbytes)
+        if self.encoding:
+            doc.update(encoding=self.encoding)
+        if self.classes:
+            doc.update(classes=list(self.classes))
         return doc
 
 
@@ -266,6 +276,7 @@ def parse_manifest(doc: Any) -> Manifest:
     fields = _parse_fields(doc.get("fields"))
     structure = doc.get("structure")
     validate_structure(structure, fields)
+    _check_image_sizes(structure, fields)
     splits = _parse_splits(doc.get("splits"), chunk_size)
     created = doc.get("created", {})
     _require(isinstance(created, dict), "'created' is not an object")
@@ -343,12 +354,45 @@ def _parse_fields(raw: Any) -> dict[str, FieldSpec]:
         _require(math.prod(d or 1 for d in shape) < MAX_DIM, f"field {name!r}: shape {shape} is too large")
         if kind != "array":
             _require(None in shape, f"field {name!r}: a {kind} field's shape has a null (varying) dimension")
-        if kind in ("bytes", "str"):
+        if kind in BYTE_KINDS:
             _require(dtype == "uint8" and shape == [None], f"field {name!r}: a {kind} field is uint8 of shape [null]")
         typical = spec.get("typical_nbytes", 0)
         _require(is_int(typical) and 0 <= typical < MAX_DIM, f"field {name!r}: bad typical_nbytes {typical!r}")
-        fields[name] = FieldSpec(name, dtype, tuple(shape), kind, typical if kind != "array" else 0)
+        encoding = spec.get("encoding", "")
+        _require(
+            encoding == "" or (kind == "image" and isinstance(encoding, str) and _known_encoding(encoding)),
+            f"field {name!r}: bad image encoding {encoding!r}",
+        )
+        classes = spec.get("classes", [])
+        _require(
+            isinstance(classes, list) and len(classes) <= MAX_DIM and all(isinstance(c, str) for c in classes),
+            f"field {name!r}: 'classes' is not a list of names",
+        )
+        fields[name] = FieldSpec(
+            name, dtype, tuple(shape), kind, typical if kind != "array" else 0, encoding, tuple(classes)
+        )
     return fields
+
+
+def _known_encoding(encoding: str) -> bool:
+    try:
+        parse_encoding(encoding)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_image_sizes(structure: dict, fields: Mapping[str, FieldSpec]) -> None:
+    """Each image field has a size field (int32 ``[3]``) named by the structure, and only they."""
+    sizes = image_sizes(structure)
+    images = sorted(name for name, spec in fields.items() if spec.kind == "image")
+    _require(sorted(sizes) == images, f"structure gives sizes of fields {sorted(sizes)}; image fields are {images}")
+    for image, size in sizes.items():
+        spec = fields[size]
+        _require(
+            spec.kind == "array" and spec.dtype == "int32" and spec.shape == (3,),
+            f"field {size!r} (the sizes of image field {image!r}) is not int32 of shape [3]",
+        )
 
 
 def _parse_splits(raw: Any, chunk_size: int) -> dict[str, SplitInfo]:

@@ -9,6 +9,7 @@ Spec grammar (JSON)::
     {"kind": "tuple", "items": [spec, ...]}       # tuple or list sample
     {"kind": "tuple", "items": [...], "namedtuple": {"name": "Sample", "fields": ["image", "label"]}}
     {"kind": "dict",  "items": {"key": spec, ...}}
+    {"kind": "field", "name": "0", "size": "0.size"}  # an image: its size field (see format.images)
 
 A namedtuple sample's batches are that namedtuple again (as ``default_collate`` gives): the class
 itself when the module that defines it is imported (looked up, never imported from a manifest),
@@ -25,6 +26,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 from datalflash.errors import StoreFormatError
+from datalflash.format.images import SIZE_SUFFIX, image_size, is_image
 
 FIELD_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
 MAX_DEPTH = 8
@@ -61,7 +63,10 @@ def _infer(sample: Any, prefix: str, depth: int) -> dict:
             "kind": "tuple",
             "items": [_infer(item, join(i), depth + 1) for i, item in enumerate(sample)],
         }
-    return {"kind": "field", "name": prefix or "data"}
+    name = prefix or "data"
+    if is_image(sample):
+        return {"kind": "field", "name": name, "size": name + SIZE_SUFFIX}
+    return {"kind": "field", "name": name}
 
 
 def _is_namedtuple_info(name: Any, fields: Any) -> bool:
@@ -97,12 +102,30 @@ def _walk(spec: dict, visit: Callable[[str], None]) -> None:
     kind = spec["kind"]
     if kind == "field":
         visit(spec["name"])
+        if "size" in spec:
+            visit(spec["size"])
     elif kind == "tuple":
         for item in spec["items"]:
             _walk(item, visit)
     else:
         for item in spec["items"].values():
             _walk(item, visit)
+
+
+def image_sizes(spec: dict) -> dict[str, str]:
+    """``{image field: its size field}`` of a structure spec."""
+    found: dict[str, str] = {}
+    _nodes(spec, lambda node: found.update({node["name"]: node["size"]} if "size" in node else {}))
+    return found
+
+
+def _nodes(spec: dict, visit: Callable[[dict], None]) -> None:
+    if spec["kind"] == "field":
+        visit(spec)
+    else:
+        items = spec["items"]
+        for item in items if isinstance(items, list) else items.values():
+            _nodes(item, visit)
 
 
 def flatten(sample: Any, spec: dict) -> list[Any]:
@@ -118,6 +141,10 @@ def _flatten(sample: Any, spec: dict, out: list, path: str) -> None:
         if isinstance(sample, (tuple, list, Mapping)):
             raise ValueError(f"{path} is a {type(sample).__name__} where the first sample had a value")
         out.append(sample)
+        if "size" in spec:
+            if not is_image(sample):
+                raise ValueError(f"{path} is a {type(sample).__name__} where the first sample had an image")
+            out.append(image_size(sample))
     elif kind == "tuple":
         if not isinstance(sample, (tuple, list)) or len(sample) != len(spec["items"]):
             raise ValueError(
@@ -163,6 +190,11 @@ def _validate(spec: Any, depth: int, seen: list[str]) -> None:
     items = spec.get("items")
     if kind == "field" and isinstance(spec.get("name"), str):
         seen.append(spec["name"])
+        size = spec.get("size")
+        if size is not None:
+            if not isinstance(size, str):
+                raise StoreFormatError(f"manifest structure node {str(spec)[:80]!r}: 'size' is not a field name")
+            seen.append(size)
     elif kind == "tuple" and isinstance(items, list):
         info = spec.get("namedtuple")
         if info is not None and not (

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
+import numpy as np
 import torch
 
 from datalflash.batching import gather
@@ -71,6 +72,7 @@ def planned_chunk_batches(
     if not sched:
         return
     ragged = [name for name, spec in dataset.fields.items() if spec.ragged]
+    images = any(spec.kind == "image" for spec in dataset.fields.values())
     prefetcher = WindowPrefetcher(
         dataset.store,
         dataset.split,
@@ -94,6 +96,8 @@ def planned_chunk_batches(
                     left[seen] = (window, sum(hi - lo for lo, hi in visit_spans))
                 if v not in resident:
                     tensors = tensors_from_storage(prefetcher.get(v), dataset.fields)
+                    if images:  # (each row's sample index: images are cropped by it)
+                        tensors[SAMPLE_INDEX] = _window_indices(dataset, plan.window_chunks(left[v][0]))
                     resident[v] = (tensors, torch.from_numpy(plan.order(left[v][0])))
                 left[v] = (left[v][0], left[v][1] - (b - a))
             if len(run) == 1:
@@ -111,6 +115,17 @@ def planned_chunk_batches(
             yield from batches
     finally:
         prefetcher.close()
+
+
+SAMPLE_INDEX = "#index"
+"""The key of each row's sample index in the batches of a split with image fields (not a field
+name: ``#`` cannot start one)."""
+
+
+def _window_indices(dataset: ChunkedDataset, chunks: Sequence[int]) -> torch.Tensor:
+    """The sample index of each row of a window of ``chunks`` (their rows, in chunk order)."""
+    bounds = [dataset.store.chunk_bounds(dataset.split, int(c)) for c in chunks]
+    return torch.from_numpy(np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in bounds]))
 
 
 RUN_BYTES = 4 << 20
@@ -198,4 +213,7 @@ def _sampled(
             segments.append((cache[chunk], index[where] - chunk * store.chunk_size))
             positions.append(where)
         grouped = gather(segments)  # (ragged fields: rows, ordered and batched by the next gather)
-        yield gather([(grouped, torch.argsort(torch.cat(positions)))], pin_memory=pin_memory, collate=collate)
+        batch = gather([(grouped, torch.argsort(torch.cat(positions)))], pin_memory=pin_memory, collate=collate)
+        if any(spec.kind == "image" for spec in dataset.fields.values()):
+            batch[SAMPLE_INDEX] = index
+        yield batch

@@ -18,13 +18,15 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_convert
 
+from datalflash.batching.images import ImageDecode
 from datalflash.batching.ragged import Collate, collate_policies
 from datalflash.batching.samples import samples_of
 from datalflash.distributed import agree_seed, check_seed_can_be_agreed, draw_seed, resolve_ranks
-from datalflash.format.structure import rebuild
+from datalflash.format.structure import image_sizes, rebuild
 from datalflash.loading.checks import check_arguments, check_worker_arguments, overrides_sample_access
 from datalflash.loading.chunked import ChunkedDataset
 from datalflash.loading.epochs import OwnEpochs, Reading
+from datalflash.loading.images import decoded_batches, image_policies
 from datalflash.loading.frameworks import accelerate_running, told_to_accelerate
 from datalflash.loading.memory import FlashDataset
 from datalflash.loading.resume import fingerprint, make_state, resume_point
@@ -121,6 +123,7 @@ class FlashDataLoader:
         max_tokens: int | None = None,
         bucket_size: int | None = None,
         length_field: str | None = None,
+        image_size: int | tuple[int, int] | None = None,
     ):
         self.dataset = dataset
         self.batch_size = batch_size
@@ -150,6 +153,7 @@ class FlashDataLoader:
         self._torch: DataLoader | None = None  # torch's own loader, where this one hands over to it
         self._unbatched = False  # batch_size=None: samples one at a time, as torch gives them
         self._own: OwnEpochs | None = None  # else the loader's own stages
+        self._images: dict[str, ImageDecode] = {}  # how image fields are decoded (own stages)
         if isinstance(dataset, (FlashDataset, ChunkedDataset)) and not overrides_sample_access(dataset):
             self._unbatched = batch_size is None and batch_sampler is None and max_tokens is None
             if self._unbatched and drop_last:
@@ -177,6 +181,16 @@ class FlashDataLoader:
                 raise ValueError(
                     "collate= shapes the ragged fields of batches the loader collates itself; with a "
                     "collate_fn, collate_fn makes the batches (it gets each sample as the dataset gives it)"
+                )
+            if isinstance(dataset, ChunkedDataset):
+                self._images, collate = image_policies(dataset, collate, image_size, self.shuffle)
+            elif image_size is not None:
+                raise ValueError("image_size= decodes the image fields of a store split; a FlashDataset has none")
+            if self._images and (collate_fn is not None or self._unbatched) and image_size is not None:
+                raise ValueError(
+                    "image_size= decodes images into the batches the loader collates itself; with a collate_fn "
+                    "(or batch_size=None) each sample's image comes as a PIL image, as torchvision's ImageFolder "
+                    "gives it"
                 )
             policies = collate_policies(collate, dataset.store.fields if isinstance(dataset, ChunkedDataset) else {})
             tokens, length_field = _token_budget(dataset, policies, max_tokens, batch_size, bucket_size, length_field)
@@ -217,6 +231,8 @@ class FlashDataLoader:
         else:
             if max_tokens is not None or bucket_size is not None:
                 raise ValueError("max_tokens and bucket_size batch the ragged fields of a store split (no collate_fn)")
+            if image_size is not None:
+                raise ValueError("image_size= decodes the image fields of a store split read by the loader's own stages")
             if collate is not None:
                 raise ValueError(
                     "collate= batches the ragged fields of a store split read by the loader's own stages; "
@@ -379,6 +395,8 @@ class FlashDataLoader:
             seed, structure = self._own_seed(), own.data.structure
             if self.collate_fn is None and not self._unbatched:
                 cpu = own.batches(epoch, seed, remaining, skip, self.pin_memory)
+                if self._images:
+                    cpu = self._decoded(cpu, seed, epoch)
                 batches = (rebuild(structure, b, list) for b in cpu)
             else:  # (samples sliced from the gathered rows, handed over as torch hands them over)
                 cpu = own.batches(epoch, seed, remaining, skip, False)
@@ -401,6 +419,22 @@ class FlashDataLoader:
         if accelerate_running():
             batches = self._told_to_accelerate(batches, count, remaining, skip)
         return EpochIterator(batches, count)
+
+    def _decoded(self, cpu: Iterator[Any], seed: int, epoch: int) -> Iterator[Any]:
+        """CPU batches with their image fields decoded (see :mod:`datalflash.loading.images`)."""
+        dataset = self.dataset
+        if not isinstance(dataset, ChunkedDataset):
+            raise TypeError("only a store split has image fields")
+        return decoded_batches(
+            cpu,
+            self._images,
+            image_sizes(dataset.store.structure),
+            seed=seed,
+            epoch=epoch,
+            where=f"{dataset.store.path}: split {dataset.split!r}",
+            pin_memory=self.pin_memory,
+            device=self.device,
+        )
 
     def _epoch_batches(self, epoch: int, remaining: Ranges, skip: int) -> int | None:
         """How many batches this rank serves of ``epoch`` from here (None: a sampler or dataset

@@ -24,7 +24,14 @@ def store_info(path: str | os.PathLike) -> dict:
         "config": store.manifest.backend_config,
         "chunk_size": store.chunk_size,
         "fields": {
-            name: {"dtype": f.dtype, "shape": list(f.shape), "kind": f.kind} for name, f in store.fields.items()
+            name: {
+                "dtype": f.dtype,
+                "shape": list(f.shape),
+                "kind": f.kind,
+                **({"encoding": f.encoding} if f.encoding else {}),
+                **({"classes": list(f.classes)} if f.classes else {}),
+            }
+            for name, f in store.fields.items()
         },
         "splits": {name: {"samples": s.num_samples, "chunks": s.num_chunks} for name, s in store.splits.items()},
         "checksums": {split: store.has_checksums(split) for split in store.splits},
@@ -65,6 +72,8 @@ def _describe_field(field: dict) -> str:
     kind = field.get("kind", "array")
     if kind in ("str", "bytes"):
         return f"{kind} (variable length)"
+    if kind == "image":
+        return "image (encoded" + (f"; decoded ones stored as {field['encoding']}" if field.get("encoding") else "") + ")"
     dims = ["*" if d is None else str(d) for d in field["shape"]]
     shape = "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
     return f"{field['dtype']:<10} {shape}" + ("  ragged (* varies by sample)" if kind == "ragged" else "")

@@ -1,0 +1,231 @@
+"""Image batches: encoded images decoded, cropped and resized in one step per image.
+
+An ``image`` field's rows reach a batch encoded. :class:`ImageDecode` says how they become a
+tensor: each image decoded with its crop and resize fused (Pillow decodes a JPEG at a reduced
+scale, 1/2 to 1/8, when the crop is that much larger than the output, then resizes only the
+crop's pixels), into one ``(batch, height, width, 3)`` uint8 buffer, handed out as NCHW (a
+channels-last view, no copy) or NHWC. Crops are planned for the whole batch at once
+(:func:`plan_crops`) from each image's stored size, with random numbers that are a function of
+``(seed, epoch, sample index)`` alone, so a resumed or re-sharded run crops every sample as an
+uninterrupted one would.
+
+Decoding a batch is split over threads by the loader (Pillow releases the GIL while it decodes
+and resizes); :func:`decode_rows` is the work of one thread. With ``device="cuda"`` and
+torchvision installed, JPEGs are decoded on the GPU instead (:func:`decode_on_gpu`).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from datalflash.errors import ImageError
+from datalflash.format.images import pillow
+
+CROPS = ("random", "center", "full")
+LAYOUTS = ("NCHW", "NHWC")
+ATTEMPTS = 10  # random-resized-crop tries before the fallback (as torchvision's RandomResizedCrop)
+
+
+@dataclass(frozen=True)
+class ImageDecode:
+    """How an image field is batched (pass it in the loader's ``collate=`` for the field, or
+    give the loader ``image_size=``).
+
+    * ``size``: output ``height`` (and ``width``: an int is square); None: each image decoded at
+      its own size, the batch a list of ``(3, H, W)`` uint8 tensors.
+    * ``crop``: ``"random"`` (random-resized crop: a region of ``scale`` of the area and
+      ``ratio`` of aspect, as torchvision's ``RandomResizedCrop``), ``"center"`` (the largest
+      centered region of the output's aspect, times ``center_fraction``: 0.875 is
+      ``Resize(256) + CenterCrop(224)``) or ``"full"`` (the whole image, stretched).
+    * ``layout``: ``"NCHW"`` (a channels-last view of the decoded buffer) or ``"NHWC"``.
+    * ``dtype``: ``torch.uint8``, or a float dtype for values in ``[0, 1]`` (better done on the
+      device, after the transfer: the copy is then 4x smaller).
+    * ``threads``: decoding threads (None: one per core the process may use).
+    * ``gpu``: decode JPEGs on the GPU when the loader's device is CUDA and torchvision is
+      installed (None: whenever possible).
+    """
+
+    size: int | tuple[int, int] | None = None
+    crop: str = "center"
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    center_fraction: float = 0.875
+    layout: str = "NCHW"
+    dtype: torch.dtype = torch.uint8
+    threads: int | None = None
+    gpu: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.crop not in CROPS:
+            raise ValueError(f"ImageDecode crop {self.crop!r} is not one of {list(CROPS)}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"ImageDecode layout {self.layout!r} is not one of {list(LAYOUTS)}")
+        if self.size is not None:
+            sizes = (self.size,) if isinstance(self.size, int) else tuple(self.size)
+            if len(sizes) not in (1, 2) or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes):
+                raise ValueError(f"ImageDecode size {self.size!r} is not a positive int or (height, width)")
+        low, high = self.scale
+        if not 0 < low <= high <= 1:
+            raise ValueError(f"ImageDecode scale {self.scale!r} must be (low, high) with 0 < low <= high <= 1")
+        if not 0 < self.ratio[0] <= self.ratio[1]:
+            raise ValueError(f"ImageDecode ratio {self.ratio!r} must be (low, high) with 0 < low <= high")
+        if not 0 < self.center_fraction <= 1:
+            raise ValueError(f"ImageDecode center_fraction {self.center_fraction!r} must be in (0, 1]")
+        if self.dtype != torch.uint8 and not self.dtype.is_floating_point:
+            raise ValueError(f"ImageDecode dtype {self.dtype} is not uint8 or a float dtype")
+
+    @property
+    def output_size(self) -> tuple[int, int] | None:
+        """``(height, width)`` of the output, or None (each image its own size)."""
+        if self.size is None:
+            return None
+        return (self.size, self.size) if isinstance(self.size, int) else (self.size[0], self.size[1])
+
+
+# ----------------------------------------------------------------------------- random numbers
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finalizer: a bijection of uint64 that scatters nearby inputs."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def sample_uniforms(seed: int, epoch: int, indices: np.ndarray, count: int) -> np.ndarray:
+    """``(len(indices), count)`` floats in ``[0, 1)``, a function of ``(seed, epoch, index)``
+    alone (counter-based: no generator state to save or share)."""
+    with np.errstate(over="ignore"):
+        key = _mix(np.uint64(seed % 2**64) + _GOLDEN * np.uint64((epoch + 1) % 2**64))
+        base = _mix(key ^ (np.asarray(indices, dtype=np.int64).astype(np.uint64) * _GOLDEN))
+        counters = np.arange(1, count + 1, dtype=np.uint64) * _GOLDEN
+        bits = _mix(base[:, None] + counters[None, :])
+    return (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+# ----------------------------------------------------------------------------- crop planning
+def plan_crops(
+    heights: np.ndarray, widths: np.ndarray, decode: ImageDecode, uniforms: np.ndarray | None = None
+) -> np.ndarray:
+    """``(n, 4)`` float64 boxes ``(left, top, right, bottom)`` in pixels of each image, for all
+    images at once; ``uniforms`` (from :func:`sample_uniforms`, ``2 * ATTEMPTS + 2`` per image)
+    drive a random crop."""
+    h, w = np.asarray(heights, np.float64), np.asarray(widths, np.float64)
+    n = len(h)
+    if decode.crop == "full" or decode.output_size is None:
+        return np.stack([np.zeros(n), np.zeros(n), w, h], axis=1)
+    out_h, out_w = decode.output_size
+    if decode.crop == "center":
+        aspect = out_w / out_h
+        cw = np.minimum(w, h * aspect) * decode.center_fraction
+        ch = np.minimum(h, w / aspect) * decode.center_fraction
+        left, top = (w - cw) / 2, (h - ch) / 2
+        return np.stack([left, top, left + cw, top + ch], axis=1)
+    if uniforms is None:
+        raise ValueError("a random crop needs uniforms")
+    area = (h * w)[:, None]
+    u_scale, u_ratio = uniforms[:, 0:ATTEMPTS], uniforms[:, ATTEMPTS : 2 * ATTEMPTS]
+    log_low, log_high = math.log(decode.ratio[0]), math.log(decode.ratio[1])
+    target = area * (decode.scale[0] + (decode.scale[1] - decode.scale[0]) * u_scale)
+    aspect = np.exp(log_low + (log_high - log_low) * u_ratio)
+    cw, ch = np.round(np.sqrt(target * aspect)), np.round(np.sqrt(target / aspect))
+    fits = (cw > 0) & (ch > 0) & (cw <= w[:, None]) & (ch <= h[:, None])
+    first = np.argmax(fits, axis=1)
+    rows = np.arange(n)
+    found = fits[rows, first]
+    cw, ch = cw[rows, first], ch[rows, first]
+    # fallback (no attempt fitted): the whole image, cut to the nearest allowed aspect, centered
+    in_ratio = w / np.maximum(h, 1)
+    fw = np.where(in_ratio < decode.ratio[0], w, np.where(in_ratio > decode.ratio[1], np.round(h * decode.ratio[1]), w))
+    fh = np.where(in_ratio < decode.ratio[0], np.round(w / decode.ratio[0]), h)
+    cw, ch = np.where(found, cw, fw), np.where(found, ch, fh)
+    left = np.where(found, np.floor(uniforms[:, -2] * (w - cw + 1)), (w - cw) // 2)
+    top = np.where(found, np.floor(uniforms[:, -1] * (h - ch + 1)), (h - ch) // 2)
+    return np.stack([left, top, left + cw, top + ch], axis=1)
+
+
+# ----------------------------------------------------------------------------- decoding
+def decode_image(data: Any, box: Sequence[float] | None, size: tuple[int, int] | None) -> np.ndarray:
+    """One image decoded to RGB ``(H, W, 3)`` uint8: the ``box`` region resized to ``size``
+    (``(height, width)``; None: the whole image at its own size). A JPEG whose region is at
+    least twice the output is decoded at a reduced scale first (Pillow's ``draft``)."""
+    image = pillow()
+    opened = image.open(io.BytesIO(data))
+    if size is None:
+        return np.array(opened if opened.mode == "RGB" else opened.convert("RGB"))
+    out_h, out_w = size
+    left, top, right, bottom = (float(v) for v in box) if box is not None else (0.0, 0.0, *opened.size)
+    if opened.format == "JPEG":
+        reduce = min((right - left) / out_w, (bottom - top) / out_h)
+        if reduce >= 2:
+            full_w, full_h = opened.size
+            opened.draft("RGB", (math.ceil(full_w / reduce), math.ceil(full_h / reduce)))
+            fx, fy = opened.size[0] / full_w, opened.size[1] / full_h
+            left, right, top, bottom = left * fx, right * fx, top * fy, bottom * fy
+    if opened.mode != "RGB":
+        opened = opened.convert("RGB")
+    resized = opened.resize((out_w, out_h), image.Resampling.BILINEAR, box=(left, top, right, bottom))
+    return np.asarray(resized)
+
+
+def decode_rows(
+    rows: Sequence[torch.Tensor], boxes: np.ndarray, size: tuple[int, int], out: np.ndarray, names: Sequence[str]
+) -> None:
+    """Decode encoded ``rows`` (uint8 tensors) into ``out[i]`` (``(H, W, 3)`` uint8 each), the
+    ``boxes`` regions resized to ``size``; an ImageError names the image (``names[i]``)."""
+    for i, row in enumerate(rows):
+        try:
+            out[i] = decode_image(row.numpy(), boxes[i], size)
+        except Exception as e:
+            raise ImageError(f"{names[i]}: cannot decode the image ({type(e).__name__}: {e})") from None
+
+
+def decode_full(rows: Sequence[torch.Tensor], names: Sequence[str]) -> list[torch.Tensor]:
+    """Each encoded row decoded at its own size, as a ``(3, H, W)`` uint8 tensor."""
+    images = []
+    for i, row in enumerate(rows):
+        try:
+            pixels = decode_image(row.numpy(), None, None)
+        except Exception as e:
+            raise ImageError(f"{names[i]}: cannot decode the image ({type(e).__name__}: {e})") from None
+        images.append(torch.from_numpy(pixels).permute(2, 0, 1))
+    return images
+
+
+def finish(pixels: torch.Tensor, decode: ImageDecode) -> torch.Tensor:
+    """An NHWC uint8 batch in the layout and dtype ``decode`` asks for."""
+    if decode.dtype != torch.uint8:
+        pixels = pixels.to(decode.dtype).div_(255)
+    return pixels.permute(0, 3, 1, 2) if decode.layout == "NCHW" else pixels
+
+
+def is_jpeg(row: torch.Tensor) -> bool:
+    """Whether an encoded image starts as a JPEG does."""
+    return len(row) > 3 and bool(row[0] == 0xFF) and bool(row[1] == 0xD8)
+
+
+def decode_on_gpu(
+    rows: Sequence[torch.Tensor], boxes: np.ndarray, size: tuple[int, int], device: torch.device
+) -> torch.Tensor:
+    """JPEG ``rows`` decoded on the GPU (torchvision's nvJPEG decoder), each ``box`` region
+    resized to ``size`` (bilinear, antialiased): an NHWC uint8 batch on ``device``."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    decoded = decode_jpeg(list(rows), mode=ImageReadMode.RGB, device=device)
+    out = torch.empty((len(rows), 3, *size), dtype=torch.uint8, device=device)
+    for i, image in enumerate(decoded):
+        left, top, right, bottom = (int(round(v)) for v in boxes[i])
+        region = image[:, top:bottom, left:right].unsqueeze(0).float()
+        resized = torch.nn.functional.interpolate(region, size=size, mode="bilinear", antialias=True, align_corners=False)
+        out[i] = resized[0].round_().clamp_(0, 255).to(torch.uint8)
+    return out.permute(0, 2, 3, 1)
