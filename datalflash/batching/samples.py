@@ -8,14 +8,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from datalflash.batching.ragged import RaggedTensors
-from datalflash.format.structure import field_names, rebuild
+from datalflash.format.structure import rebuild, sample_field_names
 
 
 def samples_of(batch: Mapping[str, Any], structure: dict) -> list[Any]:
     """The samples of ``batch`` (``{field: tensor}`` of rows, a :class:`RaggedTensors` for a
     ragged field), each rebuilt in the structure of the dataset's samples: tensors are views of
     the batch's rows, ragged rows their own tensors, ``str`` and ``bytes`` fields Python values."""
-    names = field_names(structure)
+    names = sample_field_names(structure)
     columns = []
     for name in names:
         rows = batch[name]

@@ -58,6 +58,7 @@ def _convert(args: argparse.Namespace) -> int:
             num_workers=args.workers,
             overwrite=args.overwrite,
             progress=not args.quiet,
+            on_error=args.on_error,
         )
     except (DataLFlashError, FileExistsError) as e:
         return _fail("convert", e)
@@ -120,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
         "convert",
         help="convert a dataset into a chunked store",
         description="Convert SOURCE into a store at OUTPUT. SOURCE is module:callable (returns a torch "
-        "Dataset), a.npy[,b.npy...], data.npz, data.h5[:dataset] or an array.zarr / group.",
+        "Dataset), a.npy[,b.npy...], data.npz, data.h5[:dataset], an array.zarr / group, a saved Hugging Face "
+        "dataset or an image folder (root/<class>/<image files>: images kept as their files' bytes).",
     )
     convert.add_argument("source")
     convert.add_argument("output")
@@ -140,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--no-shuffle", action="store_true", help="keep the source order")
     convert.add_argument("--workers", type=int, default=0, help="DataLoader workers reading the source")
     convert.add_argument("--overwrite", action="store_true", help="replace an existing store at OUTPUT")
+    convert.add_argument(
+        "--on-error",
+        choices=("raise", "skip"),
+        default="raise",
+        help="image folders: stop at an unreadable image file (raise, the default) or leave it out and list it (skip)",
+    )
     convert.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     convert.set_defaults(func=_convert)
 

@@ -58,10 +58,17 @@ class ImageFiles(Dataset):
         self.classes = list(classes)
         self.threads = threads
         self.skipped: list[tuple[str, str]] = []  # (file, why) of the files left out
+        self._checked = False
         if on_error == "skip":
-            self._skip_unreadable()
+            self.skip_unreadable()
 
-    def _skip_unreadable(self) -> None:
+    def skip_unreadable(self) -> None:
+        """Leave out the files that cannot be read or are not images (each file's header read by
+        :attr:`threads` threads), listing them in :attr:`skipped`; once."""
+        if self._checked:
+            return
+        self._checked = True
+
         def why(path: str) -> str | None:
             try:
                 EncodedImage.from_file(path)
@@ -125,7 +132,11 @@ def is_image_folder(path: Any) -> bool:
 
 def image_source(source: Any, on_error: str = "raise") -> ImageFiles | None:
     """The image files ``source`` names, if it names some: a folder (a ``str`` or path) or a
-    list of ``(path, label)`` pairs; else None."""
+    list of ``(path, label)`` pairs, or :class:`ImageFiles`; else None."""
+    if isinstance(source, ImageFiles):
+        if on_error == "skip":
+            source.skip_unreadable()
+        return source
     if isinstance(source, (str, os.PathLike)):
         return image_folder(source, on_error=on_error)
     if isinstance(source, (list, tuple)) and source and all(

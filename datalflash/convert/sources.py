@@ -5,7 +5,8 @@
 * ``data.npz``: its arrays, samples ``{key: array[i]}``;
 * ``data.h5`` (every top-level dataset) or ``data.h5:name``: HDF5 datasets;
 * ``array.zarr`` (an array, or a group of arrays): Zarr;
-* a directory written by Hugging Face ``Dataset.save_to_disk``: that dataset (see :func:`as_dataset`).
+* a directory written by Hugging Face ``Dataset.save_to_disk``: that dataset (see :func:`as_dataset`);
+* an image folder (``root/<class>/*.jpg``): its images and class ids (see :mod:`datalflash.convert.images`).
 
 Array sources become a ``TensorDataset`` (dict sources a dict-sample dataset), so the converter
 copies them in vectorized blocks. ``.npy`` files stay memory-mapped; npz, HDF5 and Zarr arrays
@@ -175,7 +176,12 @@ def load_source(spec: str) -> Dataset:
         return _from_hf_disk(spec)
     if ":" in spec and not Path(spec).exists():
         return _from_factory(spec)
+    from datalflash.convert.images import image_folder, is_image_folder  # (it builds on this module)
+
+    if is_image_folder(spec):
+        return image_folder(spec)
     raise SourceError(
         f"{spec}: not a source; give module:callable, .npy file(s), a .npz file, an HDF5 file "
-        "(file.h5 or file.h5:dataset), a Zarr array/group or a saved Hugging Face dataset directory"
+        "(file.h5 or file.h5:dataset), a Zarr array/group, a saved Hugging Face dataset directory "
+        "or an image folder (root/<class>/<image files>)"
     )

@@ -112,6 +112,14 @@ def _walk(spec: dict, visit: Callable[[str], None]) -> None:
             _walk(item, visit)
 
 
+def sample_field_names(spec: dict) -> list[str]:
+    """The fields a sample's leaves come from, in order: :func:`field_names` without the size
+    fields of images (stored beside them, not part of a sample)."""
+    names: list[str] = []
+    _nodes(spec, lambda node: names.append(node["name"]))
+    return names
+
+
 def image_sizes(spec: dict) -> dict[str, str]:
     """``{image field: its size field}`` of a structure spec."""
     found: dict[str, str] = {}
