@@ -330,3 +330,19 @@ def test_sample_uniforms_are_a_function_of_seed_epoch_and_index():
     assert np.array_equal(a[500:], sample_uniforms(1, 0, idx[500:], 4))
     assert not np.allclose(a, sample_uniforms(1, 1, idx, 4)) and not np.allclose(a, sample_uniforms(2, 0, idx, 4))
     assert abs(a.mean() - 0.5) < 0.02 and len(np.unique(a)) == a.size
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU decode needs CUDA")
+def test_gpu_decode_is_close_to_cpu_decode(tmp_path, folder):
+    pytest.importorskip("torchvision")
+    jpegs = [(str(p), k) for p, k in folder_files(folder) if p.suffix == ".jpg"]
+    out = DatasetConverter.create_chunked_dataset(jpegs, tmp_path / "s", split_ratios={"train": 1.0}, progress=False)
+    split = ChunkedDataset(open_store(out), "train")
+    batches = {
+        gpu: next(iter(FlashDataLoader(split, batch_size=8, device="cuda", collate={"0": ImageDecode(size=32, gpu=gpu)})))
+        for gpu in (True, False)
+    }
+    (on_gpu, labels_gpu), (on_cpu, labels_cpu) = batches[True], batches[False]
+    assert on_gpu.is_cuda and on_gpu.shape == on_cpu.shape == (8, 3, 32, 32) and on_gpu.dtype == torch.uint8
+    assert torch.equal(labels_gpu, labels_cpu)
+    assert (on_gpu.float() - on_cpu.float()).abs().mean() < 8

@@ -4,7 +4,17 @@ import pytest
 import torch
 
 from datalflash.core import ChunkedDataset, FlashDataLoader, get_dataloaders
-from datalflash.transforms import Compose, ConvertDtype, Normalize, PerSample, RandomCrop, RandomHorizontalFlip
+from datalflash.transforms import (
+    ColorJitter,
+    Compose,
+    ConvertDtype,
+    Normalize,
+    PerSample,
+    RandomCrop,
+    RandomGrayscale,
+    RandomHorizontalFlip,
+    RandomResizedCrop,
+)
 from datalflash.utils import DatasetConverter
 
 
@@ -123,3 +133,80 @@ def test_torchvision_transforms_are_applied_per_sample(tmp_path, version):
     images_, labels = next(iter(loader["train"]))
     flipped, kept = flipped_or_kept(images_, x, labels)
     assert all(f or k for f, k in zip(flipped, kept)) and any(flipped) and any(kept)
+
+
+def photo_batch(n=8, size=32):
+    """Crops of scikit-learn's real photographs, uint8 (n, 3, size, size)."""
+    sklearn_datasets = pytest.importorskip("sklearn.datasets")
+    photo = torch.from_numpy(sklearn_datasets.load_sample_images().images[0]).permute(2, 0, 1)
+    tops, lefts = [(37 * i) % (photo.shape[1] - size) for i in range(n)], [(53 * i) % (photo.shape[2] - size) for i in range(n)]
+    return torch.stack([photo[:, t : t + size, s : s + size] for t, s in zip(tops, lefts)])
+
+
+def _blend_reference(img, other, factor):
+    return (factor * img.float() + (1 - factor) * other).clamp(0, 255).floor()
+
+
+def test_color_jitter_draws_factors_per_sample_and_follows_torchvision_formulas():
+    x = photo_batch()
+    for name in ("brightness", "contrast", "saturation"):
+        jitter = ColorJitter(**{name: 0.5}, generator=torch.Generator().manual_seed(3))
+        out = jitter(x)
+        g = torch.Generator().manual_seed(3)
+        torch.randperm(4, generator=g)
+        factors = 0.5 + torch.rand(len(x), generator=g)  # (in [0.5, 1.5])
+        for i in range(len(x)):
+            img = x[i].float()
+            luma = (0.2989 * img[0] + 0.587 * img[1] + 0.114 * img[2]).floor()
+            other = {"brightness": torch.zeros_like(img), "contrast": luma.mean(), "saturation": luma}[name]
+            assert torch.equal(out[i], _blend_reference(img, other, factors[i]).to(torch.uint8)), (name, i)
+        assert len({round(float(f), 3) for f in factors}) == len(x)
+    floats = ColorJitter(0.4, 0.4, 0.4, 0.1, generator=torch.Generator().manual_seed(0))(x.float() / 255)
+    assert floats.dtype == torch.float32 and 0 <= floats.min() and floats.max() <= 1
+    with pytest.raises(ValueError, match="hue"):
+        ColorJitter(hue=0.7)
+
+
+def test_hue_shift_of_a_full_turn_is_identity_and_half_turn_complements():
+    x = photo_batch().float() / 255
+    same = ColorJitter(hue=(0.5, 0.5))  # (a half turn, then another: back where it started)
+    assert torch.allclose(same(same(x)), x, atol=1e-5)
+    pure = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1).expand(1, 3, 2, 2)
+    assert torch.allclose(ColorJitter(hue=(1 / 3, 1 / 3))(pure)[0, :, 0, 0], torch.tensor([0.0, 1.0, 0.0]), atol=1e-6)
+
+
+def test_random_grayscale_is_per_sample():
+    x = photo_batch(16)
+    out = RandomGrayscale(0.5, generator=torch.Generator().manual_seed(1))(x)
+    gray = [bool((out[i] == out[i, :1]).all()) for i in range(16)]
+    kept = [torch.equal(out[i], x[i]) for i in range(16)]
+    assert all(g or k for g, k in zip(gray, kept)) and any(gray) and any(kept)
+
+
+def test_random_resized_crop_is_a_per_sample_crop_and_resize():
+    x = photo_batch(8, 64)
+    identity = RandomResizedCrop(64, scale=(1.0, 1.0), ratio=(1.0, 1.0))(x)
+    assert torch.equal(identity, x)
+    crop = RandomResizedCrop(24, scale=(0.05, 0.2), generator=torch.Generator().manual_seed(5))
+    boxes = crop.boxes(8, 64, 64, torch.device("cpu"))
+    assert ((boxes[:, 0] >= 0) & (boxes[:, 2] <= 64) & (boxes[:, 1] >= 0) & (boxes[:, 3] <= 64)).all()
+    assert len({tuple(b.tolist()) for b in boxes}) == 8
+    out = RandomResizedCrop(24, scale=(0.05, 0.2), generator=torch.Generator().manual_seed(5))(x)
+    assert out.shape == (8, 3, 24, 24) and out.dtype == torch.uint8
+    for i, (left, top, right, bottom) in enumerate(boxes.long().tolist()):
+        region = x[i, :, top:bottom, left:right].float().unsqueeze(0)
+        expected = torch.nn.functional.interpolate(region, size=(24, 24), mode="bilinear", align_corners=False)
+        assert (out[i].float() - expected[0]).abs().mean() < 1.0
+
+
+def test_batch_color_jitter_matches_torchvision_v2_given_the_same_factors():
+    v2 = _torchvision("v2")
+    functional = v2.functional
+    x = photo_batch()
+    out = ColorJitter(saturation=0.5, generator=torch.Generator().manual_seed(3))(x)
+    g = torch.Generator().manual_seed(3)
+    torch.randperm(4, generator=g)
+    factors = 0.5 + torch.rand(len(x), generator=g)
+    for i in range(len(x)):  # (float rounding may put a value on the other side of an integer)
+        diff = (out[i].int() - functional.adjust_saturation(x[i], float(factors[i])).int()).abs()
+        assert diff.max() <= 1 and (diff == 0).float().mean() > 0.99

@@ -13,15 +13,20 @@ from datalflash.transforms.batch import (
     is_per_sample,
     on_field,
 )
+from datalflash.transforms.color import ColorJitter, RandomGrayscale
+from datalflash.transforms.geometry import RandomResizedCrop
 
 __all__ = [
     "BatchTransform",
+    "ColorJitter",
     "Compose",
     "ConvertDtype",
     "Normalize",
     "PerSample",
     "RandomCrop",
+    "RandomGrayscale",
     "RandomHorizontalFlip",
+    "RandomResizedCrop",
     "is_per_sample",
     "on_field",
 ]

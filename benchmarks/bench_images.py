@@ -1,0 +1,196 @@
+"""Images kept as JPEG, decoded with random-resized crops to 224, side by side in one run.
+
+Data: an ImageNet-like folder of JPEGs (200-500 pixels a side, quality 90, two classes) cut and
+resized from scikit-learn's real photographs (``load_sample_images``). Measured, idle and with
+one busy process per core (the model keeping the CPU busy):
+
+* the decoder's own single-image rate (one thread): Pillow decoding + random-resized crop + resize
+  to 224 as the loader does it (a JPEG decoded at a reduced scale when the crop allows), and plain
+  Pillow (full decode, then crop + resize) for reference;
+* ``FlashDataLoader`` over the converted store (``image_size=224``, batch 256, shuffled);
+* torch's ``DataLoader`` over an ImageFolder-style dataset (Pillow decode, the same crop with
+  Python's ``random``, ``default_collate``) with as many workers as cores;
+* the store's size against the folder's, and conversion time against ``cp -r`` of the folder.
+
+Usage: ``python benchmarks/bench_images.py [--images 5000] [--epochs 1]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import os
+import random
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from bench_ragged import _nothing, busy_cores
+from common import dir_bytes, save_results
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from datalflash.batching.images import ATTEMPTS, ImageDecode, decode_image, plan_crops, sample_uniforms
+from datalflash.core import get_dataloaders
+from datalflash.loading.images import usable_cores
+from datalflash.utils import DatasetConverter
+
+BATCH = 256
+SIZE = 224
+
+
+def make_folder(root: Path, n: int, seed: int = 0) -> Path:
+    """``n`` JPEGs of 200-500 pixels a side in ``root/<class>/``, from scikit-learn's photographs."""
+    from sklearn.datasets import load_sample_images
+
+    done = root / f".done-{n}"
+    if done.exists():
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    photos = [Image.fromarray(p) for p in load_sample_images().images]
+    rng = np.random.default_rng(seed)
+    for k, name in enumerate(("china", "flower")):
+        (root / name).mkdir(parents=True)
+    for i in range(n):
+        photo = photos[i % 2]
+        h, w = (int(v) for v in rng.integers(200, 501, 2))
+        ch, cw = min(h, photo.height), min(w, photo.width)
+        y, x = int(rng.integers(0, photo.height - ch + 1)), int(rng.integers(0, photo.width - cw + 1))
+        piece = photo.resize((w, h), Image.Resampling.BILINEAR, box=(x, y, x + cw, y + ch))
+        piece.save(root / ("china", "flower")[i % 2] / f"{i:06d}.jpg", quality=90)
+    done.touch()
+    return root
+
+
+def files_of(root: Path) -> list[tuple[Path, int]]:
+    return [(p, k) for k, c in enumerate(sorted(d.name for d in root.iterdir() if d.is_dir())) for p in sorted((root / c).iterdir())]
+
+
+def decoder_rates(files: list[tuple[Path, int]], count: int = 400) -> dict[str, float]:
+    """Images per second, one thread: the loader's decode (reduced-scale JPEG decode when the crop
+    allows) and plain Pillow, each with a random-resized crop to 224."""
+    datas = [p.read_bytes() for p, _ in files[:count]]
+    sizes = []
+    for data in datas:
+        with Image.open(io.BytesIO(data)) as im:
+            sizes.append((im.height, im.width))
+    h, w = np.array(sizes).T
+    boxes = plan_crops(h, w, ImageDecode(size=SIZE, crop="random"), sample_uniforms(0, 0, np.arange(count), 2 * ATTEMPTS + 2))
+
+    def ours() -> None:
+        for data, box in zip(datas, boxes):
+            decode_image(data, box, (SIZE, SIZE))
+
+    def plain() -> None:
+        for data, box in zip(datas, boxes):
+            with Image.open(io.BytesIO(data)) as im:
+                np.asarray(im.convert("RGB").resize((SIZE, SIZE), Image.Resampling.BILINEAR, box=tuple(box)))
+
+    rates = {}
+    for name, fn in (("datalflash decode (Pillow, reduced-scale JPEG + fused crop/resize)", ours), ("plain Pillow decode + crop/resize", plain)):
+        fn()
+        start = time.perf_counter()
+        fn()
+        rates[name] = count / (time.perf_counter() - start)
+    return rates
+
+
+class FolderDataset(Dataset):
+    """What a user writes without torchvision: Pillow decode, random-resized crop to 224 with
+    Python's ``random`` (torchvision's algorithm), a uint8 CHW tensor and the label."""
+
+    def __init__(self, files: list[tuple[Path, int]]):
+        self.files = files
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        path, label = self.files[i]
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            box = _random_resized_crop(im.width, im.height)
+            out = im.resize((SIZE, SIZE), Image.Resampling.BILINEAR, box=box)
+        return torch.from_numpy(np.array(out)).permute(2, 0, 1), label
+
+
+def _random_resized_crop(w: int, h: int) -> tuple[int, int, int, int]:
+    area = w * h
+    for _ in range(10):
+        target = area * random.uniform(0.08, 1.0)
+        aspect = math.exp(random.uniform(math.log(3 / 4), math.log(4 / 3)))
+        cw, ch = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+        if 0 < cw <= w and 0 < ch <= h:
+            x, y = random.randint(0, w - cw), random.randint(0, h - ch)
+            return x, y, x + cw, y + ch
+    return 0, 0, w, h
+
+
+def loader_rate(loader, epochs: int) -> float:
+    """Images per second over ``epochs`` epochs after a first few batches."""
+    it = iter(loader)
+    for _ in range(2):
+        next(it)
+    del it
+    count, start = 0, time.perf_counter()
+    for _ in range(epochs):
+        for images, _ in loader:
+            count += len(images)
+    return count / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=5000)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--folder", type=Path, default=Path(tempfile.gettempdir()) / "datalflash-bench-images")
+    args = parser.parse_args()
+    cores = usable_cores()
+    folder = make_folder(args.folder, args.images)
+    files = files_of(folder)
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(["sync"], check=False)
+        start = time.perf_counter()
+        subprocess.run(["cp", "-r", str(folder), f"{tmp}/copy"], check=True)
+        copy_s = time.perf_counter() - start
+        start = time.perf_counter()
+        store = DatasetConverter.create_chunked_dataset(
+            str(folder), f"{tmp}/store", split_ratios={"train": 1.0}, chunk_size=1000, progress=False
+        )
+        convert_s = time.perf_counter() - start
+        folder_bytes, store_bytes = dir_bytes(folder), dir_bytes(Path(store))
+        rows.append({"measure": "conversion / cp -r (rate)", "value": round(copy_s / convert_s, 2)})
+        rows.append({"measure": "store size / folder size", "value": round(store_bytes / folder_bytes, 3)})
+        for load in ("idle", "under load"):
+            with busy_cores() if load == "under load" else _nothing():
+                single = decoder_rates(files)
+                chosen = next(iter(single.values()))
+                flash = loader_rate(
+                    get_dataloaders(store, batch_size=BATCH, image_size=SIZE, seed=0)["train"], args.epochs
+                )
+                torch_dl = loader_rate(
+                    DataLoader(FolderDataset(files), BATCH, shuffle=True, num_workers=cores, persistent_workers=True),
+                    args.epochs,
+                )
+                for name, r in single.items():
+                    rows.append({"measure": f"{name}, 1 thread [img/s]", "load": load, "value": round(r)})
+                rows.append({"measure": "FlashDataLoader [img/s]", "load": load, "value": round(flash)})
+                rows.append({"measure": f"torch DataLoader, {cores} workers [img/s]", "load": load, "value": round(torch_dl)})
+                rows.append({"measure": f"FlashDataLoader / (decoder x {cores} cores)", "load": load, "value": round(flash / (chosen * cores), 2)})
+                rows.append({"measure": "FlashDataLoader / torch DataLoader", "load": load, "value": round(flash / torch_dl, 2)})
+                print(rows[-6:], flush=True)
+    table = "\n".join(f"| {r['measure']} | {r.get('load', '')} | {r['value']} |" for r in rows)
+    table = "| measure | load | value |\n|---|---|---|\n" + table
+    print(table)
+    save_results("images", rows, table)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    main()
