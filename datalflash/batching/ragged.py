@@ -41,6 +41,10 @@ from datalflash.format.manifest import FieldSpec
 from datalflash.format.ragged import PlacedRows, RaggedArray, element_positions
 
 MODES = ("pad", "packed", "nested", "list")
+LONG_ROW_BYTES = 4096
+"""Rows this long on average (encoded images, audio) are gathered by one copy per row: an index
+of every element costs ~2 ns an element where a row's slice costs ~1 us in all (for 50 KB images,
+~10x less)."""
 
 
 class Padded(NamedTuple):
@@ -230,10 +234,14 @@ def take(segments: Sequence[tuple[RaggedTensors, torch.Tensor]]) -> tuple[Ragged
         values = _rows_as_wide(first, parts[0][1], length, width)[_within(length, width)]
         return RaggedTensors(shape, offsets, values, first.dtype, first.kind, first.shape), length
     values = np.empty(int(offsets[-1]), dtype=parts[0][0].dtype)
+    long_rows = values.nbytes >= LONG_ROW_BYTES * max(1, len(length))
     done = 0
     for source_values, starts, part_lengths in parts:
         total = int(part_lengths.sum())
-        if total:
+        if total and long_rows:  # (one copy per row: a slice each, next to nothing beside the row's bytes)
+            rows = [source_values[a : a + n] for a, n in zip(starts.tolist(), part_lengths.tolist())]
+            np.concatenate(rows, out=values[done : done + total])
+        elif total:
             positions = element_positions(starts, part_lengths, total)
             np.take(source_values, positions, out=values[done : done + total], mode="clip")
         done += total
