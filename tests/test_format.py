@@ -1,5 +1,6 @@
 """Format v1: the committed fixture stores, the JSON Schema, and manifest validation."""
 
+import io
 import copy
 import json
 import shutil
@@ -203,6 +204,34 @@ def test_ragged_fixture_store_reads_back(backend):
     assert seen == len(expected)
 
 
+IMAGE_FIXTURES = FORMATS / "fixtures" / "v1-images"
+
+
+@pytest.mark.parametrize("backend", ["zarr", "hdf5", "memmap"])
+def test_image_fixture_store_reads_back(backend):
+    """Stores with image fields (added within v1) written by datalflash 0.3 read back: the PNG
+    bytes decode to the images written, the size field holds each one's height, width, channels."""
+    pil = pytest.importorskip("PIL.Image")
+    expected = json.loads((IMAGE_FIXTURES / "expected.json").read_text())
+    jsonschema.validate(json.loads((IMAGE_FIXTURES / backend / "manifest.json").read_text()), SCHEMA)
+    store = open_store(IMAGE_FIXTURES / backend)
+    assert store.fields["0"].kind == "image" and store.fields["0"].encoding == "png"
+    assert store.fields["1"].classes == ("cat", "dog", "eel")
+    rows = [
+        (got["0"].sample(row).tobytes(), got["0.size"][row].tolist(), int(got["1"][row]))
+        for split in ("train", "val", "test")
+        for got in [store.read_chunks(split, range(store.num_chunks(split)))]
+        for row in range(store.num_samples(split))
+    ]
+    assert len(rows) == len(expected)
+    for (data, size, label), want in zip(rows, expected):
+        with pil.open(io.BytesIO(data)) as image:
+            assert image.format == "PNG" and image.mode == want["mode"]
+            assert np.asarray(image.convert("RGB")).tolist() == want["pixels"]
+        assert size == [len(want["pixels"]), len(want["pixels"][0]), 1 if want["mode"] == "L" else 3]
+        assert label == want["label"]
+
+
 def _ragged_doc():
     return json.loads((RAGGED_FIXTURES / "memmap" / "manifest.json").read_text())
 
@@ -227,6 +256,30 @@ def test_bad_ragged_manifest_refused(doc, pattern):
         parse_manifest(doc)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(doc, SCHEMA)
+
+
+def _image_mutate(path, value):
+    return mutate(path, value, json.loads((IMAGE_FIXTURES / "memmap" / "manifest.json").read_text()))
+
+
+BAD_IMAGES = [
+    (_image_mutate(["fields", "0", "encoding"], "gif"), "bad image encoding 'gif'", True),
+    (_image_mutate(["fields", "1", "encoding"], "png"), "bad image encoding 'png'", False),
+    (_image_mutate(["fields", "0.size", "shape"], [2]), "is not int32 of shape \\[3\\]", False),
+    (_image_mutate(["structure", "items", 0], {"kind": "field", "name": "0"}), "names fields", False),
+    (_image_mutate(["structure", "items", 0, "size"], "1"), "names fields", False),
+    (_image_mutate(["fields", "1", "classes"], [1, 2]), "'classes' is not a list of names", True),
+    (_image_mutate(["fields", "0", "shape"], [None, 3]), "image field is uint8 of shape", False),
+]
+
+
+@pytest.mark.parametrize("doc, pattern, schema_refuses", BAD_IMAGES)
+def test_bad_image_manifest_refused(doc, pattern, schema_refuses):
+    with pytest.raises(StoreFormatError, match=pattern):
+        parse_manifest(doc)
+    if schema_refuses:
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(doc, SCHEMA)
 
 
 def test_old_checksum_keys_do_not_fit_a_ragged_store():
