@@ -56,10 +56,14 @@ def image_decode(tmp: Path, n: int) -> dict:
         x, _ = next(iter(loader))
         out[f"{name} batch"] = [list(x.shape), str(x.dtype), str(x.device)]
     center = {
-        gpu: next(iter(FlashDataLoader(split, batch_size=64, device="cuda", collate={"0": ImageDecode(size=224, gpu=gpu)})))[0]
+        gpu: next(
+            iter(FlashDataLoader(split, batch_size=64, device="cuda", collate={"0": ImageDecode(size=224, gpu=gpu)}))
+        )[0]
         for gpu in (True, False)
     }
-    out["gpu vs cpu center crops, mean |diff|"] = round(float((center[True].float() - center[False].float()).abs().mean()), 2)
+    out["gpu vs cpu center crops, mean |diff|"] = round(
+        float((center[True].float() - center[False].float()).abs().mean()), 2
+    )
     return out
 
 

@@ -1,7 +1,7 @@
 """Format v1: the committed fixture stores, the JSON Schema, and manifest validation."""
 
-import io
 import copy
+import io
 import json
 import shutil
 from pathlib import Path

@@ -109,7 +109,9 @@ def test_folder_converts_to_the_files_bytes_sizes_and_classes(tmp_path, folder, 
         with h5py.File(out / "train.h5", "r") as f:
             first = f["0/values/0"][: int(f["0/shapes"][0, 0])]
     else:
-        first = np.load(out / "train" / "0" / "values" / "0.npy")[: int(np.load(out / "train" / "0" / "shapes.npy")[0, 0])]
+        first = np.load(out / "train" / "0" / "values" / "0.npy")[
+            : int(np.load(out / "train" / "0" / "shapes.npy")[0, 0])
+        ]
     assert first.tobytes() == path.read_bytes()
     size_on_disk = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     folder_bytes = sum(p.stat().st_size for p, _ in files)
@@ -149,13 +151,19 @@ def test_unreadable_file_named_or_skipped_and_listed(tmp_path, folder):
 def test_pil_images_stored_as_png_losslessly_or_jpeg_or_raw(tmp_path, photos):
     pieces = cut_pieces(photos, 12, seed=1)
     data = Samples([(p, i) for i, p in enumerate(pieces)])
-    png = DatasetConverter.create_chunked_dataset(data, tmp_path / "png", split_ratios={"train": 1.0}, shuffle=False, progress=False)
+    png = DatasetConverter.create_chunked_dataset(
+        data, tmp_path / "png", split_ratios={"train": 1.0}, shuffle=False, progress=False
+    )
     assert json.loads((png / "manifest.json").read_text())["fields"]["0"]["encoding"] == "png"
-    images, labels = next(iter(FlashDataLoader(ChunkedDataset(open_store(png), "train"), batch_size=12)))
+    images, _ = next(iter(FlashDataLoader(ChunkedDataset(open_store(png), "train"), batch_size=12)))
     for piece, image in zip(pieces, images):
         assert torch.equal(image, torch.from_numpy(np.asarray(piece)).permute(2, 0, 1))
     jpeg = DatasetConverter.create_chunked_dataset(
-        data, tmp_path / "jpeg", split_ratios={"train": 1.0}, shuffle=False, progress=False,
+        data,
+        tmp_path / "jpeg",
+        split_ratios={"train": 1.0},
+        shuffle=False,
+        progress=False,
         fields={"0": {"kind": "image", "encoding": "jpeg:80"}},
     )
     rows = open_store(jpeg).read_chunks("train", [0])
@@ -203,7 +211,7 @@ def center_box(w, h, size, fraction=0.875):
 def crop_and_resize(pixels, box, size):
     """The reference: whole pixels of ``box`` cut from decoded ``pixels``, resized by torch's
     antialiased bilinear interpolation."""
-    left, top, right, bottom = (int(round(v)) for v in box)
+    left, top, right, bottom = (round(float(v)) for v in box)
     region = torch.from_numpy(np.ascontiguousarray(pixels[top:bottom, left:right])).permute(2, 0, 1)[None]
     out = torch.nn.functional.interpolate(region, size=size, mode="bilinear", antialias=True, align_corners=False)
     return out[0]
@@ -262,17 +270,23 @@ def test_random_crops_follow_seed_epoch_and_sample_and_resume_exactly(store):
     loader, _ = epoch_images(store, batch_size=4)
     second = torch.cat([x for x, _ in loader])  # (epoch 1)
     assert not torch.equal(a, second)
-    loader = FlashDataLoader(ChunkedDataset(open_store(store), "train"), batch_size=4, shuffle=True, seed=7, image_size=24)
+    loader = FlashDataLoader(
+        ChunkedDataset(open_store(store), "train"), batch_size=4, shuffle=True, seed=7, image_size=24
+    )
     it = iter(loader)
     head = [next(it)[0] for _ in range(2)]
     state = loader.state_dict()
-    resumed = FlashDataLoader(ChunkedDataset(open_store(store), "train"), batch_size=4, shuffle=True, seed=7, image_size=24)
+    resumed = FlashDataLoader(
+        ChunkedDataset(open_store(store), "train"), batch_size=4, shuffle=True, seed=7, image_size=24
+    )
     resumed.load_state_dict(state)
     assert torch.equal(torch.cat(head + [x for x, _ in resumed]), a)
 
 
 def test_collate_fn_gets_pil_images_as_image_folder_gives_them(store, folder):
-    loader = FlashDataLoader(ChunkedDataset(open_store(store), "train"), batch_size=3, collate_fn=lambda samples: samples)
+    loader = FlashDataLoader(
+        ChunkedDataset(open_store(store), "train"), batch_size=3, collate_fn=lambda samples: samples
+    )
     samples = next(iter(loader))
     image, label = samples[0]
     assert isinstance(image, Image.Image) and image.mode == "RGB" and int(label) == folder_files(folder)[0][1]
@@ -310,7 +324,9 @@ def test_cli_converts_an_image_folder(tmp_path, folder):
     out = tmp_path / "s"
     done = subprocess.run(
         [sys.executable, "-m", "datalflash", "convert", str(folder), str(out), "--chunk-size", "8"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     assert open_store(out).fields["1"].classes == ("china", "flower")
@@ -353,7 +369,9 @@ def test_gpu_decode_is_close_to_cpu_decode(tmp_path, folder):
     out = DatasetConverter.create_chunked_dataset(jpegs, tmp_path / "s", split_ratios={"train": 1.0}, progress=False)
     split = ChunkedDataset(open_store(out), "train")
     batches = {
-        gpu: next(iter(FlashDataLoader(split, batch_size=8, device="cuda", collate={"0": ImageDecode(size=32, gpu=gpu)})))
+        gpu: next(
+            iter(FlashDataLoader(split, batch_size=8, device="cuda", collate={"0": ImageDecode(size=32, gpu=gpu)}))
+        )
         for gpu in (True, False)
     }
     (on_gpu, labels_gpu), (on_cpu, labels_cpu) = batches[True], batches[False]

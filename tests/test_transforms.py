@@ -139,7 +139,10 @@ def photo_batch(n=8, size=32):
     """Crops of scikit-learn's real photographs, uint8 (n, 3, size, size)."""
     sklearn_datasets = pytest.importorskip("sklearn.datasets")
     photo = torch.from_numpy(sklearn_datasets.load_sample_images().images[0]).permute(2, 0, 1)
-    tops, lefts = [(37 * i) % (photo.shape[1] - size) for i in range(n)], [(53 * i) % (photo.shape[2] - size) for i in range(n)]
+    tops, lefts = (
+        [(37 * i) % (photo.shape[1] - size) for i in range(n)],
+        [(53 * i) % (photo.shape[2] - size) for i in range(n)],
+    )
     return torch.stack([photo[:, t : t + size, s : s + size] for t, s in zip(tops, lefts)])
 
 
@@ -162,7 +165,7 @@ def test_color_jitter_draws_factors_per_sample_and_follows_torchvision_formulas(
             assert torch.equal(out[i], _blend_reference(img, other, factors[i]).to(torch.uint8)), (name, i)
         assert len({round(float(f), 3) for f in factors}) == len(x)
     floats = ColorJitter(0.4, 0.4, 0.4, 0.1, generator=torch.Generator().manual_seed(0))(x.float() / 255)
-    assert floats.dtype == torch.float32 and 0 <= floats.min() and floats.max() <= 1
+    assert floats.dtype == torch.float32 and floats.min() >= 0 and floats.max() <= 1
     with pytest.raises(ValueError, match="hue"):
         ColorJitter(hue=0.7)
 

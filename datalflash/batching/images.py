@@ -70,7 +70,9 @@ class ImageDecode:
             raise ValueError(f"ImageDecode layout {self.layout!r} is not one of {list(LAYOUTS)}")
         if self.size is not None:
             sizes = (self.size,) if isinstance(self.size, int) else tuple(self.size)
-            if len(sizes) not in (1, 2) or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes):
+            if len(sizes) not in (1, 2) or not all(
+                isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes
+            ):
                 raise ValueError(f"ImageDecode size {self.size!r} is not a positive int or (height, width)")
         low, high = self.scale
         if not 0 < low <= high <= 1:
@@ -94,7 +96,7 @@ class ImageDecode:
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
-def _mix(x: np.ndarray) -> np.ndarray:
+def _mix(x: Any) -> Any:
     """SplitMix64's finalizer: a bijection of uint64 that scatters nearby inputs."""
     x = x ^ (x >> np.uint64(30))
     x = x * np.uint64(0xBF58476D1CE4E5B9)
@@ -127,18 +129,17 @@ def plan_crops(
         return np.stack([np.zeros(n), np.zeros(n), w, h], axis=1)
     out_h, out_w = decode.output_size
     if decode.crop == "center":
-        aspect = out_w / out_h
-        cw = np.minimum(w, h * aspect) * decode.center_fraction
-        ch = np.minimum(h, w / aspect) * decode.center_fraction
-        left, top = (w - cw) / 2, (h - ch) / 2
-        return np.stack([left, top, left + cw, top + ch], axis=1)
+        wide = out_w / out_h
+        side_w = np.minimum(w, h * wide) * decode.center_fraction
+        side_h = np.minimum(h, w / wide) * decode.center_fraction
+        return np.stack([(w - side_w) / 2, (h - side_h) / 2, (w + side_w) / 2, (h + side_h) / 2], axis=1)
     if uniforms is None:
         raise ValueError("a random crop needs uniforms")
-    area = (h * w)[:, None]
+    area: np.ndarray = (h * w)[:, None]
     u_scale, u_ratio = uniforms[:, 0:ATTEMPTS], uniforms[:, ATTEMPTS : 2 * ATTEMPTS]
     log_low, log_high = math.log(decode.ratio[0]), math.log(decode.ratio[1])
-    target = area * (decode.scale[0] + (decode.scale[1] - decode.scale[0]) * u_scale)
-    aspect = np.exp(log_low + (log_high - log_low) * u_ratio)
+    target: np.ndarray = area * (decode.scale[0] + (decode.scale[1] - decode.scale[0]) * u_scale)
+    aspect: np.ndarray = np.exp(log_low + (log_high - log_low) * u_ratio)
     cw, ch = np.round(np.sqrt(target * aspect)), np.round(np.sqrt(target / aspect))
     fits = (cw > 0) & (ch > 0) & (cw <= w[:, None]) & (ch <= h[:, None])
     first = np.argmax(fits, axis=1)
@@ -212,8 +213,8 @@ def decode_image(data: Any, box: Sequence[float] | None, size: tuple[int, int] |
 
 def _span(low: float, high: float, limit: int) -> tuple[int, int]:
     """Whole pixels ``[a, b)`` of ``[low, high)`` within ``[0, limit)``, at least one."""
-    a = min(max(int(round(low)), 0), limit - 1)
-    return a, max(a + 1, min(int(round(min(high, limit))), limit))
+    a = min(max(round(low), 0), limit - 1)
+    return a, max(a + 1, min(round(min(high, limit)), limit))
 
 
 def decode_rows(
@@ -262,8 +263,10 @@ def decode_on_gpu(
     decoded = decode_jpeg(list(rows), mode=ImageReadMode.RGB, device=device)
     out = torch.empty((len(rows), 3, *size), dtype=torch.uint8, device=device)
     for i, image in enumerate(decoded):
-        left, top, right, bottom = (int(round(v)) for v in boxes[i])
+        left, top, right, bottom = (round(float(v)) for v in boxes[i])
         region = image[:, top:bottom, left:right].unsqueeze(0).float()
-        resized = torch.nn.functional.interpolate(region, size=size, mode="bilinear", antialias=True, align_corners=False)
+        resized = torch.nn.functional.interpolate(
+            region, size=size, mode="bilinear", antialias=True, align_corners=False
+        )
         out[i] = resized[0].round_().clamp_(0, 255).to(torch.uint8)
     return out.permute(0, 2, 3, 1)

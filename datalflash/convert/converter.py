@@ -25,11 +25,11 @@ from tqdm.auto import tqdm
 from datalflash.arguments import require_int
 from datalflash.batching.tensors import tensors_from_storage
 from datalflash.convert import publish as publishing
+from datalflash.convert.images import ImageFiles, image_source
 from datalflash.convert.layout import DEFAULT_SPLITS, read_blocks, source_order, split_sizes
 from datalflash.convert.pipeline import fill_store
 from datalflash.convert.ranks import conversion_ranks, convert_across_ranks
 from datalflash.convert.samples import PROBES, BlockReader, ShapeVariesError, block_size, infer_schema, with_classes
-from datalflash.convert.images import ImageFiles, image_source
 from datalflash.convert.sources import as_dataset
 from datalflash.errors import BackendError, ConversionError
 from datalflash.format.manifest import MAX_CHUNKS, FieldSpec, Manifest, SplitInfo, allocate
@@ -244,9 +244,7 @@ class DatasetConverter:
                 if progress:
                     tqdm.write(f"datalflash: {e}; converting again with field {field!r} ragged")
                 fields = declared
-                structure, specs = with_classes(
-                    *infer_schema(_probe(pytorch_dataset, order), fields), pytorch_dataset
-                )
+                structure, specs = with_classes(*infer_schema(_probe(pytorch_dataset, order), fields), pytorch_dataset)
                 manifest = dataclasses.replace(manifest, fields=specs, structure=structure)
 
     @staticmethod

@@ -109,9 +109,7 @@ def image_folder(root: str | os.PathLike, *, on_error: str = "raise", threads: i
     for label, name in enumerate(classes):
         for folder, dirs, files in os.walk(base / name, followlinks=True):
             dirs.sort()
-            items += [
-                (os.path.join(folder, f), label) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)
-            ]
+            items += [(os.path.join(folder, f), label) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)]
     if not items:
         raise SourceError(f"{root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in its class folders")
     return ImageFiles(items, classes, on_error=on_error, threads=threads)
@@ -123,7 +121,7 @@ def is_image_folder(path: Any) -> bool:
         return False
     return any(
         f.lower().endswith(IMAGE_EXTENSIONS)
-        for entry in os.scandir(path)
+        for entry in os.scandir(os.fspath(path))
         if entry.is_dir()
         for _, _, files in os.walk(entry.path)
         for f in files
@@ -139,9 +137,13 @@ def image_source(source: Any, on_error: str = "raise") -> ImageFiles | None:
         return source
     if isinstance(source, (str, os.PathLike)):
         return image_folder(source, on_error=on_error)
-    if isinstance(source, (list, tuple)) and source and all(
-        isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], (str, os.PathLike))
-        for item in source
+    if (
+        isinstance(source, (list, tuple))
+        and source
+        and all(
+            isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], (str, os.PathLike))
+            for item in source
+        )
     ):
         return ImageFiles(source, on_error=on_error)
     return None

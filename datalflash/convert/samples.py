@@ -95,7 +95,7 @@ def infer_schema(
     except ValueError as e:
         raise ConversionError(f"sample {index}: {e}") from None
     declared = dict(declared or {})
-    for image, size in image_sizes(structure).items():  # (an image kept as decoded pixels has no size field)
+    for image in image_sizes(structure):  # (an image kept as decoded pixels has no size field)
         if _kind_of(declared.get(image)) == "ragged":
             structure = _without_size(structure, image)
     names = field_names(structure)
@@ -126,7 +126,7 @@ def with_classes(structure: dict, fields: dict[str, FieldSpec], dataset: Any) ->
     """``(structure, fields)``, the label field of ``(input, label)`` samples given the names of
     its classes when the dataset lists them (``dataset.classes``, as torchvision's datasets do)."""
     classes = getattr(dataset, "classes", None)
-    items = structure.get("items")
+    items = structure.get("items") or []
     if not (
         isinstance(classes, (list, tuple))
         and classes

@@ -37,9 +37,7 @@ def pillow() -> ModuleType:
     try:
         from PIL import Image
     except ImportError as e:
-        raise ImportError(
-            "image fields need Pillow: pip install 'datalflash[images]' (or pip install pillow)"
-        ) from e
+        raise ImportError("image fields need Pillow: pip install 'datalflash[images]' (or pip install pillow)") from e
     return Image
 
 

@@ -122,7 +122,7 @@ SAMPLE_INDEX = "#index"
 name: ``#`` cannot start one)."""
 
 
-def _window_indices(dataset: ChunkedDataset, chunks: Sequence[int]) -> torch.Tensor:
+def _window_indices(dataset: ChunkedDataset, chunks: Iterable[int]) -> torch.Tensor:
     """The sample index of each row of a window of ``chunks`` (their rows, in chunk order)."""
     bounds = [dataset.store.chunk_bounds(dataset.split, int(c)) for c in chunks]
     return torch.from_numpy(np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in bounds]))

@@ -91,7 +91,9 @@ def decoded_batches(
     pending: deque[tuple[Batch, dict[str, Any]]] = deque()
     try:
         for batch in batches:
-            pending.append((batch, _start(batch, policies, sizes, pool, threads, seed, epoch, where, pin_memory, device)))
+            pending.append(
+                (batch, _start(batch, policies, sizes, pool, threads, seed, epoch, where, pin_memory, device))
+            )
             if len(pending) > AHEAD:
                 yield _finish(*pending.popleft(), policies)
         while pending:
@@ -121,7 +123,9 @@ def _start(
         parts = np.array_split(np.arange(len(rows)), min(threads, max(1, len(rows))))
         size = decode.output_size
         if size is None:
-            started[field] = [pool.submit(decode_full, rows[p[0] : p[-1] + 1], names[p[0] : p[-1] + 1]) for p in parts if len(p)]
+            started[field] = [
+                pool.submit(decode_full, rows[p[0] : p[-1] + 1], names[p[0] : p[-1] + 1]) for p in parts if len(p)
+            ]
             continue
         shape = batch[sizes[field]].numpy()
         uniforms = sample_uniforms(seed, epoch, indices, 2 * ATTEMPTS + 2) if decode.crop == "random" else None
@@ -133,7 +137,9 @@ def _start(
         pixels = torch.empty((len(rows), *size, 3), dtype=torch.uint8, pin_memory=pin_memory)
         out = pixels.numpy()
         futures = [
-            pool.submit(decode_rows, rows[p[0] : p[-1] + 1], boxes[p], size, out[p[0] : p[-1] + 1], names[p[0] : p[-1] + 1])
+            pool.submit(
+                decode_rows, rows[p[0] : p[-1] + 1], boxes[p], size, out[p[0] : p[-1] + 1], names[p[0] : p[-1] + 1]
+            )
             for p in parts
             if len(p)
         ]

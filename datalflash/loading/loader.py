@@ -26,8 +26,8 @@ from datalflash.format.structure import image_sizes, rebuild
 from datalflash.loading.checks import check_arguments, check_worker_arguments, overrides_sample_access
 from datalflash.loading.chunked import ChunkedDataset
 from datalflash.loading.epochs import OwnEpochs, Reading
-from datalflash.loading.images import decoded_batches, image_policies
 from datalflash.loading.frameworks import accelerate_running, told_to_accelerate
+from datalflash.loading.images import decoded_batches, image_policies
 from datalflash.loading.memory import FlashDataset
 from datalflash.loading.resume import fingerprint, make_state, resume_point
 from datalflash.ordering import window_size
@@ -232,7 +232,9 @@ class FlashDataLoader:
             if max_tokens is not None or bucket_size is not None:
                 raise ValueError("max_tokens and bucket_size batch the ragged fields of a store split (no collate_fn)")
             if image_size is not None:
-                raise ValueError("image_size= decodes the image fields of a store split read by the loader's own stages")
+                raise ValueError(
+                    "image_size= decodes the image fields of a store split read by the loader's own stages"
+                )
             if collate is not None:
                 raise ValueError(
                     "collate= batches the ragged fields of a store split read by the loader's own stages; "

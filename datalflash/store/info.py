@@ -73,7 +73,9 @@ def _describe_field(field: dict) -> str:
     if kind in ("str", "bytes"):
         return f"{kind} (variable length)"
     if kind == "image":
-        return "image (encoded" + (f"; decoded ones stored as {field['encoding']}" if field.get("encoding") else "") + ")"
+        return (
+            "image (encoded" + (f"; decoded ones stored as {field['encoding']}" if field.get("encoding") else "") + ")"
+        )
     dims = ["*" if d is None else str(d) for d in field["shape"]]
     shape = "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
     return f"{field['dtype']:<10} {shape}" + ("  ragged (* varies by sample)" if kind == "ragged" else "")

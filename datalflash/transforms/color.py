@@ -110,7 +110,9 @@ class ColorJitter(BatchTransform):
         n, device, bound = batch.shape[0], batch.device, _bound(batch)
         integer = batch.dtype == torch.uint8
         x = batch.float() if integer else batch.clone()
-        order = torch.randperm(4, generator=self.generator, device="cpu" if self.generator is None else self.generator.device)
+        order = torch.randperm(
+            4, generator=self.generator, device="cpu" if self.generator is None else self.generator.device
+        )
         for step in order.tolist():
             if step == 0 and self.brightness is not None:
                 x = _blend(x, torch.zeros_like(x), self._draw(n, self.brightness, device), bound)
