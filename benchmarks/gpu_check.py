@@ -20,11 +20,12 @@ import time
 from pathlib import Path
 
 import torch
-from bench_images import make_folder
+from bench_images import decoder_rates, files_of, make_folder
 from common import cifar_like
 
 from datalflash.batching.images import ImageDecode
 from datalflash.core import ChunkedDataset, FlashDataLoader
+from datalflash.loading.images import usable_cores
 from datalflash.store import open_store
 from datalflash.utils import DatasetConverter
 
@@ -45,16 +46,24 @@ def rate(loader, epochs: int = 2) -> float:
 def image_decode(tmp: Path, n: int) -> dict:
     folder = make_folder(tmp / "folder", n)
     store = DatasetConverter.create_chunked_dataset(
-        str(folder), tmp / "store", split_ratios={"train": 1.0}, chunk_size=500, progress=False
+        str(folder), tmp / "store", split_ratios={"train": 1.0}, chunk_size=500, progress=False, num_workers=4
     )
     split = ChunkedDataset(open_store(store), "train")
-    out = {}
+    single = decoder_rates(files_of(folder))
+    cores = usable_cores()
+    out = {f"{name}, 1 thread [img/s]": round(r) for name, r in single.items()}
+    out["cores"] = cores
     for name, gpu in (("gpu decode", True), ("cpu decode (threads)", False)):
         decode = ImageDecode(size=224, crop="random", gpu=gpu)
-        loader = FlashDataLoader(split, batch_size=256, shuffle=True, seed=0, device="cuda", collate={"0": decode})
+        loader = FlashDataLoader(
+            split, batch_size=256, shuffle=True, seed=0, device="cuda", collate={"0": decode}, window_chunks=4
+        )
         out[f"{name} [img/s]"] = round(rate(loader))
         x, _ = next(iter(loader))
         out[f"{name} batch"] = [list(x.shape), str(x.dtype), str(x.device)]
+    out["cpu decode / (decoder x cores)"] = round(
+        out["cpu decode (threads) [img/s]"] / (next(iter(single.values())) * cores), 2
+    )
     center = {
         gpu: next(
             iter(FlashDataLoader(split, batch_size=64, device="cuda", collate={"0": ImageDecode(size=224, gpu=gpu)}))
@@ -109,7 +118,7 @@ def transfer_overlap(tmp: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=3000)
+    parser.add_argument("--images", type=int, default=8000)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "gpu_check.json")
     args = parser.parse_args()
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
