@@ -4,8 +4,8 @@ An ``image`` field's rows reach a batch encoded. :class:`ImageDecode` says how t
 tensor: each image is decoded (a JPEG by simplejpeg when installed, else by Pillow: the same
 libjpeg-turbo pixels; at a reduced scale, 1/2 to 1/8, when the crop is that much larger than the
 output), and only its crop is resized, by torch's uint8 antialiased bilinear kernel (~3x faster
-than Pillow's), into one ``(batch, height, width, 3)`` uint8 buffer, handed out as NCHW (a
-channels-last view, no copy) or NHWC. Crops are planned for the whole batch at once
+than Pillow's), into one ``(batch, 3, height, width)`` uint8 buffer, handed out as NCHW or as
+NHWC (a view). Crops are planned for the whole batch at once
 (:func:`plan_crops`) from each image's stored size, with random numbers that are a function of
 ``(seed, epoch, sample index)`` alone, so a resumed or re-sharded run crops every sample as an
 uninterrupted one would.
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -45,7 +46,7 @@ class ImageDecode:
       ``ratio`` of aspect, as torchvision's ``RandomResizedCrop``), ``"center"`` (the largest
       centered region of the output's aspect, times ``center_fraction``: 0.875 is
       ``Resize(256) + CenterCrop(224)``) or ``"full"`` (the whole image, stretched).
-    * ``layout``: ``"NCHW"`` (a channels-last view of the decoded buffer) or ``"NHWC"``.
+    * ``layout``: ``"NCHW"`` or ``"NHWC"`` (a channels-last view of the NCHW buffer).
     * ``dtype``: ``torch.uint8``, or a float dtype for values in ``[0, 1]`` (better done on the
       device, after the transfer: the copy is then 4x smaller).
     * ``threads``: decoding threads (None: one per core the process may use).
@@ -169,19 +170,37 @@ def _jpeg_decoder() -> Any:
 SIMPLEJPEG = _jpeg_decoder()
 
 
-def _decoded(data: Any, region: tuple[float, float] | None) -> tuple[np.ndarray, float, float]:
+_SCRATCH = threading.local()  # each decoding thread's reused output buffer (no page faults per image)
+
+
+def _scratch(nbytes: int) -> np.ndarray:
+    """This thread's scratch buffer, at least ``nbytes`` long (its contents are the caller's until
+    the thread's next call)."""
+    buffer = getattr(_SCRATCH, "buffer", None)
+    if buffer is None or len(buffer) < nbytes:
+        buffer = _SCRATCH.buffer = np.empty(max(nbytes, 2 * (0 if buffer is None else len(buffer))), np.uint8)
+    return buffer
+
+
+def _decoded(data: Any, region: tuple[float, float] | None, scratch: bool = False) -> tuple[np.ndarray, float, float]:
     """``(RGB pixels (H, W, 3), x scale, y scale)`` of an encoded image: a JPEG whose ``region``
     (the crop's size over the output's, when given) is at least 2 decoded at a reduced scale
-    (1/2 to 1/8, by libjpeg-turbo's DCT scaling); the scales map full-size coordinates to it."""
+    (1/2 to 1/8, by libjpeg-turbo's DCT scaling); the scales map full-size coordinates to it.
+    ``scratch``: a JPEG's pixels may be in this thread's scratch buffer (valid until its next call)."""
     if SIMPLEJPEG is not None and bytes(data[:2]) == b"\xff\xd8":
         height, width, *_ = SIMPLEJPEG.decode_jpeg_header(data)
         reduce = min(region) if region is not None else 1.0
+        buffer = _scratch(height * width * 3) if scratch else None
         if reduce >= 2:
             pixels = SIMPLEJPEG.decode_jpeg(
-                data, "RGB", min_width=math.ceil(width / reduce), min_height=math.ceil(height / reduce)
+                data,
+                "RGB",
+                min_width=math.ceil(width / reduce),
+                min_height=math.ceil(height / reduce),
+                buffer=buffer,
             )
         else:
-            pixels = SIMPLEJPEG.decode_jpeg(data, "RGB")
+            pixels = SIMPLEJPEG.decode_jpeg(data, "RGB", buffer=buffer)
         return pixels, pixels.shape[1] / width, pixels.shape[0] / height
     opened = pillow().open(io.BytesIO(data))
     width, height = opened.size
@@ -191,24 +210,27 @@ def _decoded(data: Any, region: tuple[float, float] | None) -> tuple[np.ndarray,
     return pixels, pixels.shape[1] / width, pixels.shape[0] / height
 
 
-def decode_image(data: Any, box: Sequence[float] | None, size: tuple[int, int] | None) -> np.ndarray | torch.Tensor:
-    """One image decoded to RGB uint8 ``(H, W, 3)``: the ``box`` region (``left, top, right,
+def decode_pixels(data: Any) -> np.ndarray:
+    """One image decoded whole, as RGB uint8 ``(H, W, 3)``."""
+    return _decoded(data, None)[0]
+
+
+def decode_image(data: Any, box: Sequence[float], size: tuple[int, int]) -> torch.Tensor:
+    """One image decoded to RGB uint8 ``(3, H, W)``: the ``box`` region (``left, top, right,
     bottom`` in full-size pixels, rounded to whole pixels) resized to ``size`` (``(height,
-    width)``, bilinear with antialiasing, torch's uint8 kernel); ``size`` None: the whole image at
-    its own size (a numpy array). JPEGs are decoded by simplejpeg when it is installed, else by
-    Pillow (the same pixels), at a reduced scale when the region is at least twice the output."""
-    if size is None:
-        return _decoded(data, None)[0]
+    width)``, bilinear with antialiasing, torch's uint8 kernel). JPEGs are decoded by simplejpeg
+    when it is installed, else by Pillow (the same pixels), at a reduced scale when the region is
+    at least twice the output."""
     out_h, out_w = size
-    left, top, right, bottom = (float(v) for v in box) if box is not None else (0.0, 0.0, math.inf, math.inf)
-    region = None if box is None else ((right - left) / out_w, (bottom - top) / out_h)
-    pixels, fx, fy = _decoded(data, region)
+    left, top, right, bottom = (float(v) for v in box)
+    region = ((right - left) / out_w, (bottom - top) / out_h)
+    pixels, fx, fy = _decoded(data, region, scratch=True)
     height, width = pixels.shape[:2]
     x0, x1 = _span(left * fx, right * fx, width)
     y0, y1 = _span(top * fy, bottom * fy, height)
     crop = torch.from_numpy(pixels[y0:y1, x0:x1]).permute(2, 0, 1).unsqueeze(0)
     resized = torch.nn.functional.interpolate(crop, size=size, mode="bilinear", antialias=True, align_corners=False)
-    return resized[0].permute(1, 2, 0)
+    return resized[0]
 
 
 def _span(low: float, high: float, limit: int) -> tuple[int, int]:
@@ -220,11 +242,12 @@ def _span(low: float, high: float, limit: int) -> tuple[int, int]:
 def decode_rows(
     rows: Sequence[torch.Tensor], boxes: np.ndarray, size: tuple[int, int], out: np.ndarray, names: Sequence[str]
 ) -> None:
-    """Decode encoded ``rows`` (uint8 tensors) into ``out[i]`` (``(H, W, 3)`` uint8 each), the
-    ``boxes`` regions resized to ``size``; an ImageError names the image (``names[i]``)."""
+    """Decode encoded ``rows`` (uint8 tensors) into ``out[i]`` (``(3, H, W)`` uint8 each: the
+    planar layout torch's resize writes, so each copy is one memcpy), the ``boxes`` regions resized
+    to ``size``; an ImageError names the image (``names[i]``)."""
     for i, row in enumerate(rows):
         try:
-            out[i] = np.asarray(decode_image(row.numpy(), boxes[i], size))  # (numpy's copy: no torch threads)
+            out[i] = decode_image(row.numpy(), boxes[i], size).numpy()  # (numpy's copy: no torch threads)
         except Exception as e:
             raise ImageError(f"{names[i]}: cannot decode the image ({type(e).__name__}: {e})") from None
 
@@ -234,7 +257,7 @@ def decode_full(rows: Sequence[torch.Tensor], names: Sequence[str]) -> list[torc
     images = []
     for i, row in enumerate(rows):
         try:
-            pixels = _decoded(row.numpy(), None)[0]
+            pixels = decode_pixels(row.numpy())
         except Exception as e:
             raise ImageError(f"{names[i]}: cannot decode the image ({type(e).__name__}: {e})") from None
         images.append(torch.from_numpy(pixels).permute(2, 0, 1))
@@ -242,10 +265,10 @@ def decode_full(rows: Sequence[torch.Tensor], names: Sequence[str]) -> list[torc
 
 
 def finish(pixels: torch.Tensor, decode: ImageDecode) -> torch.Tensor:
-    """An NHWC uint8 batch in the layout and dtype ``decode`` asks for."""
+    """An NCHW uint8 batch in the layout and dtype ``decode`` asks for (NHWC: a view)."""
     if decode.dtype != torch.uint8:
         pixels = pixels.to(decode.dtype).div_(255)
-    return pixels.permute(0, 3, 1, 2) if decode.layout == "NCHW" else pixels
+    return pixels.permute(0, 2, 3, 1) if decode.layout == "NHWC" else pixels
 
 
 def is_jpeg(row: torch.Tensor) -> bool:
@@ -257,7 +280,7 @@ def decode_on_gpu(
     rows: Sequence[torch.Tensor], boxes: np.ndarray, size: tuple[int, int], device: torch.device
 ) -> torch.Tensor:
     """JPEG ``rows`` decoded on the GPU (torchvision's nvJPEG decoder), each ``box`` region
-    resized to ``size`` (bilinear, antialiased): an NHWC uint8 batch on ``device``."""
+    resized to ``size`` (bilinear, antialiased): an NCHW uint8 batch on ``device``."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
     decoded = decode_jpeg(list(rows), mode=ImageReadMode.RGB, device=device)
@@ -269,4 +292,4 @@ def decode_on_gpu(
             region, size=size, mode="bilinear", antialias=True, align_corners=False
         )
         out[i] = resized[0].round_().clamp_(0, 255).to(torch.uint8)
-    return out.permute(0, 2, 3, 1)
+    return out

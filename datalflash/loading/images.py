@@ -134,7 +134,7 @@ def _start(
         if cuda and all(is_jpeg(row) for row in rows):
             started[field] = decode_on_gpu(rows, boxes, size, device)  # type: ignore[arg-type]  # (cuda: a device)
             continue
-        pixels = torch.empty((len(rows), *size, 3), dtype=torch.uint8, pin_memory=pin_memory)
+        pixels = torch.empty((len(rows), 3, *size), dtype=torch.uint8, pin_memory=pin_memory)
         out = pixels.numpy()
         futures = [
             pool.submit(
