@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from datalflash.batching.images import ATTEMPTS, ImageDecode, decode_image, plan_crops, sample_uniforms
 from datalflash.core import get_dataloaders
-from datalflash.loading.images import usable_cores
+from datalflash.loading.decoders import usable_cores
 from datalflash.utils import DatasetConverter
 
 BATCH = 256
@@ -156,6 +156,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=5000)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--idle-only", action="store_true", help="skip the runs under load")
     parser.add_argument("--folder", type=Path, default=Path(tempfile.gettempdir()) / "datalflash-bench-images")
     args = parser.parse_args()
     cores = usable_cores()
@@ -175,7 +176,7 @@ def main() -> None:
         folder_bytes, store_bytes = dir_bytes(folder), dir_bytes(Path(store))
         rows.append({"measure": "conversion / cp -r (rate)", "value": round(copy_s / convert_s, 2)})
         rows.append({"measure": "store size / folder size", "value": round(store_bytes / folder_bytes, 3)})
-        for load in ("idle", "under load"):
+        for load in ("idle",) if args.idle_only else ("idle", "under load"):
             with busy_cores() if load == "under load" else _nothing():
                 single = decoder_rates(files)
                 chosen = next(iter(single.values()))

@@ -19,7 +19,7 @@ import torch
 from bench_images import SIZE, files_of, make_folder
 
 from datalflash.batching.images import ATTEMPTS, ImageDecode, decode_image, decode_pixels, plan_crops, sample_uniforms
-from datalflash.loading.images import usable_cores
+from datalflash.loading.decoders import usable_cores
 
 
 def main() -> None:

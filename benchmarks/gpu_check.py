@@ -25,7 +25,7 @@ from common import cifar_like
 
 from datalflash.batching.images import ImageDecode
 from datalflash.core import ChunkedDataset, FlashDataLoader
-from datalflash.loading.images import usable_cores
+from datalflash.loading.decoders import usable_cores
 from datalflash.store import open_store
 from datalflash.utils import DatasetConverter
 
@@ -53,7 +53,7 @@ def image_decode(tmp: Path, n: int) -> dict:
     cores = usable_cores()
     out = {f"{name}, 1 thread [img/s]": round(r) for name, r in single.items()}
     out["cores"] = cores
-    for name, gpu in (("gpu decode", True), ("cpu decode (threads)", False)):
+    for name, gpu in (("gpu decode", True), ("cpu decode", False)):
         decode = ImageDecode(size=224, crop="random", gpu=gpu)
         loader = FlashDataLoader(
             split, batch_size=256, shuffle=True, seed=0, device="cuda", collate={"0": decode}, window_chunks=4
@@ -62,7 +62,7 @@ def image_decode(tmp: Path, n: int) -> dict:
         x, _ = next(iter(loader))
         out[f"{name} batch"] = [list(x.shape), str(x.dtype), str(x.device)]
     out["cpu decode / (decoder x cores)"] = round(
-        out["cpu decode (threads) [img/s]"] / (next(iter(single.values())) * cores), 2
+        out["cpu decode [img/s]"] / (next(iter(single.values())) * cores), 2
     )
     center = {
         gpu: next(

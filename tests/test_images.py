@@ -283,6 +283,29 @@ def test_random_crops_follow_seed_epoch_and_sample_and_resume_exactly(store):
     assert torch.equal(torch.cat(head + [x for x, _ in resumed]), a)
 
 
+@pytest.mark.parametrize("context", [None, "spawn"])
+def test_worker_processes_decode_what_threads_decode(store, context):
+    """Decoding in worker processes (shared-memory buffers, reused) gives the threads' pixels,
+    batch after batch and epoch after epoch."""
+
+    def epochs(decode):
+        loader = FlashDataLoader(
+            ChunkedDataset(open_store(store), "train"),
+            batch_size=5,
+            shuffle=True,
+            seed=1,
+            collate={"0": decode},
+            num_workers=1 if context else 0,  # (a context is for worker processes, reading and decoding)
+            multiprocessing_context=context,
+        )
+        return [torch.cat([x for x, _ in loader]) for _ in range(2)]
+
+    threads = epochs(ImageDecode(size=(24, 40), crop="random", processes=0, threads=2))
+    processes = epochs(ImageDecode(size=(24, 40), crop="random", processes=2))
+    assert all(torch.equal(a, b) for a, b in zip(threads, processes))
+    assert not torch.equal(processes[0], processes[1])  # (epoch 1 crops anew)
+
+
 def test_collate_fn_gets_pil_images_as_image_folder_gives_them(store, folder):
     loader = FlashDataLoader(
         ChunkedDataset(open_store(store), "train"), batch_size=3, collate_fn=lambda samples: samples
@@ -307,9 +330,12 @@ def test_bad_image_at_load_names_store_split_and_sample(tmp_path, folder):
         str(root), tmp_path / "s", split_ratios={"train": 1.0}, shuffle=False, progress=False
     )
     position = sorted(p.name for p in (root / "a").iterdir()).index(jpeg.name)
-    loader = FlashDataLoader(ChunkedDataset(open_store(out), "train"), batch_size=4, image_size=16)
-    with pytest.raises(ImageError, match=rf"split 'train' sample {position}: cannot decode"):
-        next(iter(loader))
+    for processes in (0, 2):
+        loader = FlashDataLoader(
+            ChunkedDataset(open_store(out), "train"), batch_size=4, collate={"0": ImageDecode(16, processes=processes)}
+        )
+        with pytest.raises(ImageError, match=rf"split 'train' sample {position}: cannot decode"):
+            next(iter(loader))
 
 
 def test_image_size_refused_where_there_are_no_images(tmp_path):

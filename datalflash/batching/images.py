@@ -49,7 +49,10 @@ class ImageDecode:
     * ``layout``: ``"NCHW"`` or ``"NHWC"`` (a channels-last view of the NCHW buffer).
     * ``dtype``: ``torch.uint8``, or a float dtype for values in ``[0, 1]`` (better done on the
       device, after the transfer: the copy is then 4x smaller).
-    * ``threads``: decoding threads (None: one per core the process may use).
+    * ``processes``: decoding worker processes (0: threads in this process instead; None: one per
+      core where there are more than 4, else threads: threads share the GIL and the memory
+      allocator, and stop scaling on many cores, processes copy each batch once more).
+    * ``threads``: decoding threads, when decoding in this process (None: one per core).
     * ``gpu``: decode JPEGs on the GPU when the loader's device is CUDA and torchvision is
       installed (None: whenever possible).
     """
@@ -63,6 +66,7 @@ class ImageDecode:
     dtype: torch.dtype = torch.uint8
     threads: int | None = None
     gpu: bool | None = None
+    processes: int | None = None
 
     def __post_init__(self) -> None:
         if self.crop not in CROPS:
@@ -82,6 +86,10 @@ class ImageDecode:
             raise ValueError(f"ImageDecode ratio {self.ratio!r} must be (low, high) with 0 < low <= high")
         if not 0 < self.center_fraction <= 1:
             raise ValueError(f"ImageDecode center_fraction {self.center_fraction!r} must be in (0, 1]")
+        for name in ("threads", "processes"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ValueError(f"ImageDecode {name}={value!r} is not a non-negative int")
         if self.dtype != torch.uint8 and not self.dtype.is_floating_point:
             raise ValueError(f"ImageDecode dtype {self.dtype} is not uint8 or a float dtype")
 
@@ -250,6 +258,33 @@ def decode_rows(
             out[i] = decode_image(row.numpy(), boxes[i], size).numpy()  # (numpy's copy: no torch threads)
         except Exception as e:
             raise ImageError(f"{names[i]}: cannot decode the image ({type(e).__name__}: {e})") from None
+
+
+def decode_part(
+    encoded: torch.Tensor,
+    out: torch.Tensor,
+    offsets: np.ndarray,
+    boxes: np.ndarray,
+    size: tuple[int, int],
+    names: Sequence[str],
+    rows: range,
+) -> None:
+    """In a decoding worker process: decode ``rows`` of a batch whose encoded images lie one after
+    the other in the shared ``encoded`` (``offsets``) into the shared ``out``, ``(batch, 3, H, W)``
+    uint8 from its start, as :func:`decode_rows` does."""
+    data = encoded.numpy()
+    n = len(offsets) - 1
+    pixels = out.numpy()[: n * 3 * size[0] * size[1]].reshape(n, 3, *size)
+    for i in rows:
+        try:
+            pixels[i] = decode_image(data[offsets[i] : offsets[i + 1]], boxes[i], size).numpy()
+        except Exception as e:
+            raise ImageError(f"{names[i]}: cannot decode the image ({type(e).__name__}: {e})") from None
+
+
+def init_decoding_worker() -> None:
+    """In a decoding worker process: one torch thread (the processes are the parallelism)."""
+    torch.set_num_threads(1)
 
 
 def decode_full(rows: Sequence[torch.Tensor], names: Sequence[str]) -> list[torch.Tensor]:

@@ -3,28 +3,24 @@
 Batches of a split with ``image`` fields arrive with each image encoded (a list of uint8
 tensors) and with each row's sample index. :func:`decoded_batches` keeps ``ahead`` batches in
 flight: each batch's crops are planned at once (:func:`~datalflash.batching.images.plan_crops`,
-random numbers keyed by ``(seed, epoch, sample index)``) and its images decoded by a pool of
-threads into one (pinned) buffer, while the batches before it are used. On a CUDA device with
+random numbers keyed by ``(seed, epoch, sample index)``) and its images decoded by threads or
+worker processes (:mod:`datalflash.loading.decoders`) into one (pinned) buffer, while the batches
+before it are used. On a CUDA device with
 torchvision installed, JPEGs are decoded on the GPU instead.
 """
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Iterator, Mapping
-from concurrent.futures import Future
 from typing import Any
 
-import numpy as np
 import torch
 
 from datalflash.batching.images import (
     ATTEMPTS,
     ImageDecode,
-    decode_full,
     decode_on_gpu,
-    decode_rows,
     finish,
     is_jpeg,
     plan_crops,
@@ -32,19 +28,10 @@ from datalflash.batching.images import (
 )
 from datalflash.loading.batches import SAMPLE_INDEX
 from datalflash.loading.chunked import ChunkedDataset
-from datalflash.reading import readers
-from datalflash.reading.pool import DaemonPool
+from datalflash.loading.decoders import ThreadDecoder, Wait, make_decoder
 
 Batch = dict[str, Any]
 AHEAD = 2  # batches decoded ahead of the one being used
-
-
-def usable_cores() -> int:
-    """Cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # (not on Linux)
-        return os.cpu_count() or 1
 
 
 def image_policies(
@@ -82,50 +69,46 @@ def decoded_batches(
     where: str,
     pin_memory: bool,
     device: torch.device | None,
+    context: Any = None,
 ) -> Iterator[Batch]:
     """``batches`` with each image field (``sizes``: its size field) decoded as ``policies``
-    say, ``AHEAD`` batches decoded ahead by one thread per core; errors name ``where`` (store
-    and split) and the sample."""
-    threads = max(p.threads or usable_cores() for p in policies.values())
-    pool = DaemonPool(threads, "datalflash-decode")
-    pending: deque[tuple[Batch, dict[str, Any]]] = deque()
+    say, ``AHEAD`` batches decoded ahead, in threads or worker processes (``context``: their
+    multiprocessing context; see :func:`~datalflash.loading.decoders.make_decoder`); errors name
+    ``where`` (store and split) and the sample."""
+    first = next(iter(policies.values()))
+    decoder = make_decoder(first.processes, first.threads, AHEAD + 1, context)
+    pending: deque[tuple[Batch, dict[str, Wait | torch.Tensor]]] = deque()
     try:
         for batch in batches:
-            pending.append(
-                (batch, _start(batch, policies, sizes, pool, threads, seed, epoch, where, pin_memory, device))
-            )
+            pending.append((batch, _start(batch, policies, sizes, decoder, seed, epoch, where, pin_memory, device)))
             if len(pending) > AHEAD:
                 yield _finish(*pending.popleft(), policies)
         while pending:
             yield _finish(*pending.popleft(), policies)
     finally:
-        pool.shutdown(readers.CLOSE_TIMEOUT)
+        decoder.close()
 
 
 def _start(
     batch: Batch,
     policies: Mapping[str, ImageDecode],
     sizes: Mapping[str, str],
-    pool: DaemonPool,
-    threads: int,
+    decoder: ThreadDecoder,
     seed: int,
     epoch: int,
     where: str,
     pin_memory: bool,
     device: torch.device | None,
-) -> dict[str, Any]:
+) -> dict[str, Wait | torch.Tensor]:
     """Plan the crops of ``batch``'s images and start decoding them; what :func:`_finish` waits on."""
     indices = batch[SAMPLE_INDEX].numpy()
     names = [f"{where} sample {i}" for i in indices.tolist()]
-    started: dict[str, Any] = {}
+    started: dict[str, Wait | torch.Tensor] = {}
     for field, decode in policies.items():
         rows = batch[field]
-        parts = np.array_split(np.arange(len(rows)), min(threads, max(1, len(rows))))
         size = decode.output_size
         if size is None:
-            started[field] = [
-                pool.submit(decode_full, rows[p[0] : p[-1] + 1], names[p[0] : p[-1] + 1]) for p in parts if len(p)
-            ]
+            started[field] = decoder.start_full(rows, names)
             continue
         shape = batch[sizes[field]].numpy()
         uniforms = sample_uniforms(seed, epoch, indices, 2 * ATTEMPTS + 2) if decode.crop == "random" else None
@@ -133,42 +116,18 @@ def _start(
         cuda = device is not None and device.type == "cuda" and decode.gpu is not False and _gpu_decoder() is not None
         if cuda and all(is_jpeg(row) for row in rows):
             started[field] = decode_on_gpu(rows, boxes, size, device)  # type: ignore[arg-type]  # (cuda: a device)
-            continue
-        pixels = torch.empty((len(rows), 3, *size), dtype=torch.uint8, pin_memory=pin_memory)
-        out = pixels.numpy()
-        futures = [
-            pool.submit(
-                decode_rows, rows[p[0] : p[-1] + 1], boxes[p], size, out[p[0] : p[-1] + 1], names[p[0] : p[-1] + 1]
-            )
-            for p in parts
-            if len(p)
-        ]
-        started[field] = (pixels, futures)
+        else:
+            started[field] = decoder.start(field, rows, boxes, size, names, pin_memory)
     return started
 
 
-def _finish(batch: Batch, started: dict[str, Any], policies: Mapping[str, ImageDecode]) -> Batch:
-    """``batch`` with its images decoded (waiting for the threads), the sample indices dropped."""
+def _finish(batch: Batch, started: dict[str, Wait | torch.Tensor], policies: Mapping[str, ImageDecode]) -> Batch:
+    """``batch`` with its images decoded (waiting for them), the sample indices dropped."""
     out = {key: value for key, value in batch.items() if key != SAMPLE_INDEX}
     for field, work in started.items():
-        if isinstance(work, list):  # (decoded at their own sizes)
-            out[field] = [image for future in work for image in future.result()]
-        elif isinstance(work, torch.Tensor):  # (decoded on the GPU)
-            out[field] = finish(work, policies[field])
-        else:
-            pixels, futures = work
-            _wait(futures)
-            out[field] = finish(pixels, policies[field])
+        images = work if isinstance(work, torch.Tensor) else work()  # (a tensor: decoded on the GPU)
+        out[field] = images if isinstance(images, list) else finish(images, policies[field])
     return out
-
-
-def _wait(futures: list[Future]) -> None:
-    """Wait for every future, then raise the first error among them (no thread is left writing
-    into a buffer the caller is about to drop)."""
-    errors = [future.exception() for future in futures]
-    for error in errors:
-        if error is not None:
-            raise error
 
 
 def _gpu_decoder() -> Any:

@@ -436,6 +436,7 @@ class FlashDataLoader:
             where=f"{dataset.store.path}: split {dataset.split!r}",
             pin_memory=self.pin_memory,
             device=self.device,
+            context=self.multiprocessing_context,
         )
 
     def _epoch_batches(self, epoch: int, remaining: Ranges, skip: int) -> int | None:

@@ -1,0 +1,185 @@
+"""Where images are decoded: threads of this process, or worker processes.
+
+Both decoders take a batch's encoded images and crops and return a function that waits for the
+batch and gives it as an NCHW uint8 tensor (pinned when asked). Threads write straight into that
+tensor; they share the GIL and the memory allocator, which stops them scaling on many cores.
+Processes decode into shared memory (a ring of buffers per field, one slot for each batch in
+flight, reused), and the batch is copied out once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Any
+
+import numpy as np
+import torch
+
+from datalflash.batching.images import decode_full, decode_part, decode_rows, init_decoding_worker
+from datalflash.reading import readers
+from datalflash.reading.pool import DaemonPool
+
+Wait = Callable[[], Any]
+"""Waits for a batch's images and returns them."""
+PROCESS_CORES = 4  # more usable cores than this: decode in processes by default
+
+
+def usable_cores() -> int:
+    """Cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # (not on Linux)
+        return os.cpu_count() or 1
+
+
+def wait_all(futures: Sequence[Future]) -> None:
+    """Wait for every future, then raise the first error among them (no worker is left writing
+    into a buffer the caller is about to reuse or drop)."""
+    errors = [future.exception() for future in futures]
+    for error in errors:
+        if error is not None:
+            raise error
+
+
+def _parts(n: int, workers: int) -> list[range]:
+    bounds = np.linspace(0, n, min(workers, max(1, n)) + 1).astype(int).tolist()
+    return [range(a, b) for a, b in itertools.pairwise(bounds) if b > a]
+
+
+class ThreadDecoder:
+    """Decodes in ``threads`` threads of this process."""
+
+    def __init__(self, threads: int):
+        self.threads = max(1, threads)
+        self._pool = DaemonPool(self.threads, "datalflash-decode")
+
+    def start(
+        self,
+        field: str,
+        rows: Sequence[torch.Tensor],
+        boxes: np.ndarray,
+        size: tuple[int, int],
+        names: Sequence[str],
+        pin_memory: bool,
+    ) -> Wait:
+        """Start decoding ``rows`` (encoded images of ``field``), each ``boxes`` region resized
+        to ``size``; the returned function waits and gives the ``(n, 3, *size)`` uint8 batch."""
+        pixels = torch.empty((len(rows), 3, *size), dtype=torch.uint8, pin_memory=pin_memory)
+        out = pixels.numpy()
+        futures = [
+            self._pool.submit(
+                decode_rows,
+                rows[p.start : p.stop],
+                boxes[p.start : p.stop],
+                size,
+                out[p.start : p.stop],
+                names[p.start : p.stop],
+            )
+            for p in _parts(len(rows), self.threads)
+        ]
+
+        def wait() -> torch.Tensor:
+            wait_all(futures)
+            return pixels
+
+        return wait
+
+    def start_full(self, rows: Sequence[torch.Tensor], names: Sequence[str]) -> Wait:
+        """Start decoding ``rows`` at their own sizes; the function waits and gives the list."""
+        futures = [
+            self._pool.submit(decode_full, rows[p.start : p.stop], names[p.start : p.stop])
+            for p in _parts(len(rows), self.threads)
+        ]
+
+        def wait() -> list[torch.Tensor]:
+            wait_all(futures)
+            return [image for future in futures for image in future.result()]
+
+        return wait
+
+    def close(self) -> None:
+        """Stop the threads (a decode in progress finishes first)."""
+        self._pool.shutdown(readers.CLOSE_TIMEOUT)
+
+
+class ProcessDecoder(ThreadDecoder):
+    """Decodes in ``processes`` worker processes (``context``: a multiprocessing context or start
+    method name, None for the default) into shared memory, ``slots`` batches of a field in flight
+    at most; images decoded at their own sizes still use threads."""
+
+    def __init__(self, processes: int, slots: int, context: Any = None, threads: int = 1):
+        super().__init__(threads)
+        if context is None or isinstance(context, str):
+            context = multiprocessing.get_context(context)
+        self.processes = processes
+        self._workers = ProcessPoolExecutor(processes, mp_context=context, initializer=init_decoding_worker)
+        self._slots: dict[str, list[tuple[torch.Tensor, torch.Tensor] | None]] = {}
+        self._turn: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._count = slots
+
+    def _slot(self, field: str, encoded: int, decoded: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next shared ``(encoded, decoded)`` buffers of ``field``'s ring, grown to hold these
+        many bytes (a slot comes round again only after its batch was copied out)."""
+        with self._lock:
+            ring = self._slots.setdefault(field, [None] * self._count)
+            k = self._turn.get(field, 0)
+            self._turn[field] = (k + 1) % self._count
+            old = ring[k]
+            if old is None or old[0].numel() < encoded or old[1].numel() < decoded:
+                grown = (
+                    torch.empty(max(encoded, 1, 0 if old is None else old[0].numel()), dtype=torch.uint8),
+                    torch.empty(max(decoded, 1, 0 if old is None else old[1].numel()), dtype=torch.uint8),
+                )
+                ring[k] = old = (grown[0].share_memory_(), grown[1].share_memory_())
+            return old
+
+    def start(
+        self,
+        field: str,
+        rows: Sequence[torch.Tensor],
+        boxes: np.ndarray,
+        size: tuple[int, int],
+        names: Sequence[str],
+        pin_memory: bool,
+    ) -> Wait:
+        n = len(rows)
+        offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum([len(row) for row in rows], out=offsets[1:])
+        nbytes = n * 3 * size[0] * size[1]
+        encoded, decoded = self._slot(field, int(offsets[-1]), nbytes)
+        if n:
+            np.concatenate([row.numpy() for row in rows], out=encoded.numpy()[: offsets[-1]])
+        futures = [
+            self._workers.submit(decode_part, encoded, decoded, offsets, boxes, size, names, part)
+            for part in _parts(n, self.processes)
+        ]
+
+        def wait() -> torch.Tensor:
+            wait_all(futures)
+            pixels = torch.empty((n, 3, *size), dtype=torch.uint8, pin_memory=pin_memory)
+            pixels.numpy().reshape(-1)[:] = decoded.numpy()[:nbytes]  # (numpy's copy: no torch threads)
+            return pixels
+
+        return wait
+
+    def close(self) -> None:
+        """Stop the worker processes and the threads."""
+        self._workers.shutdown(wait=True, cancel_futures=True)
+        super().close()
+
+
+def make_decoder(processes: int | None, threads: int | None, slots: int, context: Any = None) -> ThreadDecoder:
+    """Worker processes (``processes``; None: one per core when there are more than
+    :data:`PROCESS_CORES`), else ``threads`` threads (None: one per core)."""
+    cores = usable_cores()
+    if processes is None:
+        processes = cores if cores > PROCESS_CORES else 0
+    if processes > 0:
+        return ProcessDecoder(processes, slots, context, threads=threads or 1)
+    return ThreadDecoder(threads or cores)
