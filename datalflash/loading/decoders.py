@@ -3,8 +3,10 @@
 Both decoders take a batch's encoded images and crops and return a function that waits for the
 batch and gives it as an NCHW uint8 tensor (pinned when asked). Threads write straight into that
 tensor; they share the GIL and the memory allocator, which stops them scaling on many cores.
-Processes decode into shared memory (a ring of buffers per field, one slot for each batch in
-flight, reused), and the batch is copied out once.
+Processes read the encoded images from a shared ring of buffers (one slot for each batch in
+flight, reused) and decode into a new shared-memory tensor per batch, which is handed out as it
+is (as torch's DataLoader workers hand out theirs): its pages are first touched by the workers,
+in parallel, and the batch crosses no pipe and is not copied again (unless pinned).
 """
 
 from __future__ import annotations
@@ -118,25 +120,21 @@ class ProcessDecoder(ThreadDecoder):
             context = multiprocessing.get_context(context)
         self.processes = processes
         self._workers = ProcessPoolExecutor(processes, mp_context=context, initializer=init_decoding_worker)
-        self._slots: dict[str, list[tuple[torch.Tensor, torch.Tensor] | None]] = {}
+        self._slots: dict[str, list[torch.Tensor | None]] = {}
         self._turn: dict[str, int] = {}
         self._lock = threading.Lock()
         self._count = slots
 
-    def _slot(self, field: str, encoded: int, decoded: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The next shared ``(encoded, decoded)`` buffers of ``field``'s ring, grown to hold these
-        many bytes (a slot comes round again only after its batch was copied out)."""
+    def _slot(self, field: str, nbytes: int) -> torch.Tensor:
+        """The next shared buffer of ``field``'s ring for encoded images, grown to hold ``nbytes``
+        (a slot comes round again only after its batch was decoded)."""
         with self._lock:
             ring = self._slots.setdefault(field, [None] * self._count)
             k = self._turn.get(field, 0)
             self._turn[field] = (k + 1) % self._count
             old = ring[k]
-            if old is None or old[0].numel() < encoded or old[1].numel() < decoded:
-                grown = (
-                    torch.empty(max(encoded, 1, 0 if old is None else old[0].numel()), dtype=torch.uint8),
-                    torch.empty(max(decoded, 1, 0 if old is None else old[1].numel()), dtype=torch.uint8),
-                )
-                ring[k] = old = (grown[0].share_memory_(), grown[1].share_memory_())
+            if old is None or old.numel() < nbytes:
+                ring[k] = old = _shared(max(nbytes, 2 * (0 if old is None else old.numel())))
             return old
 
     def start(
@@ -151,10 +149,10 @@ class ProcessDecoder(ThreadDecoder):
         n = len(rows)
         offsets = np.zeros(n + 1, dtype=np.int64)
         np.cumsum([len(row) for row in rows], out=offsets[1:])
-        nbytes = n * 3 * size[0] * size[1]
-        encoded, decoded = self._slot(field, int(offsets[-1]), nbytes)
+        encoded = self._slot(field, int(offsets[-1]))
         if n:
             np.concatenate([row.numpy() for row in rows], out=encoded.numpy()[: offsets[-1]])
+        decoded = _shared(n * 3 * size[0] * size[1])
         futures = [
             self._workers.submit(decode_part, encoded, decoded, offsets, boxes, size, names, part)
             for part in _parts(n, self.processes)
@@ -162,9 +160,8 @@ class ProcessDecoder(ThreadDecoder):
 
         def wait() -> torch.Tensor:
             wait_all(futures)
-            pixels = torch.empty((n, 3, *size), dtype=torch.uint8, pin_memory=pin_memory)
-            pixels.numpy().reshape(-1)[:] = decoded.numpy()[:nbytes]  # (numpy's copy: no torch threads)
-            return pixels
+            pixels = decoded[: n * 3 * size[0] * size[1]].view(n, 3, *size)
+            return pixels.pin_memory() if pin_memory else pixels
 
         return wait
 
@@ -172,6 +169,12 @@ class ProcessDecoder(ThreadDecoder):
         """Stop the worker processes and the threads."""
         self._workers.shutdown(wait=True, cancel_futures=True)
         super().close()
+
+
+def _shared(nbytes: int) -> torch.Tensor:
+    """A new uint8 tensor of ``nbytes`` (at least 1) in shared memory, its pages untouched."""
+    storage = torch.UntypedStorage._new_shared(max(nbytes, 1))
+    return torch.empty(0, dtype=torch.uint8).set_(storage)
 
 
 def make_decoder(processes: int | None, threads: int | None, slots: int, context: Any = None) -> ThreadDecoder:
