@@ -141,15 +141,23 @@ def _random_resized_crop(w: int, h: int) -> tuple[int, int, int, int]:
     return 0, 0, w, h
 
 
-def loader_rate(loader, epochs: int) -> float:
-    """Images per second over ``epochs`` epochs after a first one (warm caches, started workers)."""
+def loader_rate(loader, epochs: int) -> tuple[float, float]:
+    """Images per second over ``epochs`` epochs after a first one (warm caches, started workers):
+    over whole epochs, and once each epoch's first batch is out (the steady rate)."""
     for _ in loader:
         pass
-    count, start = 0, time.perf_counter()
+    count, steady_count, elapsed, steady = 0, 0, 0.0, 0.0
     for _ in range(epochs):
-        for images, _ in loader:
+        start = first = time.perf_counter()
+        for k, (images, _) in enumerate(loader):
             count += len(images)
-    return count / (time.perf_counter() - start)
+            if k == 0:
+                first = time.perf_counter()
+            else:
+                steady_count += len(images)
+        elapsed += time.perf_counter() - start
+        steady += time.perf_counter() - first
+    return count / elapsed, steady_count / steady
 
 
 def main() -> None:
@@ -180,16 +188,17 @@ def main() -> None:
             with busy_cores() if load == "under load" else _nothing():
                 single = decoder_rates(files)
                 chosen = next(iter(single.values()))
-                flash = loader_rate(
+                flash, flash_steady = loader_rate(
                     get_dataloaders(store, batch_size=BATCH, image_size=SIZE, seed=0)["train"], args.epochs
                 )
-                torch_dl = loader_rate(
+                torch_dl, torch_steady = loader_rate(
                     DataLoader(FolderDataset(files), BATCH, shuffle=True, num_workers=cores, persistent_workers=True),
                     args.epochs,
                 )
                 for name, r in single.items():
                     rows.append({"measure": f"{name}, 1 thread [img/s]", "load": load, "value": round(r)})
                 rows.append({"measure": "FlashDataLoader [img/s]", "load": load, "value": round(flash)})
+                rows.append({"measure": "FlashDataLoader, steady [img/s]", "load": load, "value": round(flash_steady)})
                 rows.append(
                     {"measure": f"torch DataLoader, {cores} workers [img/s]", "load": load, "value": round(torch_dl)}
                 )
@@ -203,7 +212,11 @@ def main() -> None:
                 rows.append(
                     {"measure": "FlashDataLoader / torch DataLoader", "load": load, "value": round(flash / torch_dl, 2)}
                 )
-                print(rows[-6:], flush=True)
+                steady_ratio = round(flash_steady / torch_steady, 2)
+                rows.append(
+                    {"measure": "steady: FlashDataLoader / torch DataLoader", "load": load, "value": steady_ratio}
+                )
+                print(rows[-8:], flush=True)
     table = "\n".join(f"| {r['measure']} | {r.get('load', '')} | {r['value']} |" for r in rows)
     table = "| measure | load | value |\n|---|---|---|\n" + table
     print(table)

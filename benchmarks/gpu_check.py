@@ -61,9 +61,7 @@ def image_decode(tmp: Path, n: int) -> dict:
         out[f"{name} [img/s]"] = round(rate(loader))
         x, _ = next(iter(loader))
         out[f"{name} batch"] = [list(x.shape), str(x.dtype), str(x.device)]
-    out["cpu decode / (decoder x cores)"] = round(
-        out["cpu decode [img/s]"] / (next(iter(single.values())) * cores), 2
-    )
+    out["cpu decode / (decoder x cores)"] = round(out["cpu decode [img/s]"] / (next(iter(single.values())) * cores), 2)
     center = {
         gpu: next(
             iter(FlashDataLoader(split, batch_size=64, device="cuda", collate={"0": ImageDecode(size=224, gpu=gpu)}))
