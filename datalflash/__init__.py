@@ -8,12 +8,14 @@ the format in :mod:`~datalflash.format`), :mod:`~datalflash.ordering`, :mod:`~da
 :mod:`~datalflash.convert` writes stores.
 """
 
+from datalflash.batching.images import ImageDecode
 from datalflash.convert import DatasetConverter
 from datalflash.errors import (
     BackendError,
     ChecksumError,
     ConversionError,
     DataLFlashError,
+    ImageError,
     LoaderTimeoutError,
     StoreChangedError,
     StoreExistsError,
@@ -35,6 +37,8 @@ __all__ = [
     "DatasetConverter",
     "FlashDataLoader",
     "FlashDataset",
+    "ImageDecode",
+    "ImageError",
     "LoaderTimeoutError",
     "ShuffleQuality",
     "StoreChangedError",

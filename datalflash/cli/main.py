@@ -104,9 +104,14 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from datalflash.cli.demo import run
+    from datalflash.cli.demo import DEFAULT_WORKDIR, run
 
-    accuracy = run(workdir=args.workdir, epochs=args.epochs)
+    if args.images:
+        from datalflash.cli.demo_images import run_images
+
+        accuracy = run_images(args.workdir or DEFAULT_WORKDIR, epochs=args.epochs or 4)
+    else:
+        accuracy = run(workdir=args.workdir, epochs=args.epochs or 15)
     return 0 if accuracy >= 0.9 else 1
 
 
@@ -185,7 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="the main job: real digits -> Zarr store -> training, and a speed check")
     demo.add_argument("--workdir", help="where the demo keeps its stores (default: ./datalflash-demo)")
-    demo.add_argument("--epochs", type=int, default=15)
+    demo.add_argument("--epochs", type=int, default=None, help="training epochs (default: 15, with --images 4)")
+    demo.add_argument(
+        "--images",
+        action="store_true",
+        help="the image variant: real photographs as a folder of JPEGs -> store -> decoded with crops while training",
+    )
     demo.set_defaults(func=_demo)
     return parser
 

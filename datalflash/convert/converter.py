@@ -14,7 +14,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +115,7 @@ class DatasetConverter:
 
     @staticmethod
     def create_chunked_dataset(
-        pytorch_dataset: Dataset,
+        pytorch_dataset: Dataset | str | os.PathLike | Sequence[tuple[str | os.PathLike, int]],
         output_dir: str | os.PathLike,
         chunk_size: int = 10000,
         split_ratios: Mapping[str, float] | None = None,
