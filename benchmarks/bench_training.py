@@ -3,7 +3,10 @@
 For each loader one epoch over CIFAR-shaped data is trained (uint8 images turned into floats in
 the step, as a real pipeline would); the time spent waiting for the next batch (``next()`` on
 the loader) and the time in the step are summed separately, so the table says what share of
-the epoch the model waited for data. Usage: ``python benchmarks/bench_training.py [--samples 20000]``
+the epoch the model waited for data. Each loader runs idle and with one busy process per core
+(another job, or the rest of a training process, keeping the cores busy).
+
+Usage: ``python benchmarks/bench_training.py [--samples 20000]``
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+from bench_ragged import _nothing, busy_cores
 from common import cifar_like, save_results
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -80,16 +84,18 @@ def measure(x: torch.Tensor, y: torch.Tensor, workdir: Path, workers: int = 2) -
         "FlashDataLoader, zarr store": FlashDataLoader(ChunkedDataset(store), batch_size=BATCH, shuffle=True),
     }
     rows = []
-    for name, loader in loaders.items():
-        train_epoch(loader)  # warm up: caches, worker start, allocator
-        rows.append({"loader": name, **train_epoch(loader)})
+    for load in ("idle", "under load"):
+        with busy_cores() if load == "under load" else _nothing():
+            for name, loader in loaders.items():
+                train_epoch(loader)  # warm up: caches, worker start, allocator
+                rows.append({"loader": name, "load": load, **train_epoch(loader)})
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| loader | epoch s | waiting for data | share of epoch | samples/s |", "|---|---|---|---|---|"]
+    lines = ["| loader | load | epoch s | waiting for data | share of epoch | samples/s |", "|---|---|---|---|---|---|"]
     lines += [
-        f"| {r['loader']} | {r['epoch_s']:.2f} | {r['data_wait_s']:.2f} s | {100 * r['wait_share']:.1f}% "
+        f"| {r['loader']} | {r['load']} | {r['epoch_s']:.2f} | {r['data_wait_s']:.2f} s | {100 * r['wait_share']:.1f}% "
         f"| {r['samples_per_s']:,} |"
         for r in rows
     ]

@@ -198,6 +198,7 @@ def _sampled(
     collate: Mapping[str, Collate] | None,
 ) -> Iterator[Batch]:
     store = dataset.store
+    images = any(spec.kind == "image" for spec in dataset.fields.values())
     for indices in batches:
         index = checked_index(indices, len(dataset))
         chunk_of = index // store.chunk_size
@@ -214,6 +215,6 @@ def _sampled(
             positions.append(where)
         grouped = gather(segments)  # (ragged fields: rows, ordered and batched by the next gather)
         batch = gather([(grouped, torch.argsort(torch.cat(positions)))], pin_memory=pin_memory, collate=collate)
-        if any(spec.kind == "image" for spec in dataset.fields.values()):
+        if images:  # (each row's sample index: images are cropped by it)
             batch[SAMPLE_INDEX] = index
         yield batch
