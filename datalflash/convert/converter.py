@@ -270,8 +270,8 @@ class DatasetConverter:
         ragged = [name for name, spec in fields.items() if spec.ragged]
         if ragged:
             raise ConversionError(
-                f"fields {ragged} vary in shape or hold text or bytes; a FlashDataset holds one tensor per field. "
-                "Convert to a store (create_chunked_dataset) and load it with FlashDataLoader"
+                f"fields {ragged} vary in shape or hold text, bytes or images; a FlashDataset holds one tensor "
+                "per field. Convert to a store (create_chunked_dataset) and load it with FlashDataLoader"
             )
         blocks = read_blocks(np.arange(n), block_size(pytorch_dataset, fields, n), n)
         reader = BlockReader(pytorch_dataset, blocks, structure, fields, num_workers)
