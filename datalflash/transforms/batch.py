@@ -16,11 +16,36 @@ import torch
 Field = str | int | None
 
 
+CPU_ROWS_BYTES = 2**20  # on the CPU, samples are transformed this many float bytes at a time (in cache)
+
+
+def by_rows(batch: torch.Tensor, fn: Callable[[torch.Tensor, slice], torch.Tensor]) -> torch.Tensor:
+    """``fn(rows, part)`` over the whole batch on a GPU; on the CPU over runs of rows of about
+    :data:`CPU_ROWS_BYTES` as float32 (``part`` the runs' slice), so the steps' temporaries stay in
+    cache instead of streaming the batch through memory once per step."""
+    n = batch.shape[0]
+    per_row = 4 * max(1, batch[0].numel()) if n else 1
+    rows = max(1, CPU_ROWS_BYTES // per_row)
+    if batch.device.type != "cpu" or n <= rows:
+        return fn(batch, slice(0, n))
+    first = fn(batch[:rows], slice(0, rows))
+    out = torch.empty((n, *first.shape[1:]), dtype=first.dtype, device=first.device)  # (as the first run's)
+    out[:rows] = first
+    for start in range(rows, n, rows):
+        part = slice(start, min(n, start + rows))
+        out[part] = fn(batch[part], part)
+    return out
+
+
 class BatchTransform:
     """A transform of one tensor of a batch: subclasses implement :meth:`apply`; calling the
     transform picks the tensor out of the batch (see the module's description)."""
 
     field: Field = None
+    rowwise = False
+    """Whether each sample's output depends on that sample alone (then a :class:`Compose` of such
+    transforms runs a few samples at a time on the CPU, in cache); a transform that mixes samples
+    (MixUp, CutMix) leaves it False."""
 
     def apply(self, batch: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -57,6 +82,11 @@ class Compose(BatchTransform):
         self.transforms, self.field = list(transforms), field
 
     def apply(self, batch: torch.Tensor) -> torch.Tensor:
+        if all(getattr(t, "rowwise", False) for t in self.transforms):  # (on the CPU: a few samples at a time)
+            return by_rows(batch, lambda rows, _: self._each(rows))
+        return self._each(batch)
+
+    def _each(self, batch: torch.Tensor) -> torch.Tensor:
         for transform in self.transforms:
             batch = transform.apply(batch) if isinstance(transform, BatchTransform) else transform(batch)
         return batch
@@ -70,6 +100,8 @@ class PerSample(BatchTransform):
     transforms written per sample (torchvision's, v1 and v2), which applied to a whole batch
     would draw one random crop or flip for all of its samples. Per-sample Python: each sample
     costs one call."""
+
+    rowwise = True
 
     def __init__(self, transform: Callable[[torch.Tensor], torch.Tensor], field: Field = None):
         self.transform, self.field = transform, field
@@ -89,6 +121,8 @@ def is_per_sample(transform: Any) -> bool:
 class ConvertDtype(BatchTransform):
     """Convert to ``dtype``; integer -> float divides by the integer type's maximum (uint8 -> [0, 1])."""
 
+    rowwise = True
+
     def __init__(self, dtype: torch.dtype = torch.float32, scale: bool = True, field: Field = None):
         self.dtype, self.scale, self.field = dtype, scale, field
 
@@ -107,6 +141,8 @@ class ConvertDtype(BatchTransform):
 class Normalize(BatchTransform):
     """``(x - mean) / std`` per channel (dimension 1)."""
 
+    rowwise = True
+
     def __init__(self, mean: Sequence[float], std: Sequence[float], field: Field = None):
         if any(s == 0 for s in std):
             raise ValueError(f"std must be non-zero, got {list(std)}")
@@ -122,17 +158,21 @@ class Normalize(BatchTransform):
 class RandomHorizontalFlip(BatchTransform):
     """Flip each sample left-right (last dimension) with probability ``p``."""
 
+    rowwise = True
+
     def __init__(self, p: float = 0.5, generator: torch.Generator | None = None, field: Field = None):
         self.p, self.generator, self.field = p, generator, field
 
     def apply(self, batch: torch.Tensor) -> torch.Tensor:
         flip = torch.rand(batch.shape[0], device=batch.device, generator=self.generator) < self.p
         mask = flip.view(-1, *([1] * (batch.dim() - 1)))
-        return torch.where(mask, batch.flip(-1), batch)
+        return by_rows(batch, lambda rows, part: torch.where(mask[part], rows.flip(-1), rows))
 
 
 class RandomCrop(BatchTransform):
     """Zero-pad by ``padding`` then crop ``size`` at a random offset per sample, in one gather."""
+
+    rowwise = True
 
     def __init__(
         self,

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import torch
 
-from datalflash.transforms.batch import BatchTransform, Field
+from datalflash.transforms.batch import BatchTransform, Field, by_rows
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision and Pillow use
 
@@ -48,7 +48,8 @@ def _luma(x: torch.Tensor, integer: bool) -> torch.Tensor:
 
 
 def _blend(x: torch.Tensor, other: torch.Tensor, ratio: torch.Tensor, bound: float) -> torch.Tensor:
-    return (ratio * x + (1.0 - ratio) * other).clamp_(0, bound)
+    """``ratio * x + (1 - ratio) * other``, clamped (``x`` is overwritten)."""
+    return x.mul_(ratio).add_((1.0 - ratio) * other).clamp_(0, bound)
 
 
 def _hue_shift(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -87,6 +88,8 @@ class ColorJitter(BatchTransform):
     ``ColorJitter``: a number ``s`` means a factor in ``[max(0, 1 - s), 1 + s]``, hue a shift in
     ``[-hue, hue]`` turns, at most 0.5), the four applied in one random order per batch."""
 
+    rowwise = True
+
     def __init__(
         self,
         brightness: float | Sequence[float] = 0,
@@ -107,23 +110,29 @@ class ColorJitter(BatchTransform):
         return (span[0] + (span[1] - span[0]) * u).view(n, 1, 1, 1)
 
     def apply(self, batch: torch.Tensor) -> torch.Tensor:
-        n, device, bound = batch.shape[0], batch.device, _bound(batch)
-        integer = batch.dtype == torch.uint8
-        x = batch.float() if integer else batch.clone()
+        n, device = batch.shape[0], batch.device
         order = torch.randperm(
             4, generator=self.generator, device="cpu" if self.generator is None else self.generator.device
-        )
-        for step in order.tolist():
-            if step == 0 and self.brightness is not None:
-                x = _blend(x, torch.zeros_like(x), self._draw(n, self.brightness, device), bound)
-            elif step == 1 and self.contrast is not None:
+        ).tolist()
+        spans = (self.brightness, self.contrast, self.saturation, self.hue)
+        steps = [(step, self._draw(n, span, device)) for step in order if (span := spans[step]) is not None]
+        return by_rows(batch, lambda rows, part: self._jitter(rows, [(s, f[part]) for s, f in steps]))
+
+    @staticmethod
+    def _jitter(batch: torch.Tensor, steps: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
+        """``batch`` with ``steps`` (``(step, per-sample factors)``) applied in order."""
+        bound, integer = _bound(batch), batch.dtype == torch.uint8
+        x = batch.float() if integer else batch.clone()
+        for step, factor in steps:
+            if step == 0:
+                x = x.mul_(factor).clamp_(0, bound)
+            elif step == 1:
                 mean = _luma(x, integer).mean(dim=(1, 2, 3), keepdim=True)
-                x = _blend(x, mean, self._draw(n, self.contrast, device), bound)
-            elif step == 2 and self.saturation is not None:
-                x = _blend(x, _luma(x, integer), self._draw(n, self.saturation, device), bound)
-            elif step == 3 and self.hue is not None:
-                shift = self._draw(n, self.hue, device).view(n)
-                x = _hue_shift(x / bound, shift) * bound
+                x = _blend(x, mean, factor, bound)
+            elif step == 2:
+                x = _blend(x, _luma(x, integer), factor, bound)
+            else:
+                x = _hue_shift(x / bound, factor.view(-1)) * bound
             if integer:  # (each step truncated to integers, as torchvision's uint8 ops)
                 x = x.floor_()
         return x.to(batch.dtype)
@@ -132,10 +141,15 @@ class ColorJitter(BatchTransform):
 class RandomGrayscale(BatchTransform):
     """Turn each sample to gray (three equal channels) with probability ``p``."""
 
+    rowwise = True
+
     def __init__(self, p: float = 0.1, generator: torch.Generator | None = None, field: Field = None):
         self.p, self.generator, self.field = p, generator, field
 
     def apply(self, batch: torch.Tensor) -> torch.Tensor:
         pick = torch.rand(batch.shape[0], device=batch.device, generator=self.generator) < self.p
-        luma = _luma(batch, batch.dtype == torch.uint8)
-        return torch.where(pick.view(-1, 1, 1, 1), luma.to(batch.dtype).expand_as(batch), batch)
+        chosen = pick.nonzero().flatten()
+        out = batch.clone()
+        if len(chosen):
+            out[chosen] = _luma(batch[chosen], batch.dtype == torch.uint8).to(batch.dtype).expand(-1, 3, -1, -1)
+        return out

@@ -22,6 +22,8 @@ class RandomResizedCrop(BatchTransform):
     """Crop a random region of ``scale`` of each sample's area and ``ratio`` of aspect
     (torchvision's ``RandomResizedCrop`` algorithm, drawn per sample) and resize it to ``size``."""
 
+    rowwise = True
+
     def __init__(
         self,
         size: int | tuple[int, int],
