@@ -10,6 +10,12 @@ one busy process per core (the model keeping the CPU busy):
 * ``FlashDataLoader`` over the converted store (``image_size=224``, batch 256, shuffled);
 * torch's ``DataLoader`` over an ImageFolder-style dataset (Pillow decode, the same crop with
   Python's ``random``, ``default_collate``) with as many workers as cores;
+* LitData (``optimize`` with PIL JPEG images: its JPEG serializer keeps the files' bytes) and
+  Mosaic Streaming (an MDS ``jpeg`` column) with the same crop per sample and as many workers,
+  where they import (both require torchvision, which here installs only beside a newer, CUDA
+  torch: run the script from a virtual environment holding them, e.g. ``python -m venv
+  --system-site-packages peers && peers/bin/pip install litdata mosaicml-streaming``; elsewhere
+  they are reported skipped);
 * the store's size against the folder's, and conversion time against ``cp -r`` of the folder.
 
 Each loader is timed over ``--epochs`` epochs after a first one. An epoch's first batch waits for
@@ -141,6 +147,86 @@ def _random_resized_crop(w: int, h: int) -> tuple[int, int, int, int]:
     return 0, 0, w, h
 
 
+def _cropped(image) -> torch.Tensor:
+    """A decoded image (PIL, or a CHW uint8 tensor as LitData decodes with torchvision) as the
+    baseline crops it: random-resized crop to 224, uint8 CHW."""
+    if isinstance(image, torch.Tensor):
+        image = Image.fromarray(image.permute(1, 2, 0).numpy())
+    image = image.convert("RGB")
+    out = image.resize((SIZE, SIZE), Image.Resampling.BILINEAR, box=_random_resized_crop(image.width, image.height))
+    return torch.from_numpy(np.array(out)).permute(2, 0, 1)
+
+
+def _jpeg(path: Path):
+    """The file as a PIL JPEG image (not decoded yet: serializers keep its bytes)."""
+    return Image.open(path)
+
+
+def litdata_loader(files: list[tuple[Path, int]], workdir: Path, workers: int):
+    """LitData: ``optimize`` with PIL JPEG images (its JPEG serializer keeps the files' bytes), then
+    a StreamingDataset cropping each decoded image, and its StreamingDataLoader."""
+    if isinstance(litdata, Exception):
+        raise Skip(f"litdata not importable: {type(litdata).__name__}: {str(litdata)[:80]}")
+    litdata.optimize(
+        fn=_lit_sample,
+        inputs=[(str(p), k) for p, k in files],
+        output_dir=str(workdir / "litdata"),
+        chunk_bytes="64MB",
+        num_workers=workers,
+        mode="overwrite",
+    )
+
+    return litdata.StreamingDataLoader(
+        LitCropped(str(workdir / "litdata"), shuffle=True),
+        batch_size=BATCH,
+        num_workers=workers,
+        persistent_workers=True,
+    )
+
+
+def _lit_sample(item: tuple[str, int]) -> dict:
+    return {"image": _jpeg(Path(item[0])), "label": item[1]}
+
+
+def mosaic_loader(files: list[tuple[Path, int]], workdir: Path, workers: int):
+    """Mosaic Streaming: MDS shards with its ``jpeg`` column (images encoded as JPEG), its
+    StreamingDataset cropping each decoded image, torch's DataLoader."""
+    if isinstance(streaming, Exception):
+        raise Skip(f"streaming not importable: {type(streaming).__name__}: {str(streaming)[:80]}")
+    with streaming.MDSWriter(out=str(workdir / "mds"), columns={"image": "jpeg", "label": "int"}) as out:
+        for path, label in files:
+            out.write({"image": _jpeg(path), "label": label})
+
+    dataset = MosaicCropped(local=str(workdir / "mds"), shuffle=True, batch_size=BATCH)
+    return DataLoader(dataset, batch_size=BATCH, num_workers=workers, persistent_workers=True)
+
+
+class Skip(Exception):
+    """A peer that cannot be measured here (the message says why)."""
+
+
+try:  # (the peers, where they install: classes at module level, for worker processes that spawn)
+    import litdata
+
+    class LitCropped(litdata.StreamingDataset):
+        def __getitem__(self, index):
+            sample = super().__getitem__(index)
+            return _cropped(sample["image"]), sample["label"]
+
+except Exception as e:
+    litdata = e
+try:
+    import streaming
+
+    class MosaicCropped(streaming.StreamingDataset):
+        def __getitem__(self, index):
+            sample = super().__getitem__(index)
+            return _cropped(sample["image"]), sample["label"]
+
+except Exception as e:
+    streaming = e
+
+
 def loader_rate(loader, epochs: int) -> tuple[float, float]:
     """Images per second over ``epochs`` epochs after a first one (warm caches, started workers):
     over whole epochs, and once each epoch's first batch is out (the steady rate)."""
@@ -195,6 +281,20 @@ def main() -> None:
                     DataLoader(FolderDataset(files), BATCH, shuffle=True, num_workers=cores, persistent_workers=True),
                     args.epochs,
                 )
+                for peer, make in (
+                    ("LitData (JPEG serializer)", litdata_loader),
+                    ("Mosaic Streaming (jpeg)", mosaic_loader),
+                ):
+                    try:
+                        peer_rate, _ = loader_rate(make(files, Path(tmp) / load.replace(" ", "-"), cores), args.epochs)
+                        rows.append(
+                            {"measure": f"{peer}, {cores} workers [img/s]", "load": load, "value": round(peer_rate)}
+                        )
+                        rows.append(
+                            {"measure": f"FlashDataLoader / {peer}", "load": load, "value": round(flash / peer_rate, 2)}
+                        )
+                    except Skip as e:
+                        rows.append({"measure": f"{peer}", "load": load, "value": f"skipped: {e}"})
                 for name, r in single.items():
                     rows.append({"measure": f"{name}, 1 thread [img/s]", "load": load, "value": round(r)})
                 rows.append({"measure": "FlashDataLoader [img/s]", "load": load, "value": round(flash)})
