@@ -26,7 +26,8 @@ from datalflash.format.ragged import RaggedArray
 from datalflash.format.structure import field_names, flatten, image_sizes, infer_structure
 
 Signature = tuple[str, str, tuple[int, ...]]
-"""``(kind, dtype name, shape)`` of one leaf value: kind ``array``, ``str`` or ``bytes``."""
+"""``(kind, dtype name, shape)`` of one leaf value: kind ``array``, ``str``, ``bytes`` or ``image``
+(shape: the encoded bytes, estimated for a decoded image), or ``empty``."""
 
 PROBES = 32  # samples looked at (spread over the dataset) to tell fixed-shape fields from ragged ones
 

@@ -1,12 +1,12 @@
-"""The loader's image stage: the image fields of CPU batches decoded ahead, in threads.
+"""The loader's image stage: the image fields of CPU batches decoded ahead, in threads or
+worker processes.
 
 Batches of a split with ``image`` fields arrive with each image encoded (a list of uint8
-tensors) and with each row's sample index. :func:`decoded_batches` keeps ``ahead`` batches in
+tensors) and with each row's sample index. :func:`decoded_batches` keeps :data:`AHEAD` batches in
 flight: each batch's crops are planned at once (:func:`~datalflash.batching.images.plan_crops`,
 random numbers keyed by ``(seed, epoch, sample index)``) and its images decoded by threads or
-worker processes (:mod:`datalflash.loading.decoders`) into one (pinned) buffer, while the batches
-before it are used. On a CUDA device with
-torchvision installed, JPEGs are decoded on the GPU instead.
+worker processes (:mod:`datalflash.loading.decoders`) while the batches before it are used. On a
+CUDA device with torchvision installed, JPEGs are decoded on the GPU instead.
 """
 
 from __future__ import annotations
