@@ -50,8 +50,7 @@ class ImageDecode:
     * ``dtype``: ``torch.uint8``, or a float dtype for values in ``[0, 1]`` (better done on the
       device, after the transfer: the copy is then 4x smaller).
     * ``processes``: decoding worker processes (0: threads in this process instead; None: one per
-      core where there are more than 4, else threads: threads share the GIL and the memory
-      allocator, and stop scaling on many cores, processes copy each batch once more).
+      core where there are more than 4, else threads: threads stopped scaling on 16 cores).
     * ``threads``: decoding threads, when decoding in this process (None: one per core).
     * ``gpu``: decode JPEGs on the GPU when the loader's device is CUDA and torchvision is
       installed (None: whenever possible).

@@ -2,7 +2,8 @@
 
 Both decoders take a batch's encoded images and crops and return a function that waits for the
 batch and gives it as an NCHW uint8 tensor (pinned when asked). Threads write straight into that
-tensor; they share the GIL and the memory allocator, which stops them scaling on many cores.
+tensor; they share one process (its GIL, its allocator) and stopped scaling on 16 cores
+(``benchmarks/decode_scaling.py``: 0.25-0.37 of 16x one thread).
 Processes read the encoded images from a shared ring of buffers (one slot for each batch in
 flight, reused) and decode into a new shared-memory tensor per batch, which is handed out as it
 is (as torch's DataLoader workers hand out theirs): its pages are first touched by the workers,
