@@ -196,6 +196,14 @@ class ChunkStoreTests:
                 np.testing.assert_array_equal(got[name], values, err_msg=f"{split}/{name}")
                 np.testing.assert_array_equal(self.read_plain(tmp_path / "s", split, name), values)
 
+    def test_read_field_alone_equals_read_chunks(self, tmp_path: Path) -> None:
+        store = self.convert(DictSamples(23), tmp_path / "s", chunk_size=4)
+        for split in store.splits:
+            everything = store.read_chunks(split, range(store.num_chunks(split)))
+            for name, spec in store.fields.items():
+                if not spec.ragged:
+                    np.testing.assert_array_equal(store.read_field(split, name), everything[name])
+
     def test_pickles_by_path(self, tmp_path: Path) -> None:
         store = self.convert(DictSamples(20), tmp_path / "s", chunk_size=4)
         before = store.read_chunks("train", [1])

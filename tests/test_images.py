@@ -118,6 +118,21 @@ def test_folder_converts_to_the_files_bytes_sizes_and_classes(tmp_path, folder, 
     assert size_on_disk < 1.15 * folder_bytes + 200_000
 
 
+def test_info_describes_images_and_classes(store):
+    done = subprocess.run(
+        [sys.executable, "-m", "datalflash", "info", str(store)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    opened = open_store(store)
+    sizes = np.concatenate([opened.read_field(split, "0.size") for split in opened.splits])
+    low, high = sizes[:, :2].min(axis=0), sizes[:, :2].max(axis=0)
+    assert f"image (encoded), {low[0]}-{high[0]} x {low[1]}-{high[1]} px" in done.stdout
+    assert "channels 1/3/4" in done.stdout and "classes: china, flower" in done.stdout
+    assert "from image folder" in done.stdout
+    with pytest.raises(ValueError, match="read_chunks"):
+        opened.read_field("train", "0")
+
+
 def test_list_of_path_label_pairs_converts(tmp_path, folder):
     files = folder_files(folder)[:10]
     out = DatasetConverter.create_chunked_dataset(

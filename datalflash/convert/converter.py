@@ -168,6 +168,10 @@ class DatasetConverter:
         require_int("chunk_size", chunk_size, 1, ConversionError)
         require_int("num_workers", num_workers, 0, ConversionError)
         source_name = type(pytorch_dataset).__name__
+        if isinstance(pytorch_dataset, (str, os.PathLike)):
+            source_name = f"image folder {os.fspath(pytorch_dataset)}"
+        elif isinstance(pytorch_dataset, (list, tuple)):
+            source_name = "(path, label) list"
         images = image_source(pytorch_dataset, on_error)
         if images is None and on_error != "raise":
             raise ConversionError("on_error='skip' applies to image folders and (path, label) lists")

@@ -235,6 +235,19 @@ class ChunkStore(ABC):
             done += total
         out.put(values, 0, stop - start)
 
+    def read_field(self, split: str, field: str) -> np.ndarray:
+        """Every row of the fixed-shape ``field`` of ``split``, in storage dtype (read alone, as
+        :meth:`read_chunks` reads it: checksums and retries apply). For a small field of a large
+        store: an image field's sizes, labels."""
+        spec = self.fields[field]
+        if spec.ragged:
+            raise ValueError(f"field {field!r} is {spec.kind}: read it with read_chunks (or read_lengths)")
+        n = self.num_samples(split)
+        out = np.empty((n, *spec.fixed_shape), spec.storage_dtype)
+        self._handle(split)
+        self._read_with_retries(split, field, 0, n, out, None)
+        return out
+
     def read_lengths(self, split: str, field: str) -> np.ndarray:
         """Elements of every sample of the ragged ``field`` in ``split`` (int64, from its shape
         table, each chunk's rows checked as when they are read)."""
