@@ -10,6 +10,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 
 import h5py
 import numpy as np
@@ -319,6 +320,29 @@ def test_worker_processes_decode_what_threads_decode(store, context):
     processes = epochs(ImageDecode(size=(24, 40), crop="random", processes=2))
     assert all(torch.equal(a, b) for a, b in zip(threads, processes))
     assert not torch.equal(processes[0], processes[1])  # (epoch 1 crops anew)
+
+
+def _slow_decode(*args):
+    time.sleep(3)
+
+
+def _die(*args):
+    os._exit(3)
+
+
+def test_slow_decoding_times_out_and_a_dead_worker_is_named(store, monkeypatch):
+    from datalflash.errors import DataLFlashError, LoaderTimeoutError
+    from datalflash.loading import decoders
+
+    split = ChunkedDataset(open_store(store), "train")
+    monkeypatch.setattr(decoders, "decode_rows", _slow_decode)
+    slow = FlashDataLoader(split, batch_size=4, timeout=0.5, collate={"0": ImageDecode(16, processes=0)})
+    with pytest.raises(LoaderTimeoutError, match=r"split 'train': decoding a batch's images"):
+        next(iter(slow))
+    monkeypatch.setattr(decoders, "decode_part", _die)
+    dying = FlashDataLoader(split, batch_size=4, collate={"0": ImageDecode(16, processes=1)})
+    with pytest.raises(DataLFlashError, match=r"split 'train': a decoding worker process died"):
+        next(iter(dying))
 
 
 def test_collate_fn_gets_pil_images_as_image_folder_gives_them(store, folder):

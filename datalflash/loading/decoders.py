@@ -16,14 +16,18 @@ import itertools
 import multiprocessing
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import numpy as np
 import torch
 
 from datalflash.batching.images import decode_full, decode_part, decode_rows, init_decoding_worker
+from datalflash.errors import DataLFlashError, LoaderTimeoutError
 from datalflash.reading import readers
 from datalflash.reading.pool import DaemonPool
 
@@ -40,11 +44,21 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def wait_all(futures: Sequence[Future]) -> None:
+def wait_all(futures: Sequence[Future], timeout: float = 0, where: str = "") -> None:
     """Wait for every future, then raise the first error among them (no worker is left writing
-    into a buffer the caller is about to reuse or drop)."""
-    errors = [future.exception() for future in futures]
+    into a buffer the caller is about to reuse or drop). Longer than ``timeout`` seconds in all
+    (0: no limit) raises :class:`~datalflash.errors.LoaderTimeoutError`, a worker process that
+    died a :class:`~datalflash.errors.DataLFlashError`, each naming ``where``."""
+    deadline = time.monotonic() + timeout if timeout > 0 else None
+    errors = []
+    for future in futures:
+        try:
+            errors.append(future.exception(None if deadline is None else max(0.0, deadline - time.monotonic())))
+        except FutureTimeout:
+            raise LoaderTimeoutError(timeout, f"{where}: decoding a batch's images") from None
     for error in errors:
+        if isinstance(error, BrokenProcessPool):
+            raise DataLFlashError(f"{where}: a decoding worker process died ({error})") from error
         if error is not None:
             raise error
 
@@ -55,10 +69,12 @@ def _parts(n: int, workers: int) -> list[range]:
 
 
 class ThreadDecoder:
-    """Decodes in ``threads`` threads of this process."""
+    """Decodes in ``threads`` threads of this process; a batch taking longer than ``timeout``
+    seconds (0: no limit) raises an error naming ``where``."""
 
-    def __init__(self, threads: int):
+    def __init__(self, threads: int, timeout: float = 0, where: str = ""):
         self.threads = max(1, threads)
+        self.timeout, self.where = timeout, where
         self._pool = DaemonPool(self.threads, "datalflash-decode")
 
     def start(
@@ -87,7 +103,7 @@ class ThreadDecoder:
         ]
 
         def wait() -> torch.Tensor:
-            wait_all(futures)
+            wait_all(futures, self.timeout, self.where)
             return pixels
 
         return wait
@@ -100,7 +116,7 @@ class ThreadDecoder:
         ]
 
         def wait() -> list[torch.Tensor]:
-            wait_all(futures)
+            wait_all(futures, self.timeout, self.where)
             return [image for future in futures for image in future.result()]
 
         return wait
@@ -115,8 +131,10 @@ class ProcessDecoder(ThreadDecoder):
     method name, None for the default) into shared memory, ``slots`` batches of a field in flight
     at most; images decoded at their own sizes still use threads."""
 
-    def __init__(self, processes: int, slots: int, context: Any = None, threads: int = 1):
-        super().__init__(threads)
+    def __init__(
+        self, processes: int, slots: int, context: Any = None, threads: int = 1, timeout: float = 0, where: str = ""
+    ):
+        super().__init__(threads, timeout, where)
         if context is None or isinstance(context, str):
             context = multiprocessing.get_context(context)
         self.processes = processes
@@ -160,7 +178,7 @@ class ProcessDecoder(ThreadDecoder):
         ]
 
         def wait() -> torch.Tensor:
-            wait_all(futures)
+            wait_all(futures, self.timeout, self.where)
             pixels = decoded[: n * 3 * size[0] * size[1]].view(n, 3, *size)
             return pixels.pin_memory() if pin_memory else pixels
 
@@ -178,12 +196,15 @@ def _shared(nbytes: int) -> torch.Tensor:
     return torch.empty(0, dtype=torch.uint8).set_(storage)
 
 
-def make_decoder(processes: int | None, threads: int | None, slots: int, context: Any = None) -> ThreadDecoder:
+def make_decoder(
+    processes: int | None, threads: int | None, slots: int, context: Any = None, timeout: float = 0, where: str = ""
+) -> ThreadDecoder:
     """Worker processes (``processes``; None: one per core when there are more than
-    :data:`PROCESS_CORES`), else ``threads`` threads (None: one per core)."""
+    :data:`PROCESS_CORES`), else ``threads`` threads (None: one per core); ``timeout`` and
+    ``where`` as for :class:`ThreadDecoder`."""
     cores = usable_cores()
     if processes is None:
         processes = cores if cores > PROCESS_CORES else 0
     if processes > 0:
-        return ProcessDecoder(processes, slots, context, threads=threads or 1)
-    return ThreadDecoder(threads or cores)
+        return ProcessDecoder(processes, slots, context, threads or 1, timeout, where)
+    return ThreadDecoder(threads or cores, timeout, where)

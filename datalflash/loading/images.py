@@ -70,13 +70,15 @@ def decoded_batches(
     pin_memory: bool,
     device: torch.device | None,
     context: Any = None,
+    timeout: float = 0,
 ) -> Iterator[Batch]:
     """``batches`` with each image field (``sizes``: its size field) decoded as ``policies``
     say, ``AHEAD`` batches decoded ahead, in threads or worker processes (``context``: their
     multiprocessing context; see :func:`~datalflash.loading.decoders.make_decoder`); errors name
-    ``where`` (store and split) and the sample."""
+    ``where`` (store and split) and the sample; a batch whose images take longer than ``timeout``
+    seconds (0: no limit) raises :class:`~datalflash.errors.LoaderTimeoutError`."""
     first = next(iter(policies.values()))
-    decoder = make_decoder(first.processes, first.threads, AHEAD + 1, context)
+    decoder = make_decoder(first.processes, first.threads, AHEAD + 1, context, timeout, where)
     pending: deque[tuple[Batch, dict[str, Wait | torch.Tensor]]] = deque()
     try:
         for batch in batches:

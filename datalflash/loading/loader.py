@@ -437,6 +437,7 @@ class FlashDataLoader:
             pin_memory=self.pin_memory,
             device=self.device,
             context=self.multiprocessing_context,
+            timeout=self.timeout,
         )
 
     def _epoch_batches(self, epoch: int, remaining: Ranges, skip: int) -> int | None:
