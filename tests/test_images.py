@@ -345,6 +345,48 @@ def test_slow_decoding_times_out_and_a_dead_worker_is_named(store, monkeypatch):
         next(iter(dying))
 
 
+IMAGE_TRAINER = """
+import sys, time, multiprocessing
+from datalflash import ImageDecode
+from datalflash.core import ChunkedDataset, FlashDataLoader
+split = ChunkedDataset(sys.argv[1], "train")
+loader = FlashDataLoader(split, batch_size=4, collate={"0": ImageDecode(16, processes=2)})
+batches = iter(loader)
+next(batches)
+print(" ".join(str(p.pid) for p in multiprocessing.active_children()), flush=True)
+time.sleep(600)
+"""
+
+
+def test_decoding_workers_exit_when_their_trainer_is_killed(store):
+    trainer = subprocess.Popen(
+        [sys.executable, "-c", IMAGE_TRAINER, str(store)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        workers = [int(pid) for pid in trainer.stdout.readline().split()]
+        assert len(workers) == 2, trainer.stderr.read() if trainer.poll() is not None else workers
+        trainer.kill()
+        trainer.wait(30)
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(pid) for pid in workers), "decoding workers outlived their killed trainer"
+    finally:
+        trainer.kill()
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def test_collate_fn_gets_pil_images_as_image_folder_gives_them(store, folder):
     loader = FlashDataLoader(
         ChunkedDataset(open_store(store), "train"), batch_size=3, collate_fn=lambda samples: samples

@@ -281,11 +281,6 @@ def decode_part(
             raise ImageError(f"{names[i]}: cannot decode the image ({type(e).__name__}: {e})") from None
 
 
-def init_decoding_worker() -> None:
-    """In a decoding worker process: one torch thread (the processes are the parallelism)."""
-    torch.set_num_threads(1)
-
-
 def decode_full(rows: Sequence[torch.Tensor], names: Sequence[str]) -> list[torch.Tensor]:
     """Each encoded row decoded at its own size, as a ``(3, H, W)`` uint8 tensor."""
     images = []

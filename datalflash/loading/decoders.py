@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from datalflash.batching.images import decode_full, decode_part, decode_rows, init_decoding_worker
+from datalflash.batching.images import decode_full, decode_part, decode_rows
 from datalflash.errors import DataLFlashError, LoaderTimeoutError
 from datalflash.reading import readers
 from datalflash.reading.pool import DaemonPool
@@ -138,7 +139,9 @@ class ProcessDecoder(ThreadDecoder):
         if context is None or isinstance(context, str):
             context = multiprocessing.get_context(context)
         self.processes = processes
-        self._workers = ProcessPoolExecutor(processes, mp_context=context, initializer=init_decoding_worker)
+        self._workers = ProcessPoolExecutor(
+            processes, mp_context=context, initializer=_init_decoding_worker, initargs=(os.getpid(),)
+        )
         self._slots: dict[str, list[torch.Tensor | None]] = {}
         self._turn: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -188,6 +191,14 @@ class ProcessDecoder(ThreadDecoder):
         """Stop the worker processes and the threads."""
         self._workers.shutdown(wait=True, cancel_futures=True)
         super().close()
+
+
+def _init_decoding_worker(parent: int) -> None:
+    """In a decoding worker process: one torch thread (the processes are the parallelism), Ctrl-C
+    left to the parent, and an exit as soon as the parent is gone (killed by any signal too)."""
+    torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=readers.watch_parent, args=(parent,), name="datalflash-parent-watch", daemon=True).start()
 
 
 def _shared(nbytes: int) -> torch.Tensor:

@@ -138,7 +138,7 @@ _worker_store: ChunkStore | None = None
 PARENT_CHECK_SECONDS = 0.5  # how often a worker looks whether its parent is still there
 
 
-def _watch_parent(parent: int) -> None:
+def watch_parent(parent: int) -> None:
     """Exit this worker as soon as its parent is gone (killed by any signal included)."""
     while os.getppid() == parent:
         time.sleep(PARENT_CHECK_SECONDS)
@@ -155,7 +155,7 @@ def _init_worker(
     _worker_store = store
     pids.put(os.getpid())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: no traceback per worker
-    threading.Thread(target=_watch_parent, args=(parent,), name="datalflash-parent-watch", daemon=True).start()
+    threading.Thread(target=watch_parent, args=(parent,), name="datalflash-parent-watch", daemon=True).start()
     torch.set_num_threads(1)
     worker_id = worker_id_queue.get()
     _seed_as_torch_does(worker_id, workers, base_seed, store)
