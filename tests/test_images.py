@@ -233,6 +233,19 @@ def crop_and_resize(pixels, box, size):
     return out[0]
 
 
+def test_cmyk_and_gray_jpegs_decode_to_pillows_rgb(tmp_path, photos):
+    piece = cut_pieces(photos, 1, seed=4)[0]
+    for mode in ("CMYK", "L"):
+        path = tmp_path / mode / "x" / "image.jpg"
+        path.parent.mkdir(parents=True)
+        piece.convert(mode).save(path, quality=90)
+        out = DatasetConverter.create_chunked_dataset(
+            str(tmp_path / mode), tmp_path / f"{mode}-store", split_ratios={"train": 1.0}, progress=False
+        )
+        (image,), _ = next(iter(FlashDataLoader(ChunkedDataset(open_store(out), "train"), batch_size=1)))
+        assert torch.equal(image, torch.from_numpy(reference(path).copy()).permute(2, 0, 1)), mode
+
+
 def test_center_crops_equal_the_crop_of_the_decode_resized(store, folder):
     files = folder_files(folder)
     size = (48, 64)

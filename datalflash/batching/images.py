@@ -189,13 +189,27 @@ def _scratch(nbytes: int) -> np.ndarray:
     return buffer
 
 
+def _jpeg_header(data: Any) -> tuple[int, int] | None:
+    """``(height, width)`` of a JPEG simplejpeg decodes to Pillow's pixels (YCbCr or gray), or
+    None: not a JPEG, no simplejpeg, a CMYK/YCCK JPEG (whose RGB Pillow computes otherwise), or a
+    header simplejpeg cannot read (Pillow then decodes it, or names what is wrong)."""
+    if SIMPLEJPEG is None or bytes(data[:2]) != b"\xff\xd8":
+        return None
+    try:
+        height, width, colorspace, _ = SIMPLEJPEG.decode_jpeg_header(data)
+    except ValueError:
+        return None
+    return (height, width) if colorspace in ("YCbCr", "Gray") else None
+
+
 def _decoded(data: Any, region: tuple[float, float] | None, scratch: bool = False) -> tuple[np.ndarray, float, float]:
     """``(RGB pixels (H, W, 3), x scale, y scale)`` of an encoded image: a JPEG whose ``region``
     (the crop's size over the output's, when given) is at least 2 decoded at a reduced scale
     (1/2 to 1/8, by libjpeg-turbo's DCT scaling); the scales map full-size coordinates to it.
     ``scratch``: a JPEG's pixels may be in this thread's scratch buffer (valid until its next call)."""
-    if SIMPLEJPEG is not None and bytes(data[:2]) == b"\xff\xd8":
-        height, width, *_ = SIMPLEJPEG.decode_jpeg_header(data)
+    header = _jpeg_header(data)
+    if header is not None:
+        height, width = header
         reduce = min(region) if region is not None else 1.0
         buffer = _scratch(height * width * 3) if scratch else None
         if reduce >= 2:
