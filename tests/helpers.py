@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 
 import torch
 from torch.utils.data import Dataset, TensorDataset
@@ -38,3 +39,24 @@ def indexed_store(path, n):
     return DatasetConverter.create_chunked_dataset(
         samples, path, chunk_size=16, split_ratios={"train": 1.0}, progress=False
     )
+
+
+def alive(pid):
+    """Whether process ``pid`` runs (a zombie, exited but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:  # (no /proc to tell: it exists)
+        return True
+
+
+def survivors(pids, seconds=10.0):
+    """Which of ``pids`` still run after waiting up to ``seconds`` for them all to be gone."""
+    deadline = time.monotonic() + seconds
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return [pid for pid in pids if alive(pid)]

@@ -22,6 +22,7 @@ from datalflash.loading import ChunkedDataset, FlashDataLoader
 from datalflash.store import open_store, verify_store
 from datalflash.store.generations import generation_dir
 from datalflash.store.integrity import crc32c
+from tests.helpers import survivors
 
 BACKENDS = ["zarr", "memmap", "hdf5"]
 N, CHUNK = 60, 10
@@ -185,21 +186,10 @@ time.sleep(600)
 """
 
 
-def alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with contextlib.suppress(OSError):  # a zombie (exited, not yet reaped by init) is gone too
-        return open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0] != "Z"
-    return True
-
-
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_reading_workers_exit_when_their_trainer_is_killed(tmp_path, method):
     import subprocess
     import sys
-    import time
 
     convert(samples(0), tmp_path / "store", "memmap")
     trainer = subprocess.Popen(
@@ -211,10 +201,7 @@ def test_reading_workers_exit_when_their_trainer_is_killed(tmp_path, method):
         assert len(workers) == 2
         trainer.kill()
         trainer.wait(30)
-        deadline = time.monotonic() + 10
-        while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not any(alive(pid) for pid in workers), "workers outlived their killed trainer"
+        assert not survivors(workers), "workers outlived their killed trainer"
     finally:
         trainer.kill()
 

@@ -26,7 +26,7 @@ from datalflash.errors import ConversionError, ImageError
 from datalflash.loading import ChunkedDataset
 from datalflash.store import open_store
 from datalflash.utils import DatasetConverter
-from tests.helpers import Samples
+from tests.helpers import Samples, survivors
 
 Image = pytest.importorskip("PIL.Image")
 sklearn_datasets = pytest.importorskip("sklearn.datasets")
@@ -380,24 +380,9 @@ def test_decoding_workers_exit_when_their_trainer_is_killed(store):
         assert len(workers) == 2, trainer.stderr.read() if trainer.poll() is not None else workers
         trainer.kill()
         trainer.wait(30)
-        deadline = time.monotonic() + 10
-        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not any(_alive(pid) for pid in workers), "decoding workers outlived their killed trainer"
+        assert not survivors(workers), "decoding workers outlived their killed trainer"
     finally:
         trainer.kill()
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_collate_fn_gets_pil_images_as_image_folder_gives_them(store, folder):

@@ -17,10 +17,11 @@ JPEGs are decoded on the GPU instead (:func:`decode_on_gpu`).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -193,7 +194,7 @@ def _jpeg_header(data: Any) -> tuple[int, int] | None:
     """``(height, width)`` of a JPEG simplejpeg decodes to Pillow's pixels (YCbCr or gray), or
     None: not a JPEG, no simplejpeg, a CMYK/YCCK JPEG (whose RGB Pillow computes otherwise), or a
     header simplejpeg cannot read (Pillow then decodes it, or names what is wrong)."""
-    if SIMPLEJPEG is None or bytes(data[:2]) != b"\xff\xd8":
+    if SIMPLEJPEG is None or not is_jpeg(data):
         return None
     try:
         height, width, colorspace, _ = SIMPLEJPEG.decode_jpeg_header(data)
@@ -260,17 +261,24 @@ def _span(low: float, high: float, limit: int) -> tuple[int, int]:
     return a, max(a + 1, min(round(min(high, limit)), limit))
 
 
+@contextlib.contextmanager
+def _naming(name: str) -> Iterator[None]:
+    """Any error decoding the image ``name`` raised as an ImageError naming it."""
+    try:
+        yield
+    except Exception as e:
+        raise ImageError(f"{name}: cannot decode the image ({type(e).__name__}: {e})") from None
+
+
 def decode_rows(
-    rows: Sequence[torch.Tensor], boxes: np.ndarray, size: tuple[int, int], out: np.ndarray, names: Sequence[str]
+    rows: Sequence[Any], boxes: np.ndarray, size: tuple[int, int], out: np.ndarray, names: Sequence[str]
 ) -> None:
-    """Decode encoded ``rows`` (uint8 tensors) into ``out[i]`` (``(3, H, W)`` uint8 each: the
-    planar layout torch's resize writes, so each copy is one memcpy), the ``boxes`` regions resized
-    to ``size``; an ImageError names the image (``names[i]``)."""
+    """Decode encoded ``rows`` (uint8 tensors or arrays) into ``out[i]`` (``(3, H, W)`` uint8
+    each: the planar layout torch's resize writes, so each copy is one memcpy), the ``boxes``
+    regions resized to ``size``; an ImageError names the image (``names[i]``)."""
     for i, row in enumerate(rows):
-        try:
-            out[i] = decode_image(row.numpy(), boxes[i], size).numpy()  # (numpy's copy: no torch threads)
-        except Exception as e:
-            raise ImageError(f"{names[i]}: cannot decode the image ({type(e).__name__}: {e})") from None
+        with _naming(names[i]):
+            out[i] = decode_image(np.asarray(row), boxes[i], size).numpy()  # (numpy's copy: no torch threads)
 
 
 def decode_part(
@@ -288,21 +296,17 @@ def decode_part(
     data = encoded.numpy()
     n = len(offsets) - 1
     pixels = out.numpy()[: n * 3 * size[0] * size[1]].reshape(n, 3, *size)
-    for i in rows:
-        try:
-            pixels[i] = decode_image(data[offsets[i] : offsets[i + 1]], boxes[i], size).numpy()
-        except Exception as e:
-            raise ImageError(f"{names[i]}: cannot decode the image ({type(e).__name__}: {e})") from None
+    part = slice(rows.start, rows.stop)
+    encoded_rows = [data[offsets[i] : offsets[i + 1]] for i in rows]
+    decode_rows(encoded_rows, boxes[part], size, pixels[part], names[part])
 
 
 def decode_full(rows: Sequence[torch.Tensor], names: Sequence[str]) -> list[torch.Tensor]:
     """Each encoded row decoded at its own size, as a ``(3, H, W)`` uint8 tensor."""
     images = []
     for i, row in enumerate(rows):
-        try:
+        with _naming(names[i]):
             pixels = decode_pixels(row.numpy())
-        except Exception as e:
-            raise ImageError(f"{names[i]}: cannot decode the image ({type(e).__name__}: {e})") from None
         images.append(torch.from_numpy(pixels).permute(2, 0, 1))
     return images
 
@@ -314,9 +318,10 @@ def finish(pixels: torch.Tensor, decode: ImageDecode) -> torch.Tensor:
     return pixels.permute(0, 2, 3, 1) if decode.layout == "NHWC" else pixels
 
 
-def is_jpeg(row: torch.Tensor) -> bool:
-    """Whether an encoded image starts as a JPEG does."""
-    return len(row) > 3 and bool(row[0] == 0xFF) and bool(row[1] == 0xD8)
+def is_jpeg(data: Any) -> bool:
+    """Whether an encoded image (bytes, a uint8 array or tensor) starts as a JPEG does."""
+    head = data[:2]
+    return len(data) > 3 and bytes(head.numpy() if isinstance(head, torch.Tensor) else head) == b"\xff\xd8"
 
 
 def decode_on_gpu(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -51,20 +52,7 @@ def run(workdir: str | None = None, epochs: int = 15, batch_size: int = 64, seed
         f"({time.perf_counter() - start:.2f}s); splits {sizes}"
     )
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(epochs):
-        for images, labels in loaders["train"]:
-            loss = nn.functional.cross_entropy(model(images), labels)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    correct = total = 0
-    with torch.no_grad():
-        for images, labels in loaders["test"]:
-            correct += int((model(images).argmax(1) == labels).sum())
-            total += len(labels)
-    accuracy = correct / total
-    print(f"test accuracy after {epochs} epochs: {accuracy:.3f}")
+    accuracy = train_and_test(model, loaders, epochs, lr=1e-2)
     flash = statistics.median(timed_rate(loaders["train"], math.inf)[0] for _ in range(5))
     plain = TensorDataset(
         *[torch.from_numpy(a) for a in store.read_chunks("train", range(store.num_chunks("train"))).values()]
@@ -79,6 +67,26 @@ def run(workdir: str | None = None, epochs: int = 15, batch_size: int = 64, seed
         f"the stores are kept in {Path(workdir).resolve()} (try: datalflash info {path}); "
         "remove that directory when done"
     )
+    return accuracy
+
+
+def train_and_test(model: nn.Module, loaders: Mapping[str, Iterable], epochs: int, lr: float) -> float:
+    """Train ``model`` on ``loaders["train"]`` for ``epochs`` (Adam, cross-entropy), print and
+    return its accuracy on ``loaders["test"]``."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(epochs):
+        for images, labels in loaders["train"]:
+            loss = nn.functional.cross_entropy(model(images), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    correct = total = 0
+    with torch.no_grad():
+        for images, labels in loaders["test"]:
+            correct += int((model(images).argmax(1) == labels).sum())
+            total += len(labels)
+    accuracy = correct / total
+    print(f"test accuracy after {epochs} epochs: {accuracy:.3f}")
     return accuracy
 
 

@@ -8,6 +8,7 @@ the folder is a random piece of one of them, 120-320 pixels a side, and its clas
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -16,6 +17,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from datalflash.cli.bench import timed_rate
+from datalflash.cli.demo import train_and_test
 from datalflash.convert import DatasetConverter
 from datalflash.convert.images import image_folder
 from datalflash.loading import get_dataloaders
@@ -94,33 +97,12 @@ def run_images(workdir: str, epochs: int = 3, batch_size: int = 64, seed: int = 
     loaders = get_dataloaders(
         path, batch_size, seed=seed, image_size=SIZE, augmentations={"train": augment, "test": evaluate}
     )
-    model = small_cnn()
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(epochs):
-        for images, labels in loaders["train"]:
-            loss = nn.functional.cross_entropy(model(images), labels)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    correct = total = 0
-    with torch.no_grad():
-        for images, labels in loaders["test"]:
-            correct += int((model(images).argmax(1) == labels).sum())
-            total += len(labels)
-    accuracy = correct / total
-    print(f"test accuracy after {epochs} epochs: {accuracy:.3f}")
-    flash = _rate(loaders["train"])
+    accuracy = train_and_test(small_cnn(), loaders, epochs, lr=3e-3)
+    flash = timed_rate(loaders["train"], math.inf)[0]
     workers = usable_cores()
-    baseline = _rate(DataLoader(PillowFolder(folder), batch_size, shuffle=True, num_workers=workers))
+    baseline = timed_rate(DataLoader(PillowFolder(folder), batch_size, shuffle=True, num_workers=workers), math.inf)[0]
     print(
         f"decoding {SIZE}x{SIZE} crops: FlashDataLoader {flash:,.0f} images/s, torch DataLoader "
         f"(Pillow, {workers} workers) {baseline:,.0f} images/s ({flash / baseline:.1f}x)"
     )
     return accuracy
-
-
-def _rate(loader) -> float:
-    start, count = time.perf_counter(), 0
-    for images, _ in loader:
-        count += len(images)
-    return count / (time.perf_counter() - start)

@@ -34,9 +34,8 @@ PROBES = 32  # samples looked at (spread over the dataset) to tell fixed-shape f
 
 def leaf_signature(value: Any) -> Signature | None:
     """``(kind, dtype name, shape)`` of one leaf value, or None if the format cannot store it."""
-    if is_image(value):
-        size = image_size(value)
-        nbytes = len(value.data) if isinstance(value, EncodedImage) else int(np.prod(size)) // 4
+    if is_image(value):  # (a decoded image's encoded size: estimated, a quarter of its pixels' bytes)
+        nbytes = len(value.data) if isinstance(value, EncodedImage) else int(np.prod(image_size(value))) // 4
         return ("image", "uint8", (nbytes,))
     if isinstance(value, torch.Tensor):
         name = torch_dtype_name(value.dtype)
