@@ -1,9 +1,12 @@
 """Soak: many early ``break``s and many epochs with worker processes must leave open files,
-threads, child processes and memory flat.
+threads, child processes, shared memory (``/dev/shm``) and memory flat.
 
     python benchmarks/bench_soak.py [--breaks 1000] [--epochs 50]
 
-Prints, per phase and backend, the counts before and after and the RSS growth (a markdown table).
+Per backend: CIFAR-shaped samples, early breaks and epochs with 2 reading worker processes; then
+an image store (JPEGs cut from scikit-learn's photographs) decoded by 2 decoding worker processes
+(shared-memory batches), with early breaks and epochs. Prints the counts before and after and the
+RSS growth (a markdown table).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ def counts() -> dict[str, int]:
         "fds": len(os.listdir("/proc/self/fd")),
         "threads": threading.active_count(),
         "children": len(multiprocessing.active_children()),
+        "shm": len(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else 0,
         "rss": rss,
     }
 
@@ -57,6 +61,46 @@ def epochs_with_workers(path: Path, epochs: int) -> None:
             pass
 
 
+def make_image_store(root: Path, n: int = 512) -> Path:
+    """``n`` JPEGs of 64-256 pixels a side, cut from scikit-learn's photographs, as a store."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    folder, rng = root / "jpegs", np.random.default_rng(0)
+    photos = [Image.fromarray(p) for p in load_sample_images().images]
+    for k in range(n):
+        h, w = (int(v) for v in rng.integers(64, 257, 2))
+        y, x = int(rng.integers(0, 427 - h)), int(rng.integers(0, 640 - w))
+        (folder / str(k % 2)).mkdir(parents=True, exist_ok=True)
+        photos[k % 2].crop((x, y, x + w, y + h)).save(folder / str(k % 2) / f"{k:04d}.jpg", quality=90)
+    return DatasetConverter.create_chunked_dataset(
+        folder, root / "images", chunk_size=64, split_ratios={"train": 1.0}, progress=False
+    )
+
+
+def image_loader(path: Path) -> FlashDataLoader:
+    from datalflash import ImageDecode
+
+    decode = ImageDecode(size=64, processes=2)
+    return FlashDataLoader(ChunkedDataset(path), batch_size=32, shuffle=True, seed=0, collate={"0": decode})
+
+
+def image_breaks(path: Path, times: int) -> None:
+    loader = image_loader(path)
+    for i in range(times):
+        for k, _ in enumerate(loader):
+            if k == i % 3:
+                break
+
+
+def image_epochs(path: Path, epochs: int) -> None:
+    loader = image_loader(path)
+    for _ in range(epochs):
+        for _ in loader:
+            pass
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--breaks", type=int, default=1000)
@@ -75,10 +119,20 @@ def main() -> None:
                 run(path, times)
                 after = counts()
                 rows.append((backend, name, before, after))
-    print("| backend | phase | open files | threads | child processes | RSS growth |")
-    print("|---|---|---|---|---|---|")
+        path = make_image_store(Path(tmp))
+        for name, run, times in (
+            (f"{args.breaks // 10} early breaks, decoding processes", image_breaks, args.breaks // 10),
+            (f"{args.epochs} epochs, 2 decoding processes", image_epochs, args.epochs),
+        ):
+            run(path, 1)
+            before = counts()
+            run(path, times)
+            after = counts()
+            rows.append(("zarr, JPEG", name, before, after))
+    print("| backend | phase | open files | threads | child processes | /dev/shm entries | RSS growth |")
+    print("|---|---|---|---|---|---|---|")
     for backend, name, before, after in rows:
-        cells = [f"{before[k]} -> {after[k]}" for k in ("fds", "threads", "children")]
+        cells = [f"{before[k]} -> {after[k]}" for k in ("fds", "threads", "children", "shm")]
         growth = (after["rss"] - before["rss"]) / 2**20
         print(f"| {backend} | {name} | {' | '.join(cells)} | {growth:+.1f} MiB |")
 

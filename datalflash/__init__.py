@@ -21,6 +21,7 @@ from datalflash.errors import (
     StoreExistsError,
     StoreFormatError,
     StoreReadError,
+    StoreWriteError,
 )
 from datalflash.loading import ChunkedDataset, FlashDataLoader, FlashDataset, get_dataloaders
 from datalflash.ordering import ShuffleQuality, score_order, shuffle_quality
@@ -45,6 +46,7 @@ __all__ = [
     "StoreExistsError",
     "StoreFormatError",
     "StoreReadError",
+    "StoreWriteError",
     "__version__",
     "get_dataloaders",
     "open_store",

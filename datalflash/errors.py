@@ -23,6 +23,19 @@ class StoreReadError(DataLFlashError, OSError):
     """Reading a chunk failed; the message names the store, split, field and chunk."""
 
 
+class StoreWriteError(DataLFlashError, OSError):
+    """Writing a store failed (a full disk, a permission, an I/O error): names the store, split and
+    chunk, with the operating system's error as cause (and its ``errno``). A failed conversion
+    leaves nothing behind."""
+
+    @classmethod
+    def caused_by(cls, error: OSError, message: str) -> StoreWriteError:
+        """``message`` as a StoreWriteError carrying ``error``'s errno (raise it ``from error``)."""
+        raised = cls(message)
+        raised.errno = error.errno
+        return raised
+
+
 class BackendError(DataLFlashError, ValueError):
     """An unknown backend id, a bad backend config, or an option the backend does not support."""
 

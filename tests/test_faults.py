@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from datalflash.convert import DatasetConverter
-from datalflash.errors import StoreChangedError, StoreExistsError, StoreFormatError
+from datalflash.errors import ChecksumError, StoreChangedError, StoreExistsError, StoreFormatError
 from datalflash.loading import ChunkedDataset, FlashDataLoader
 from datalflash.store import open_store, verify_store
 from datalflash.store.generations import generation_dir
@@ -142,17 +142,45 @@ def test_racing_conversions_with_overwrite_the_last_publisher_wins(tmp_path, bac
     assert [p.name for p in tmp_path.iterdir()] == ["store"]  # the other store: unused, removed
 
 
+def record_checksum(path, split, key, chunk, crc):
+    """Set the manifest's record of chunk ``chunk`` of ``key`` to ``crc``."""
+    document = json.loads((path / "manifest.json").read_text())
+    document["checksums"]["splits"][split][key][chunk] = crc
+    (path / "manifest.json").write_text(json.dumps(document))
+
+
 def test_a_short_blosc_frame_is_a_format_error_and_verify_finds_it(tmp_path):
     path = tmp_path / "store"
     convert(samples(0), path, "zarr")
     chunk_file = path / "train.zarr" / "0" / "c" / "2" / "0"
     short = np.frombuffer(numcodecs.Blosc(cname="lz4").encode(np.arange(8 * 4, dtype=np.int64)), np.uint8)
     chunk_file.write_bytes(short.tobytes() + struct.pack("<I", crc32c(short)))  # checksum-valid, 8 rows of 10
+    record_checksum(path, "train", "0", 2, crc32c(short))  # (by a bad writer: the manifest agrees)
     store = open_store(path, verify="always")
     with pytest.raises(StoreFormatError, match=r"split 'train' field '0' chunk 2.*decodes to 256 bytes"):
         store.read_chunks("train", [3, 2], out=store.allocate(20))  # into a reused buffer
     report = verify_store(path, progress=False)
     assert [(split, chunk) for split, chunk, _ in report.bad] == [("train", 2)]
+
+
+def test_a_zarr_chunk_file_swapped_for_another_is_refused_and_verify_finds_it(tmp_path):
+    """Each chunk file ends with its CRC-32C, which the manifest records too: a whole, valid chunk
+    file put in another chunk's place (or another store's) is refused, whatever ``verify`` says."""
+    path = tmp_path / "store"
+    convert(samples(0), path, "zarr")
+    document = json.loads((path / "manifest.json").read_text())
+    for key in ("0", "1"):  # the manifest records the CRC each chunk file ends with
+        files = [path / "train.zarr" / key / "c" / str(c) / ("0" if key == "0" else "") for c in range(N // CHUNK)]
+        ends = [int.from_bytes(f.read_bytes()[-4:], "little") for f in (f if f.is_file() else f.parent for f in files)]
+        assert document["checksums"]["splits"]["train"][key] == ends
+    chunk = path / "train.zarr" / "1" / "c"
+    (chunk / "2").write_bytes((chunk / "4").read_bytes())  # chunk 4's labels in chunk 2's place
+    store = open_store(path, verify="never")
+    with pytest.raises(ChecksumError, match=r"split 'train' field '1' chunk 2.*not the chunk the manifest lists"):
+        store.read_chunks("train", [2])
+    assert store.read_chunks("train", [4])["1"].tolist() == list(range(4 * CHUNK, 5 * CHUNK))
+    report = verify_store(path, progress=False)
+    assert [(split, c) for split, c, _ in report.bad] == [("train", 2)]
 
 
 SPECIAL = {
@@ -252,6 +280,26 @@ def test_a_remote_store_replaced_under_a_reader_is_refused(tmp_path):
     fs.put(str(tmp_path / "b"), "/replaced", recursive=True)  # uploaded over the store being read
     with pytest.raises(StoreChangedError, match="the store was replaced"):
         store.read_chunks("train", [1])
+
+
+def test_a_remote_store_half_uploaded_over_is_never_read_as_a_mix(tmp_path):
+    """An upload over a store being read replaces its objects one by one, in any order: chunks of
+    the new store read under the old manifest are refused (the manifest records each chunk's
+    CRC), and once the new manifest is there too the error says the store changed."""
+    fsspec = pytest.importorskip("fsspec", reason="fsspec is not installed")
+    fs = fsspec.filesystem("memory")
+    convert(samples(0), tmp_path / "a", "zarr")
+    convert(samples(1000), tmp_path / "b", "zarr")
+    fs.put(str(tmp_path / "a"), "/half", recursive=True)
+    store = open_store("memory://half")
+    assert store.read_chunks("train", [0])["1"][0] == 0
+    fs.put(str(tmp_path / "b" / "train.zarr" / "1" / "c" / "2"), "/half/train.zarr/1/c/2", recursive=True)
+    with pytest.raises(ChecksumError, match=r"chunks 1\.\.2: .*train.zarr/1/c/2: not the chunk the manifest lists"):
+        store.read_chunks("train", [1, 2])  # chunk 1 is still the old store's, chunk 2 the new one's
+    assert store.read_chunks("train", [1])["1"].tolist() == list(range(CHUNK, 2 * CHUNK))  # unreplaced: fine
+    fs.put(str(tmp_path / "b" / "manifest.json"), "/half/manifest.json")
+    with pytest.raises(StoreChangedError, match="the store was replaced"):
+        store.read_chunks("train", [2])
 
 
 LOOPED = {"zarr": "train.zarr/0/c/1/0", "memmap": "train/0.npy", "hdf5": "train.h5"}
@@ -450,3 +498,168 @@ def test_a_stuck_read_in_a_samplers_order_times_out_too(tmp_path, monkeypatch):
     assert time.monotonic() - start < 10
     release.set()
     wait_for_no_reading_threads()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs (root only): a disk that fills up for real."""
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs is not permitted here")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+FILL_THE_DISK = """
+import errno, sys, torch
+from torch.utils.data import Dataset, TensorDataset
+from datalflash.errors import StoreWriteError
+from datalflash.utils import DatasetConverter
+
+class PerSample(Dataset):  # not vectorized: read through torch's DataLoader workers
+    def __len__(self):
+        return 2000
+    def __getitem__(self, i):
+        return torch.full((256,), float(i)), i
+
+backend, workers, per_sample = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
+data = PerSample() if per_sample else TensorDataset(torch.rand(2000, 256), torch.arange(2000))
+try:
+    DatasetConverter.create_chunked_dataset(
+        data, sys.argv[4], backend=backend, num_workers=workers, progress=False, chunk_size=100,
+        compression="none" if backend == "zarr" else "default",
+    )
+except StoreWriteError as e:
+    assert e.errno == errno.ENOSPC and isinstance(e.__cause__, OSError), (e.errno, repr(e.__cause__))
+    print("REFUSED:", e)
+"""
+
+
+@pytest.mark.parametrize(
+    "backend,workers,per_sample",
+    [(b, 0, 0) for b in BACKENDS] + [("zarr", 2, 1), ("hdf5", 2, 1)],
+)
+def test_a_full_disk_fails_the_conversion_once_and_leaves_nothing(small_disk, backend, workers, per_sample):
+    """On a disk that fills up, a conversion raises one StoreWriteError (errno ENOSPC) naming the
+    store, split and chunk, prints nothing else (no HDF5 'Exception ignored', no torch worker
+    noise) and leaves nothing on the disk."""
+    import subprocess
+    import sys
+
+    out = small_disk / "store"
+    args = [sys.executable, "-c", FILL_THE_DISK, backend, str(workers), str(per_sample), str(out)]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"REFUSED: writing the store {out} failed at split 'train' chunk "), done.stdout
+    assert "No space left on device" in done.stdout
+    assert done.stderr == ""
+    assert list(small_disk.iterdir()) == []
+
+
+CTRL_C = """
+import sys, time, torch
+from torch.utils.data import Dataset
+from datalflash.utils import DatasetConverter
+from datalflash.core import FlashDataLoader
+from datalflash.loading import ChunkedDataset
+
+class Slow(Dataset):
+    def __len__(self):
+        return 100_000
+    def __getitem__(self, i):
+        if i == 500:
+            print("busy", flush=True)
+        time.sleep(0.0005)
+        return torch.full((16,), float(i)), i
+
+task, store = sys.argv[1], sys.argv[2]
+if task == "convert":
+    DatasetConverter.create_chunked_dataset(Slow(), store, num_workers=2, shuffle=False, progress=False)
+else:
+    loader = FlashDataLoader(ChunkedDataset(store), batch_size=8, shuffle=True, num_workers=2)
+    for epoch in range(1000):
+        for k, batch in enumerate(loader):
+            if epoch == 1 and k == 0:
+                print("busy", flush=True)
+"""
+
+
+@pytest.mark.parametrize("task", ["convert", "read"])
+def test_ctrl_c_to_the_process_group_prints_one_traceback(tmp_path, task):
+    """Ctrl-C in a terminal signals the whole process group (the trainer and its workers): one
+    KeyboardInterrupt traceback, no worker noise, no staging directory or worker left."""
+    import subprocess
+    import sys
+
+    store = tmp_path / "store"
+    if task == "read":
+        convert(samples(0), store, "zarr")
+    args = [sys.executable, "-c", CTRL_C, task, str(store)]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    with time_limit(120):
+        assert process.stdout.readline() == "busy\n"
+        with open(f"/proc/{process.pid}/task/{process.pid}/children") as listing:
+            children = [int(p) for p in listing.read().split()]
+        assert len(children) >= 2  # (the two workers)
+        os.killpg(process.pid, signal.SIGINT)
+        _, err = process.communicate()
+    assert err.count("Traceback") == 1 and err.rstrip().endswith("KeyboardInterrupt"), err
+    assert not survivors(children)
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["store"] if task == "read" else [])
+
+
+UNREADABLE = {"zarr": "train.zarr/0/c/2/0", "memmap": "train/0.npy", "hdf5": "train.h5"}
+
+READ_AS_NOBODY = """
+import os, sys
+from datalflash.errors import StoreReadError
+from datalflash.core import FlashDataLoader
+from datalflash.loading import ChunkedDataset
+import h5py, numcodecs, zarr  # (imported while the interpreter's files are readable)
+
+os.setgid(65534)
+os.setuid(65534)  # nobody: root reads every file whatever its mode
+try:
+    for batch in FlashDataLoader(ChunkedDataset(sys.argv[1]), batch_size=10):
+        pass
+except StoreReadError as e:
+    print("REFUSED:", e)
+"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_file_the_reader_may_not_read_is_a_read_error_naming_it(tmp_path, backend):
+    """Permission denied is a StoreReadError naming split and file by its own path, on every
+    backend (HDF5 used to call it a format error, memmap to raise it bare)."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to read as another user")
+    shared = tempfile.mkdtemp(dir="/tmp")
+    try:
+        os.chmod(shared, 0o755)
+        path = os.path.join(shared, "store")
+        convert(samples(0), path, backend)
+        for directory, _, files in os.walk(path):
+            os.chmod(directory, 0o755)
+            for name in files:
+                os.chmod(os.path.join(directory, name), 0o644)
+        os.chmod(os.path.join(path, UNREADABLE[backend]), 0)
+        done = subprocess.run(
+            [sys.executable, "-c", READ_AS_NOBODY, path], capture_output=True, text=True, timeout=120, cwd=shared
+        )
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("REFUSED: "), done.stdout + done.stderr
+    assert "split 'train'" in done.stdout and "Permission denied" in done.stdout
+    assert os.path.join(path, UNREADABLE[backend]) in done.stdout and "/proc/" not in done.stdout

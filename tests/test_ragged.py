@@ -403,7 +403,9 @@ def _write_shapes(path: Path, backend: str, shapes: np.ndarray) -> None:
         writer = type(store)(path, store.manifest, writable=True)
         writer._handle("train")
         direct = writer._direct("train", spec.name, zarr.open_array(path / "train.zarr" / "data" / "shapes").metadata)
-        direct.write(1, shapes)
+        manifest = json.loads((path / "manifest.json").read_text())
+        manifest["checksums"]["splits"]["train"]["data/shapes"][1] = direct.write(1, shapes)
+        (path / "manifest.json").write_text(json.dumps(manifest))
     elif backend == "hdf5":
         with h5py.File(path / "train.h5", "r+") as f:
             f["data/shapes"][10:20] = shapes

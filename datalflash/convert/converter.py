@@ -9,12 +9,13 @@ conversion leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from datalflash.convert.pipeline import fill_store
 from datalflash.convert.ranks import conversion_ranks, convert_across_ranks
 from datalflash.convert.samples import PROBES, BlockReader, ShapeVariesError, block_size, infer_schema, with_classes
 from datalflash.convert.sources import as_dataset
-from datalflash.errors import BackendError, ConversionError
+from datalflash.errors import BackendError, ConversionError, DataLFlashError, StoreWriteError
 from datalflash.format.manifest import MAX_CHUNKS, FieldSpec, Manifest, SplitInfo, allocate
 from datalflash.loading.memory import FlashDataset
 from datalflash.store.base import ChunkStore
@@ -300,16 +301,37 @@ def _convert_here(
     (nothing is left behind when it fails)."""
     staging = publishing.staging_dir(output_dir)
     try:
-        store = backend_cls.create(staging, manifest)
+        with _writing(output_dir, "creating the store"):
+            store = backend_cls.create(staging, manifest)
         try:
-            fill_store(store, dataset, order, num_workers, progress)
-        finally:
-            store.close()
-        store.finish()
+            with _writing(output_dir, "writing the store"):
+                fill_store(store, dataset, order, num_workers, progress)
+        except BaseException:
+            store.discard()  # (its files go with the staging directory; the first error is the one)
+            raise
+        with _writing(output_dir, "finishing the store"):
+            store.finish()
         publishing.publish_store(staging, output_dir, overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def _writing(output_dir: Path, step: str) -> Iterator[None]:
+    """Raise the operating system's errors of ``step`` (a full disk, a permission) as
+    StoreWriteError naming ``output_dir``."""
+    try:
+        yield
+    except StoreWriteError as e:  # (from the pipeline, naming split and chunk)
+        cause = e.__cause__ if isinstance(e.__cause__, OSError) else e
+        raise StoreWriteError.caused_by(
+            cause, f"{step} {output_dir} failed at {e}; nothing was written there"
+        ) from cause
+    except OSError as e:
+        if isinstance(e, DataLFlashError):
+            raise
+        raise StoreWriteError.caused_by(e, f"{step} {output_dir} failed: {e}; nothing was written there") from e
 
 
 def _read_all(

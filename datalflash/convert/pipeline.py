@@ -9,7 +9,9 @@ chunk buffers and written by a writer thread.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -17,6 +19,7 @@ from tqdm.auto import tqdm
 
 from datalflash.convert.layout import chunk_blocks, owner
 from datalflash.convert.samples import BlockReader, block_size
+from datalflash.errors import DataLFlashError, StoreWriteError
 from datalflash.store.base import ChunkStore
 
 WRITERS = 2  # chunks compressed and written at once, by threads (codecs and writes release the GIL)
@@ -61,6 +64,14 @@ def fill_store(
     def gather_and_write(split: str, chunk: int, blocks: list[np.ndarray], buffer: dict[str, np.ndarray]) -> None:
         store.write_chunk(split, chunk, fill(blocks, buffer))
 
+    def written(write: Callable[..., None], split: str, chunk: int, *args: Any) -> None:
+        try:
+            write(split, chunk, *args)
+        except OSError as e:
+            if isinstance(e, DataLFlashError):
+                raise
+            raise StoreWriteError.caused_by(e, f"split {split!r} chunk {chunk}: {e}") from e
+
     pending: deque[tuple[Future, int]] = deque()
     with (
         ThreadPoolExecutor(WRITERS, thread_name_prefix="datalflash-writer") as writers,
@@ -83,18 +94,20 @@ def fill_store(
                 while len(pending) >= WRITERS and not streamed:  # streamed writes share no buffer: all queue
                     collect()
                 if streamed:
-                    future = writers.submit(store.write_chunk_pieces, split, chunk, reader.pieces(blocks, piece_rows))
+                    future = writers.submit(
+                        written, store.write_chunk_pieces, split, chunk, reader.pieces(blocks, piece_rows)
+                    )
                 elif len(blocks) == 1 and (view := reader.view(blocks[0])) is not None:
                     # an unshuffled TensorDataset chunk: written from the source
-                    future = writers.submit(store.write_chunk, split, chunk, view)
+                    future = writers.submit(written, store.write_chunk, split, chunk, view)
                 else:
                     if len(buffers) <= WRITERS:
                         buffers.append(store.allocate(largest))
                     buffer = buffers[k % (WRITERS + 1)]
                     if reader.vectorized:
-                        future = writers.submit(gather_and_write, split, chunk, blocks, buffer)
+                        future = writers.submit(written, gather_and_write, split, chunk, blocks, buffer)
                     else:  # blocks come in order from torch's DataLoader, in this thread
-                        future = writers.submit(store.write_chunk, split, chunk, fill(blocks, buffer))
+                        future = writers.submit(written, store.write_chunk, split, chunk, fill(blocks, buffer))
                 pending.append((future, sum(map(len, blocks))))
             while pending:
                 collect()

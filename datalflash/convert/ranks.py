@@ -83,8 +83,10 @@ def convert_across_ranks(
         store = backend_cls(staging, manifest, writable=True)
         try:
             fill(store)
-        finally:
-            store.close()
+        except BaseException:
+            store.discard()  # (the staging directory is removed; the first error is the one)
+            raise
+        store.close()
         checksums = store.written_manifest().checksums
     except Exception as e:
         error = f"rank {rank}: {type(e).__name__}: {e}"

@@ -10,6 +10,7 @@ its class (:attr:`ChunkStore.streams_writes`, :attr:`~ChunkStore.concurrent_writ
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 import threading
@@ -22,7 +23,15 @@ from typing import Any, ClassVar, Self
 import numpy as np
 
 from datalflash.errors import BackendError, DataLFlashError, StoreFormatError, StoreReadError
-from datalflash.format.manifest import FieldSpec, Manifest, SplitInfo, allocate, parse_manifest, write_manifest
+from datalflash.format.manifest import (
+    FieldSpec,
+    Manifest,
+    SplitInfo,
+    allocate,
+    checksum_keys,
+    parse_manifest,
+    write_manifest,
+)
 from datalflash.format.ragged import RaggedSlot, checked_counts
 from datalflash.store import integrity
 from datalflash.store.generations import Pin, pin_generation
@@ -304,8 +313,11 @@ class ChunkStore(ABC):
 
     def _read_error(self, split: str, field: str, start: int, stop: int, e: Exception, retries: int) -> StoreReadError:
         tried = f" (after {retries} retries)" if retries else ""
+        cause = str(e)
+        if self._pin is not None:  # files are opened through /proc/self/fd/N: name them by their path
+            cause = cause.replace(f"{self._pin.root}/", f"{self._pin.directory}/")
         return StoreReadError(
-            f"{self.path}: cannot read {self._where(split, field, start, stop)}{tried}: {type(e).__name__}: {e}"
+            f"{self.path}: cannot read {self._where(split, field, start, stop)}{tried}: {type(e).__name__}: {cause}"
         )
 
     def _reopen(self, split: str) -> None:
@@ -439,10 +451,28 @@ class ChunkStore(ABC):
             raise BackendError(f"{self.path}: store is open read-only")
         return self.chunk_bounds(split, chunk)
 
+    @functools.cached_property
+    def _written(self) -> dict[str, dict[str, list[int]]]:
+        """``{split: {key: [crc32c per chunk]}}`` of the chunks written by this process (those of
+        the manifest it was built with to start with; 0 until written)."""
+        return {split: {f: list(v) for f, v in sums.items()} for split, sums in self.manifest.checksums.items()}
+
+    def _checksum_slots(self, split: str) -> dict[str, list[int]]:
+        """``{key: [checksum per chunk]}`` of ``split`` being written (0 until written)."""
+        return self._written.setdefault(
+            split, {name: [0] * self.num_chunks(split) for name in checksum_keys(self.fields)}
+        )
+
+    def _recorded_checksum(self, split: str, key: str, chunk: int) -> int | None:
+        """The checksum the manifest records for chunk ``chunk`` of ``key`` (an array, or a ragged
+        field's ``"<field>/values"``) in ``split``; None when it records none."""
+        sums = self.manifest.checksums.get(split)
+        return None if sums is None else sums[key][chunk]
+
     def written_manifest(self) -> Manifest:
-        """The manifest to publish once every chunk is written (a backend that checksums chunks
-        as it writes them adds those checksums)."""
-        return self.manifest
+        """The manifest to publish once every chunk is written, with the checksums of the chunks
+        written when the backend records them as it writes (see :meth:`_checksum_slots`)."""
+        return dataclasses.replace(self.manifest, checksums=self._written) if self._written else self.manifest
 
     def finish(self) -> None:
         """Flush data, close handles and write the manifest (last, so it marks completeness)."""
@@ -465,10 +495,19 @@ class ChunkStore(ABC):
     # ----------------------------------------------------------------- lifecycle
     def close(self) -> None:
         """Close the handles this process opened."""
+        self._close_all(quietly=False)
+
+    def discard(self) -> None:
+        """Close after a failed write, ignoring what closing raises (a file that cannot be
+        flushed): the caller removes the files, and the first error is the one to report."""
+        self._close_all(quietly=True)
+
+    def _close_all(self, quietly: bool) -> None:
+        handles, self._handles, self._stale = [*self._handles.values(), *self._stale], {}, []
         if self._pid == os.getpid():
-            for handle in [*self._handles.values(), *self._stale]:
-                self._close(handle)
-        self._handles, self._stale = {}, []
+            for handle in handles:
+                with contextlib.suppress(OSError) if quietly else contextlib.nullcontext():
+                    self._close(handle)
         if self._pin is not None:
             self._pin.close()
             self._pin = None

@@ -55,7 +55,9 @@ class HDF5ChunkStore(ChunkStore):
 
     def _create_split(self, split: str) -> None:
         n = self.num_samples(split)
-        f = h5py.File(self.split_path(split), "w-")
+        # no chunk cache: chunks are written whole, and a failed write (a full disk) must raise at
+        # the write, not from h5py's deallocation of a dataset whose cache cannot be flushed
+        f = h5py.File(self.split_path(split), "w-", rdcc_nbytes=0)
         self._handles[split] = f
         for name, spec in self.arrays.items():
             shape = (n, *spec.fixed_shape)

@@ -53,7 +53,7 @@ def open_regular(path: str, shown: str, writable: bool, what: str) -> int:
     except StoreFormatError:
         raise
     except OSError as e:
-        raise StoreReadError(f"{shown}: cannot open the file of {what}: {type(e).__name__}: {e}") from e
+        raise StoreReadError(f"{shown}: cannot open the file of {what}: {type(e).__name__}: {e.strerror or e}") from e
 
 
 def crc32c(data: np.ndarray | memoryview | bytes, crc: int = 0) -> int:

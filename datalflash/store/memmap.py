@@ -6,7 +6,6 @@ Files are plain ``.npy`` (``numpy.load(path, mmap_mode="r")`` reads them). Rows 
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -15,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from datalflash.errors import BackendError, StoreFormatError, StoreReadError
-from datalflash.format.manifest import Manifest, checksum_keys
+from datalflash.format.manifest import checksum_keys
 from datalflash.store.base import ChunkStore, Fetched
 from datalflash.store.files import preallocate
 from datalflash.store.integrity import crc32c, open_regular
@@ -46,12 +45,6 @@ class MemmapChunkStore(ChunkStore):
     streams_writes = True
 
     @functools.cached_property
-    def _written(self) -> dict[str, dict[str, list[int]]]:
-        """``{split: {field: [crc32c per chunk]}}`` of the chunks written by this process (those
-        of the manifest it was built with to start with; 0 until written)."""
-        return {split: {f: list(v) for f, v in sums.items()} for split, sums in self.manifest.checksums.items()}
-
-    @functools.cached_property
     def _ragged(self) -> dict[str, Any]:
         return {name: spec for name, spec in self.fields.items() if spec.ragged}
 
@@ -74,16 +67,6 @@ class MemmapChunkStore(ChunkStore):
     def values_path(self, split: str, field: str, chunk: int) -> str:
         """The ``.npy`` file of the values of chunk ``chunk`` of the ragged ``field`` in ``split``."""
         return os.path.join(self.path, split, field, "values", f"{chunk}.npy")
-
-    def _checksum_slots(self, split: str) -> dict[str, list[int]]:
-        """``{field: [checksum per chunk]}`` of ``split`` being written (0 until written)."""
-        return self._written.setdefault(
-            split, {name: [0] * self.num_chunks(split) for name in checksum_keys(self.fields)}
-        )
-
-    def written_manifest(self) -> Manifest:
-        """The manifest with the checksums of the chunks written."""
-        return dataclasses.replace(self.manifest, checksums=self._written)
 
     def _create_split(self, split: str) -> None:
         self._checksum_slots(split)

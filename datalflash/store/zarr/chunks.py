@@ -118,9 +118,10 @@ class DirectChunkIO:
         coords = (chunk,) + (0,) * (len(self.chunk_shape) - 1)
         return self.path / self.separator.join(["c", *map(str, coords)])
 
-    def read(self, chunk: int, out: np.ndarray, verify: bool = False) -> None:
+    def read(self, chunk: int, out: np.ndarray, verify: bool = False, recorded: int | None = None) -> None:
         """Decode chunk ``chunk`` into ``out`` (its first ``len(out)`` rows; the rest is padding),
-        checking its CRC-32C first when ``verify`` (and the array has one).
+        checking its CRC-32C first when ``verify`` (and the array has one), and that the CRC it
+        ends with is ``recorded`` (the manifest's) when given.
 
         The chunk is decoded straight from a read-only mapping of its file, so its bytes are
         copied once, by the decoder, from the page cache into ``out``.
@@ -139,7 +140,7 @@ class DirectChunkIO:
         finally:
             os.close(fd)
         try:
-            self.decode(np.frombuffer(frame, dtype=np.uint8), out, verify, str(shown))
+            self.decode(np.frombuffer(frame, dtype=np.uint8), out, verify, str(shown), recorded)
         finally:
             frame.close()
 
@@ -147,14 +148,23 @@ class DirectChunkIO:
         """Chunk ``chunk``'s file as error messages name it (under the store's own path)."""
         return self.shown / self.chunk_path(chunk).relative_to(self.path)
 
-    def decode(self, encoded: np.ndarray, out: np.ndarray, verify: bool, where: str) -> None:
-        """Check (when ``verify``) and decode the stored bytes of one chunk into ``out``."""
+    def decode(
+        self, encoded: np.ndarray, out: np.ndarray, verify: bool, where: str, recorded: int | None = None
+    ) -> None:
+        """Check (when ``verify``) and decode the stored bytes of one chunk into ``out``. A
+        chunk that does not end with the CRC ``recorded`` for it is another chunk (of another
+        generation or place): ChecksumError, whatever ``verify`` says (4 bytes compared)."""
         payload = encoded
         try:
             if self.checksum:
                 if len(encoded) < CRC_BYTES:
                     raise StoreReadError(f"{where}: chunk file is truncated ({len(encoded)} bytes)")
                 payload, stored = encoded[:-CRC_BYTES], int.from_bytes(encoded[-CRC_BYTES:].tobytes(), "little")
+                if recorded is not None and stored != recorded:
+                    raise ChecksumError(
+                        f"{where}: not the chunk the manifest lists (it ends with CRC-32C {stored:#010x}, the "
+                        f"manifest records {recorded:#010x}): replaced, or moved from another place or store"
+                    )
                 if verify and crc32c(payload) != stored:
                     raise ChecksumError(
                         f"{where}: CRC-32C mismatch: stored {stored:#010x}, data {crc32c(payload):#010x}"
@@ -181,8 +191,9 @@ class DirectChunkIO:
         finally:
             del payload, encoded
 
-    def write(self, chunk: int, data: np.ndarray) -> None:
-        """Encode ``data`` (the chunk's rows; a short last chunk is zero-padded) and write it."""
+    def write(self, chunk: int, data: np.ndarray) -> int | None:
+        """Encode ``data`` (the chunk's rows; a short last chunk is zero-padded) and write it;
+        returns the CRC-32C the file ends with (None: the array keeps none)."""
         if len(data) < self.chunk_shape[0]:
             padded = np.zeros((self.chunk_shape[0], *data.shape[1:]), dtype=data.dtype)
             padded[: len(data)] = data
@@ -191,11 +202,13 @@ class DirectChunkIO:
         path = self.chunk_path(chunk)
         path.parent.mkdir(parents=True, exist_ok=True)
         encoded = data.reshape(-1).view(np.uint8) if self.blosc is None else np.frombuffer(self.encode(data), np.uint8)
+        crc = crc32c(encoded) if self.checksum else None
         with open(path, "wb") as f:
             preallocate(f.fileno(), 0, len(encoded) + CRC_BYTES * self.checksum)
             f.write(encoded.data)
-            if self.checksum:
-                f.write(crc32c(encoded).to_bytes(CRC_BYTES, "little"))
+            if crc is not None:
+                f.write(crc.to_bytes(CRC_BYTES, "little"))
+        return crc
 
     def encode(self, data: np.ndarray) -> bytes:
         """One Blosc frame of ``data``. A large chunk whose sample (:data:`PROBES` runs of rows
@@ -281,13 +294,14 @@ class StreamedChunk:
         self._file.write(flat.data)
         self._left -= len(flat)
 
-    def finish(self) -> None:
-        """Pad, append the checksum and close the file."""
+    def finish(self) -> int | None:
+        """Pad, append the checksum and close the file; returns that checksum (None: none)."""
         if self._left:
             self.add(np.zeros(self._left, np.uint8))
         if self._checksum:
             self._file.write(self._crc.to_bytes(CRC_BYTES, "little"))
         self._file.close()
+        return self._crc if self._checksum else None
 
     def close(self) -> None:
         """Close the file (after :meth:`finish`, or leaving a partial chunk after an error)."""
@@ -306,9 +320,9 @@ class GatheredChunk:
         self._rows[self._filled : self._filled + len(rows)] = rows
         self._filled += len(rows)
 
-    def finish(self) -> None:
-        """Encode and write the chunk."""
-        self._io.write(self._chunk, self._rows[: self._filled])
+    def finish(self) -> int | None:
+        """Encode and write the chunk; returns the CRC-32C its file ends with (None: none)."""
+        return self._io.write(self._chunk, self._rows[: self._filled])
 
     def close(self) -> None:
         """Nothing to release."""

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from datalflash.errors import BackendError, StoreChangedError, StoreFormatError, StoreReadError
+from datalflash.errors import BackendError, ChecksumError, StoreChangedError, StoreFormatError, StoreReadError
 from datalflash.format.manifest import MANIFEST_NAME, Manifest, manifest_from_bytes, parse_manifest
 from datalflash.store.base import Fetched
 from datalflash.store.zarr.cache import ChunkCache
@@ -221,30 +221,52 @@ class RemoteZarrChunkStore(ZarrChunkStore):
         chunk: int,
         out: np.ndarray,
         fetched: Fetched | None,
+        key: str,
         index: int | None = None,
     ) -> None:
+        """Decode one chunk object (fetched with a batch, from the cache, or fetched alone) into
+        ``out``: see :meth:`ZarrChunkStore._read_chunk`."""
+        recorded = self._recorded_checksum(split, key, chunk)
         index = chunk if index is None else index
-        key = self._key(direct, index)
-        where = f"{self.path}: {key}"
-        data, cached = (fetched or {}).get(key, (None, False))
+        name = self._key(direct, index)
+        where = f"{self.path}: {name}"
+        data, cached = (fetched or {}).get(name, (None, False))
         try:
             if data is None:
                 data = request(self.fs, "cat_file", str(direct.chunk_path(index)), timeout=self.timeout)
         except FileNotFoundError:
             raise StoreReadError(
-                f"{self.path}: split {split!r} field {field!r} chunk {chunk}: {key} is missing"
+                f"{self.path}: split {split!r} field {field!r} chunk {chunk}: {name} is missing"
             ) from None
         if cached and self.cache is not None:
             try:  # from the local cache: always checked, dropped and fetched again if bad
-                direct.decode(np.frombuffer(data, dtype=np.uint8), out, True, where)
+                direct.decode(np.frombuffer(data, dtype=np.uint8), out, True, where, recorded)
                 return
             except StoreReadError:
-                self.cache.drop(self._namespace, key)
+                self.cache.drop(self._namespace, name)
                 data = request(self.fs, "cat_file", str(direct.chunk_path(index)), timeout=self.timeout)
-                direct.decode(np.frombuffer(data, dtype=np.uint8), out, True, where)
-                self.cache.put(self._namespace, key, bytes(data))  # (the good copy, cached again)
+                self._decode(direct, data, out, True, where, recorded)
+                self.cache.put(self._namespace, name, bytes(data))  # (the good copy, cached again)
                 return
-        direct.decode(np.frombuffer(data, dtype=np.uint8), out, self.checksums.due(split, chunk), where)
+        self._decode(direct, data, out, self.checksums.due(split, chunk), where, recorded)
+
+    def _manifest_now(self) -> bytes | None:
+        """The manifest's bytes as the object store has them now (None if it cannot say)."""
+        try:
+            return bytes(request(self.fs, "cat_file", f"{self.prefix}/{MANIFEST_NAME}", timeout=self.timeout))
+        except Exception:  # (gone mid-upload, or unreachable: the caller's error stands)
+            return None
+
+    def _decode(
+        self, direct: DirectChunkIO, data: bytes, out: np.ndarray, verify: bool, where: str, recorded: int | None
+    ) -> None:
+        """Decode an object fetched from the store; one that is not the chunk the manifest lists
+        may be a new store's, uploaded over this one: StoreChangedError if the manifest says so."""
+        try:
+            direct.decode(np.frombuffer(data, dtype=np.uint8), out, verify, where, recorded)
+        except ChecksumError:
+            self._check_generation(self._manifest_now())
+            raise
 
     def __reduce__(self) -> tuple[Any, tuple]:
         """Pickle by URL, manifest and options: the copy opens its own filesystem."""

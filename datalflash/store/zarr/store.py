@@ -248,8 +248,11 @@ class ZarrChunkStore(ChunkStore):
                     if name not in writers:
                         writers[name] = handles[name][1].start(chunk, stop - start, rows)
                     writers[name].add(rows)
-            for writer in writers.values():
-                writer.finish()
+            slots = self._checksum_slots(split)
+            for name, writer in writers.items():
+                crc = writer.finish()
+                if crc is not None:
+                    slots[name][chunk] = crc
         finally:
             for writer in writers.values():
                 writer.close()
@@ -257,7 +260,9 @@ class ZarrChunkStore(ChunkStore):
     def _write_rows(self, split: str, field: str, start: int, data: np.ndarray) -> None:
         array, direct = self._handle(split)[field]
         if direct is not None:
-            direct.write(start // self.chunk_size, data)
+            crc = direct.write(start // self.chunk_size, data)
+            if crc is not None:
+                self._checksum_slots(split)[field][start // self.chunk_size] = crc
         elif array is not None:
             array[start : start + len(data)] = data
 
@@ -271,7 +276,7 @@ class ZarrChunkStore(ChunkStore):
             return
         for row in range(start, stop, self.chunk_size):
             rows, chunk = min(self.chunk_size, stop - row), row // self.chunk_size
-            self._read_chunk(split, field, direct, chunk, out[row - start : row - start + rows], fetched)
+            self._read_chunk(split, field, direct, chunk, out[row - start : row - start + rows], fetched, field)
 
     def _values_io(self, split: str, field: str, chunk: int, count: int) -> DirectChunkIO:
         """Direct I/O of the values array of chunk ``chunk`` of the ragged ``field`` (``count`` values)."""
@@ -286,11 +291,14 @@ class ZarrChunkStore(ChunkStore):
         document = self._array_document(element, len(values), len(values))
         (node / "zarr.json").write_text(json.dumps(document, indent=2), encoding="utf-8")
         if len(values):
-            self._values_io(split, field, chunk, len(values)).write(0, values)
+            crc = self._values_io(split, field, chunk, len(values)).write(0, values)
+            if crc is not None:
+                self._checksum_slots(split)[f"{field}/values"][chunk] = crc
 
     def _read_values(self, split: str, field: str, chunk: int, out: np.ndarray, fetched: Fetched | None) -> None:
         if len(out):
-            self._read_chunk(split, field, self._values_io(split, field, chunk, len(out)), chunk, out, fetched, 0)
+            io = self._values_io(split, field, chunk, len(out))
+            self._read_chunk(split, field, io, chunk, out, fetched, f"{field}/values", 0)
 
     def _read_chunk(
         self,
@@ -300,8 +308,11 @@ class ZarrChunkStore(ChunkStore):
         chunk: int,
         out: np.ndarray,
         fetched: Fetched | None,
+        key: str,
         index: int | None = None,
     ) -> None:
         """Decode chunk ``chunk`` of ``field`` (the array's chunk ``index``, by default the
-        same) into ``out``, checking its CRC when due."""
-        direct.read(chunk if index is None else index, out, verify=self.checksums.due(split, chunk))
+        same) into ``out``, checking its CRC when due and that it is the chunk the manifest
+        records under ``key`` (an array, or ``"<field>/values"``)."""
+        recorded = self._recorded_checksum(split, key, chunk)
+        direct.read(chunk if index is None else index, out, self.checksums.due(split, chunk), recorded)
