@@ -62,3 +62,15 @@ def test_ddp_resume_on_another_world_size(store, stopped, tmp_path, resumed_worl
     assert set(before).isdisjoint(after)
     assert set(before) | set(after) == set(range(N))
     assert len(after) - len(set(after)) <= resumed_world - 1
+
+
+def test_a_flash_dataset_loader_follows_torch_across_ranks(tmp_path):
+    """Under a process group, a FlashDataset loader gives every rank all the data, as torch's
+    DataLoader does (a store split shards, as streaming loaders do); explicit ranks shard it."""
+    run = torchrun(2, Path(__file__).parent / "scripts" / "flash_ranks.py", tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for r in ranks:
+        assert r["flash"] == r["torch"] == list(range(50))
+    assert sorted(ranks[0]["sharded"] + ranks[1]["sharded"]) == list(range(50))
+    assert len(ranks[0]["sharded"]) == 25

@@ -58,10 +58,12 @@ class FlashDataLoader:
       (the first element of tuple samples, the whole dict of dict samples: the
       :mod:`datalflash.transforms` take ``field=``). torchvision's transforms (v1, v2), written
       per sample, are applied to each sample on its own (:class:`~datalflash.transforms.PerSample`).
-    * ``rank``, ``world_size``: this process's share of each epoch; by default taken from
-      ``torch.distributed`` as each epoch starts (so a loader built before the process group,
-      as Lightning and Accelerate scripts build them, shards once it runs; logged once at INFO
-      on the ``datalflash`` logger). Every sample is served once per epoch across
+    * ``rank``, ``world_size``: this process's share of each epoch. For a store split, by
+      default taken from ``torch.distributed`` as each epoch starts (so a loader built before
+      the process group, as Lightning and Accelerate scripts build them, shards once it runs;
+      logged once at INFO on the ``datalflash`` logger), as streaming loaders shard. A
+      FlashDataset follows torch's DataLoader: every rank gets all of it unless ``rank`` /
+      ``world_size`` (or a ``DistributedSampler``) say otherwise. Every sample is served once per epoch across
       ranks (``drop_last=False`` pads with at most ``world_size - 1`` repeats, ``drop_last=True``
       leaves at most ``world_size - 1`` out before dropping each rank's short last batch), every
       rank yields the same number of batches, and each rank reads only the chunks it serves.
@@ -196,8 +198,11 @@ class FlashDataLoader:
             tokens, length_field = _token_budget(dataset, policies, max_tokens, batch_size, bucket_size, length_field)
             if tokens is not None and (sampler is not None or batch_sampler is not None):
                 raise ValueError("max_tokens cuts the loader's own order; it does not apply to a sampler's batches")
-            self.rank, self.world_size = resolve_ranks(rank, world_size)
-            self._ranks_given = rank is not None
+            if isinstance(dataset, FlashDataset) and rank is None and world_size is None:
+                pass  # as torch's loader: every rank everything, unless asked (or a DistributedSampler)
+            else:
+                self.rank, self.world_size = resolve_ranks(rank, world_size)
+                self._ranks_given = rank is not None
             check_seed_can_be_agreed(seed, self.world_size)
             if self._seed is None:  # drawn when first needed (from generator), as torch's sampler draws
                 self._seed_agreed = False
