@@ -24,12 +24,12 @@ class Samples(Dataset):
         return self.items[i]
 
 
-def torchrun(nproc, script, *args):
+def torchrun(nproc, script, *args, cwd=None):
     """Run ``script`` with ``args`` on ``nproc`` local ranks (torch.distributed.run, one intra-op
-    thread each); returns the finished process."""
+    thread each) in ``cwd``; returns the finished process."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(script)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([*cmd, *map(str, args)], capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run([*cmd, *map(str, args)], capture_output=True, text=True, timeout=300, env=env, cwd=cwd)
 
 
 def indexed_store(path, n):
