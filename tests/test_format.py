@@ -71,6 +71,12 @@ def test_namedtuple_structure_is_read_and_valid_in_the_schema():
     assert parse_manifest(doc).structure["namedtuple"]["name"] == "Pair"
 
 
+def test_python_number_fields_are_read_and_valid_in_the_schema():
+    doc = mutate(["structure", "items", "label", "python"], "int")
+    jsonschema.validate(doc, SCHEMA)
+    assert parse_manifest(doc).structure["items"]["label"]["python"] == "int"
+
+
 BAD_MANIFESTS = [
     (as_namedtuple({"name": "os.system", "fields": NAMES}), "namedtuple"),
     (as_namedtuple({"name": "Pair", "fields": NAMES[1:]}), "namedtuple"),
@@ -90,6 +96,7 @@ BAD_MANIFESTS = [
     (mutate(["splits", "train", "num_samples"], True), "num_samples"),
     (mutate(["structure", "items", "image", "name"], "label"), "structure names fields"),
     (mutate(["structure", "kind"], "set"), "not valid"),
+    (mutate(["structure", "items", "label", "python"], "str"), "'python' is not bool, int, float or complex"),
     (mutate(["backend"], "memmap"), "'backend'"),
     ([1, 2], "not a JSON object"),
 ]

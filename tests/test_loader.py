@@ -130,6 +130,26 @@ def test_unbatched_samples_as_torch_gives_them(source):
         FlashDataLoader(ours, batch_size=None, drop_last=True)
 
 
+@pytest.mark.parametrize("backend", ["zarr", "memmap", "hdf5", "memory"])
+def test_python_numbers_come_back_as_python_numbers(tmp_path, backend):
+    """Samples holding Python numbers (int, float, bool) come back with them where samples are
+    handed out one by one, exactly as torch's DataLoader over the source gives them: to a
+    collate_fn, with batch_size=None, and by indexing; batches are default_collate's tensors."""
+    samples = [{k: v for k, v in s.items() if k != "pair"} for s in mixed_samples(20)]
+    if backend == "memory":
+        ours = DatasetConverter.from_pytorch_dataset(Samples(samples))
+    else:
+        ours = store_split(tmp_path, samples, backend=backend)
+    oracle = Samples(samples)
+    assert_same(list(FlashDataLoader(ours, batch_size=None)), list(DataLoader(oracle, batch_size=None)))
+    assert_same(
+        list(FlashDataLoader(ours, batch_size=6, collate_fn=as_given)),
+        list(DataLoader(oracle, batch_size=6, collate_fn=as_given)),
+    )
+    assert_same(list(FlashDataLoader(ours, batch_size=6)), list(DataLoader(oracle, batch_size=6)))
+    assert type(ours[3]["label"]) is int and type(ours[3]["score"]) is float and type(ours[3]["flag"]) is bool
+
+
 def test_collate_fn_batches_shuffle_resume_and_workers(source):
     ours, _ = source
     count = lambda samples: sorted(int(s["label"] if isinstance(s, dict) else s[1]) for s in samples)  # noqa: E731

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from datalflash.batching.ragged import RaggedTensors
-from datalflash.format.structure import rebuild, sample_field_names
+from datalflash.format.structure import python_scalar_fields, rebuild, sample_field_names
 
 
 def samples_of(batch: Mapping[str, Any], structure: dict) -> list[Any]:
@@ -16,11 +16,14 @@ def samples_of(batch: Mapping[str, Any], structure: dict) -> list[Any]:
     ragged field), each rebuilt in the structure of the dataset's samples: tensors are views of
     the batch's rows, ragged rows their own tensors, ``str`` and ``bytes`` fields Python values."""
     names = sample_field_names(structure)
+    scalars = python_scalar_fields(structure)
     columns = []
     for name in names:
         rows = batch[name]
         if isinstance(rows, RaggedTensors):
             columns.append(rows.items())
+        elif name in scalars:  # (Python numbers in the dataset's samples: Python numbers again)
+            columns.append(rows.tolist())
         else:
             columns.append(rows.unbind(0))
     kind = structure["kind"]

@@ -66,7 +66,21 @@ def _infer(sample: Any, prefix: str, depth: int) -> dict:
     name = prefix or "data"
     if is_image(sample):
         return {"kind": "field", "name": name, "size": name + SIZE_SUFFIX}
+    if type(sample) in PYTHON_SCALARS:  # (bool, int, float, complex themselves; numpy's scalars are arrays)
+        return {"kind": "field", "name": name, "python": type(sample).__name__}
     return {"kind": "field", "name": name}
+
+
+PYTHON_SCALARS = (bool, int, float, complex)
+
+
+def python_scalar_fields(spec: dict) -> set[str]:
+    """The fields whose samples were Python numbers (``"python"`` on their node): handed back
+    as such where samples are handed out, as torch's DataLoader hands them to a ``collate_fn``."""
+    if spec["kind"] == "field":
+        return {spec["name"]} if "python" in spec else set()
+    items = spec["items"].values() if spec["kind"] == "dict" else spec["items"]
+    return set().union(*(python_scalar_fields(item) for item in items))
 
 
 def _is_namedtuple_info(name: Any, fields: Any) -> bool:
@@ -203,6 +217,10 @@ def _validate(spec: Any, depth: int, seen: list[str]) -> None:
             if not isinstance(size, str):
                 raise StoreFormatError(f"manifest structure node {str(spec)[:80]!r}: 'size' is not a field name")
             seen.append(size)
+        if spec.get("python", "int") not in [t.__name__ for t in PYTHON_SCALARS]:
+            raise StoreFormatError(
+                f"manifest structure node {str(spec)[:80]!r}: 'python' is not bool, int, float or complex"
+            )
     elif kind == "tuple" and isinstance(items, list):
         info = spec.get("namedtuple")
         if info is not None and not (

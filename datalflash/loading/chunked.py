@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 
 from datalflash.batching.ragged import RaggedTensors
 from datalflash.batching.tensors import tensors_from_storage
-from datalflash.format.structure import rebuild
+from datalflash.format.structure import python_scalar_fields, rebuild
 from datalflash.store.base import ChunkStore
 from datalflash.store.registry import open_store
 
@@ -64,7 +64,11 @@ class ChunkedDataset(Dataset):
 
     def __getitem__(self, index: int) -> Any:
         tensors, row = self._row(int(index))
-        leaves = {name: t.item(row) if isinstance(t, RaggedTensors) else t[row].clone() for name, t in tensors.items()}
+        scalars = python_scalar_fields(self.structure)
+        leaves = {
+            name: t.item(row) if isinstance(t, RaggedTensors) else t[row].item() if name in scalars else t[row].clone()
+            for name, t in tensors.items()
+        }
         return rebuild(self.structure, leaves, tuple)
 
     def __reduce__(self) -> tuple[Any, tuple]:

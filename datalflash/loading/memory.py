@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from datalflash.batching.samples import samples_of
-from datalflash.format.structure import rebuild, validate_structure
+from datalflash.format.structure import python_scalar_fields, rebuild, validate_structure
 
 
 class FlashDataset(Dataset):
@@ -69,7 +69,9 @@ class FlashDataset(Dataset):
         i = operator.index(index)  # type: ignore[arg-type]  # (not a sequence: an integer, or a TypeError)
         if not -self._length <= i < self._length:
             raise IndexError(f"index {i} out of range for FlashDataset of {self._length} samples")
-        return rebuild(self.structure, {name: t[i] for name, t in self.fields.items()}, tuple)
+        scalars = python_scalar_fields(self.structure)
+        leaves = {name: t[i].item() if name in scalars else t[i] for name, t in self.fields.items()}
+        return rebuild(self.structure, leaves, tuple)
 
     def gather(self, indices: Sequence[int] | torch.Tensor) -> Any:
         """The batch of ``indices``, shaped as ``default_collate`` would give it (lists for tuples)."""
