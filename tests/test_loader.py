@@ -260,6 +260,33 @@ def test_seed_none_follows_torch_rng():
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
+def test_reseeding_the_generator_reproduces_an_epoch_as_in_torch(source):
+    """seed=None: each epoch's order is drawn from ``generator`` as the epoch starts, as torch's
+    sampler draws it: re-seeding the generator before an epoch gives that epoch again, and a
+    state saved mid-epoch resumes it exactly in a new loader."""
+    ours, oracle = source
+    label = lambda batch: (batch["label"] if isinstance(batch, dict) else batch[1]).tolist()  # noqa: E731
+    for make, data in ((FlashDataLoader, ours), (DataLoader, oracle)):
+        generator = torch.Generator()
+        loader = make(data, batch_size=8, shuffle=True, generator=generator)
+        generator.manual_seed(1)
+        first = [label(b) for b in loader]
+        second = [label(b) for b in loader]  # the generator moved on: another order
+        generator.manual_seed(1)
+        again = [label(b) for b in loader]
+        assert first == again and first != second, make.__name__
+    generator = torch.Generator().manual_seed(3)
+    loader = FlashDataLoader(ours, batch_size=8, shuffle=True, generator=generator)
+    list(loader)  # (an epoch first: the state is of the second)
+    epoch = iter(loader)
+    head = [label(next(epoch)) for _ in range(2)]
+    state = json.loads(json.dumps(loader.state_dict()))
+    tail = [label(b) for b in epoch]
+    resumed = FlashDataLoader(ours, batch_size=8, shuffle=True, generator=torch.Generator())
+    resumed.load_state_dict(state)
+    assert [label(b) for b in resumed] == tail and head
+
+
 def test_other_datasets_behave_exactly_like_torch():
     class Stream(IterableDataset):
         def __iter__(self):

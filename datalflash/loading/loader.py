@@ -49,7 +49,8 @@ class FlashDataLoader:
 
     * ``device``: move each batch there (``non_blocking`` copies from pinned memory, issued
       ahead on a side CUDA stream).
-    * ``seed``: seed of the epoch orders (``None``: drawn from torch's RNG or ``generator``).
+    * ``seed``: seed of the epoch orders, each epoch's from ``(seed, epoch)`` (``None``: one
+      drawn from torch's RNG or ``generator`` as each epoch starts, as torch's sampler draws it).
     * ``read_ahead_bytes``: memory for chunks read ahead of use (store splits).
     * ``window_chunks``: chunks whose samples are shuffled together (store splits); by default
       the whole split when it fits in ``read_ahead_bytes``, else as many as half of it holds
@@ -149,6 +150,8 @@ class FlashDataLoader:
         self.window_chunks: int | None = None
         self._seed: int | None = None if seed is None else int(seed)
         self._seed_agreed = True
+        self._seed_epoch: int | None = None  # the epoch a drawn seed was drawn for
+        self._resumed: tuple[int, int, int] | None = None  # (epoch, seed, order epoch) of a loaded state
         self._epoch = 0
         self._resume: tuple[int, Ranges, int] | None = None  # (epoch, remaining, skip) from load_state_dict
         self._cursor: dict | None = None  # where the epoch being served stands
@@ -203,9 +206,7 @@ class FlashDataLoader:
             else:
                 self.rank, self.world_size = resolve_ranks(rank, world_size)
                 self._ranks_given = rank is not None
-            check_seed_can_be_agreed(seed, self.world_size)
-            if self._seed is None:  # drawn when first needed (from generator), as torch's sampler draws
-                self._seed_agreed = False
+            check_seed_can_be_agreed(seed if self.shuffle else 0, self.world_size)  # (unshuffled: none drawn)
             if isinstance(dataset, ChunkedDataset):
                 store = dataset.store
                 chunks, chunk_nbytes = store.num_chunks(dataset.split), store.manifest.chunk_nbytes
@@ -277,16 +278,30 @@ class FlashDataLoader:
 
     @property
     def seed(self) -> int | None:
-        """The seed of the epoch orders: the one given, or, when first needed (the first epoch
-        or :meth:`state_dict`; never when the loader is built), one drawn from torch's RNG (or
-        ``generator``) as torch's sampler draws it, 0 without ``shuffle`` (nothing drawn); rank
-        0's on every rank (agreed by a broadcast). ``None`` where the loader hands over to torch's
+        """The seed of the epoch being served (else of the next one): the one given, or one drawn
+        for that epoch (see :meth:`_order`). ``None`` where the loader hands over to torch's
         DataLoader without a seed."""
-        if not self._seed_agreed and self._own is not None:
-            if self._seed is None:
-                self._seed = draw_seed(self.generator) if self.shuffle else 0
+        if self._own is None:
+            return self._seed
+        return self._order(self._cursor["epoch"] if self._cursor is not None else self._epoch)[0]
+
+    def _order(self, epoch: int) -> tuple[int, int]:
+        """``(seed, order epoch)`` that decide ``epoch``'s order (and image crops). With a given
+        ``seed``: that seed and the epoch, so the same seed gives the same epochs anywhere. With
+        ``seed=None``, as torch's sampler: a seed drawn from ``generator`` (or torch's RNG) when
+        the epoch starts or is first asked about (never when the loader is built; nothing drawn
+        without ``shuffle``), and order epoch 0, so re-seeding the generator before an epoch
+        reproduces it; rank 0's on every rank (a broadcast). A loaded state's epoch keeps its own."""
+        if self._resumed is not None and self._resumed[0] == epoch:
+            return self._resumed[1], self._resumed[2]
+        if self._seed_given:
+            return int(self._seed), epoch  # type: ignore[arg-type]  # (given: an int)
+        if self._seed is None or self._seed_epoch != epoch:
+            self._seed = draw_seed(self.generator) if self.shuffle else 0
+            self._seed_epoch, self._seed_agreed = epoch, not self.shuffle  # (nothing drawn: nothing to agree)
+        if not self._seed_agreed:
             self._seed, self._seed_agreed = agree_seed(self._seed, self.world_size), True
-        return self._seed
+        return self._seed, 0
 
     # --------------------------------------------------------------- epochs
     def set_epoch(self, epoch: int) -> None:
@@ -311,7 +326,8 @@ class FlashDataLoader:
         self._follow_ranks()
         remaining, skip = self._segment(self._epoch)
         if self._own.tokens is not None:
-            return self._own.num_batches(remaining, skip, self._epoch, self._own_seed())
+            seed, order_epoch = self._order(self._epoch)
+            return self._own.num_batches(remaining, skip, order_epoch, seed)
         return self._own.num_batches(remaining, skip)
 
     # --------------------------------------------------------------- state
@@ -346,21 +362,17 @@ class FlashDataLoader:
             served = cursor["skip"] + cursor["batches"]
         else:
             served = min(share, cursor["skip"] + cursor["batches"] * self._planned().batch_size)
+        seed, order_epoch = self._order(cursor["epoch"])
         return make_state(
             order,
-            seed=self._own_seed(),
+            seed=seed,
+            seed_per_epoch=order_epoch != cursor["epoch"] or not self._seed_given,
             epoch=cursor["epoch"],
             remaining=cursor["remaining"],
             world_size=self.world_size,
             drop_last=self.drop_last,
             served=served,
         )
-
-    def _own_seed(self) -> int:
-        seed = self.seed
-        if seed is None:  # (the loader's own stages always have a seed)
-            raise RuntimeError("the loader has no seed")
-        return seed
 
     def _new_cursor(self, epoch: int) -> dict:
         remaining, skip = self._segment(epoch)
@@ -380,8 +392,10 @@ class FlashDataLoader:
                 f"({state.get('world_size')}, {state.get('drop_last')}); this loader has "
                 f"({self.world_size}, {self.drop_last})"
             )
-        seed, epoch, remaining, skip = resume_point(state, settings, self.world_size, self.drop_last)
-        self._seed, self._seed_agreed = seed, True
+        seed, per_epoch, epoch, remaining, skip = resume_point(state, settings, self.world_size, self.drop_last)
+        self._resumed = (epoch, seed, 0 if per_epoch else epoch)
+        if not per_epoch:  # (a loader's own seed: it orders the following epochs too)
+            self._seed, self._seed_given = seed, True
         self._epoch, self._resume, self._cursor = epoch, (epoch, remaining, skip), None
 
     # --------------------------------------------------------------- iteration
@@ -399,14 +413,16 @@ class FlashDataLoader:
                 cursor = self._new_cursor(epoch)
                 remaining, skip = cursor["remaining"], cursor["skip"]
             self._resume = None
-            seed, structure = self._own_seed(), own.data.structure
+            if self._resumed is not None and self._resumed[0] != epoch:
+                self._resumed = None  # (past the resumed epoch: epochs are ordered as usual)
+            (seed, order_epoch), structure = self._order(epoch), own.data.structure
             if self.collate_fn is None and not self._unbatched:
-                cpu = own.batches(epoch, seed, remaining, skip, self.pin_memory)
+                cpu = own.batches(order_epoch, seed, remaining, skip, self.pin_memory)
                 if self._images:
-                    cpu = self._decoded(cpu, seed, epoch)
+                    cpu = self._decoded(cpu, seed, order_epoch)
                 batches = (rebuild(structure, b, list) for b in cpu)
             else:  # (samples sliced from the gathered rows, handed over as torch hands them over)
-                cpu = own.batches(epoch, seed, remaining, skip, False)
+                cpu = own.batches(order_epoch, seed, remaining, skip, False)
                 convert: Callable = self.collate_fn or default_convert  # (default_convert: unbatched only)
                 if self._unbatched:  # (batches of one sample, each converted as torch converts it)
                     batches = (convert(samples_of(b, structure)[0]) for b in cpu)
@@ -451,7 +467,8 @@ class FlashDataLoader:
         try:
             if self._own is None:
                 return len(self._torch)  # type: ignore[arg-type]  # (one of the two is set)
-            return self._own.num_batches(remaining, skip, epoch, self._own_seed())
+            seed, order_epoch = self._order(epoch)
+            return self._own.num_batches(remaining, skip, order_epoch, seed)
         except TypeError:
             return None
 
@@ -494,7 +511,7 @@ class FlashDataLoader:
             return
         self.rank, self.world_size = rank, world_size
         self._own.set_ranks(rank, world_size)
-        if not self._seed_given and self._resume is None:  # (a drawn seed: rank 0's, by a broadcast)
+        if not self._seed_given and self._resume is None and self.shuffle:  # (a drawn seed: rank 0's)
             self._seed_agreed = False
 
     def _say_sharding(self) -> None:
