@@ -70,8 +70,9 @@ ACCELERATE = Path(__file__).parent / "scripts" / "accelerate_train.py"
 @pytest.mark.parametrize("n", [801, 800])
 def test_accelerate_accumulation_and_metrics(tmp_path, n):
     """Under Accelerate (2 processes): gradients sync every 4 batches and on the epoch's last
-    batch, and gather_for_metrics counts every sample once (801: the last batches carry a padded
-    repeat, which Accelerate drops)."""
+    batch, gather_for_metrics counts every sample once (801: the last batches carry a padded
+    repeat, which Accelerate drops), and skip_first_batches serves each rank's batches from the
+    fourth on."""
     pytest.importorskip("accelerate", reason="accelerate is a test extra (pip install -e '.[frameworks]')")
     path = indexed_store(tmp_path / "store", n)
     run = torchrun(2, ACCELERATE, path, tmp_path)
@@ -81,3 +82,6 @@ def test_accelerate_accumulation_and_metrics(tmp_path, n):
     assert result["batches"] == batches
     assert result["syncs"] == math.ceil(batches / 4), "a sync every 4 batches and on the last"
     assert sorted(result["gathered"]) == list(range(n))
+    for rank in range(2):  # skip_first_batches (a torch DataLoader over the loader's batch_sampler)
+        skip = json.loads((tmp_path / f"skip{rank}.json").read_text())
+        assert skip["skipped"] == skip["served"][3:] and len(skip["served"]) == batches

@@ -287,6 +287,38 @@ def test_reseeding_the_generator_reproduces_an_epoch_as_in_torch(source):
     assert [label(b) for b in resumed] == tail and head
 
 
+@pytest.mark.parametrize("kind", ["memory", "zarr"])
+def test_batch_sampler_gives_the_loaders_own_batches(tmp_path, kind):
+    """``loader.batch_sampler`` lists the sample indices of each batch of the next epoch (this
+    rank's share, the rest of a loaded state), so a torch DataLoader rebuilt from ``dataset`` and
+    ``batch_sampler`` (as Accelerate's skip_first_batches builds one) serves the same batches."""
+    n = 203
+    if kind == "memory":
+        data = FlashDataset(torch.arange(n) * 10, torch.arange(n))
+    else:
+        data = store_split(tmp_path, [(i * 10, i) for i in range(n)], chunk_size=16)
+    for kw in (dict(shuffle=True, seed=4, window_chunks=3), dict(rank=1, world_size=3, drop_last=True)):
+        if kind == "memory":
+            kw.pop("window_chunks", None)
+        loader = FlashDataLoader(data, batch_size=10, **kw)
+        planned = list(loader.batch_sampler)
+        assert len(planned) == len(loader.batch_sampler) == len(loader)
+        served = [batch[1].tolist() for batch in loader]
+        assert planned == served  # (labels are the sample indices)
+        rebuilt = DataLoader(data, batch_sampler=loader.batch_sampler)
+        assert [batch[1].tolist() for batch in rebuilt] == [batch[1].tolist() for batch in loader]
+    loader = FlashDataLoader(data, batch_size=10, shuffle=True, seed=4)
+    epoch = iter(loader)
+    next(epoch)
+    state = loader.state_dict()
+    rest = [batch[1].tolist() for batch in epoch]
+    resumed = FlashDataLoader(data, batch_size=10, shuffle=True, seed=4)
+    resumed.load_state_dict(state)
+    assert list(resumed.batch_sampler) == rest
+    plain = FlashDataLoader(Samples(list(range(9))), batch_size=2, shuffle=True)  # (torch's own loader)
+    assert isinstance(plain.sampler, RandomSampler) and len(plain.batch_sampler) == 5
+
+
 def test_other_datasets_behave_exactly_like_torch():
     class Stream(IterableDataset):
         def __iter__(self):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -70,6 +71,16 @@ class ChunkedDataset(Dataset):
             for name, t in tensors.items()
         }
         return rebuild(self.structure, leaves, tuple)
+
+    def __getitems__(self, indices: Sequence[int]) -> list[Any]:
+        """Samples of ``indices`` (torch's batched-fetch hook), reading each chunk they fall in
+        once: they are read in chunk order, and each chunk is kept while it serves."""
+        per_chunk = self.store.chunk_size
+        order = sorted(range(len(indices)), key=lambda k: int(indices[k]) % max(self._length, 1) // per_chunk)
+        samples: list[Any] = [None] * len(indices)
+        for k in order:
+            samples[k] = self[int(indices[k])]
+        return samples
 
     def __reduce__(self) -> tuple[Any, tuple]:
         """Pickle the store (by path) and the split name, not the cached chunk."""

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from torch.utils.data import BatchSampler, Sampler
 
 from datalflash.batching.ragged import Collate
@@ -110,13 +111,39 @@ class OwnEpochs:
                 collate=self.collate,
             )
         if isinstance(data, FlashDataset):
-            share = rank_share(remaining, self.rank, self.world_size, self.drop_last)
-            share = take(share, skip, total(share))
-            plan = memory_plan(len(data), shuffle=self.shuffle, seed=seed, epoch=epoch)
-            return planned_memory_batches(
-                data, plan, schedule(plan, share, self.batch_size, self.drop_last), pin_memory
-            )
+            return planned_memory_batches(data, *self._memory_schedule(epoch, seed, remaining, skip), pin_memory)
         return self._planned_chunks(data, (epoch, seed, tuple(remaining), skip), pin_memory)
+
+    def index_batches(self, epoch: int, seed: int, remaining: Ranges, skip: int) -> Iterator[list[int]]:
+        """The sample indices of each batch :meth:`batches` serves in the loader's own order, for
+        what rebuilds a loader from its ``batch_sampler`` (Accelerate's ``skip_first_batches``)."""
+        data = self.data
+        if isinstance(data, FlashDataset):
+            plan, sched = self._memory_schedule(epoch, seed, remaining, skip)
+        else:
+            plan, sched = self._chunk_schedule(data, (epoch, seed, tuple(remaining), skip))
+        windows = [window for window, _ in sched.iter_spans()]
+        served: dict[int, np.ndarray] = {}  # a window's samples in the order served (the last one met)
+        for pieces in sched.iter_batches():
+            batch: list[int] = []
+            for v, a, b in pieces:
+                w = windows[v]
+                if w not in served:
+                    if isinstance(data, FlashDataset):
+                        rows = np.arange(len(data))
+                    else:
+                        bounds = [data.store.chunk_bounds(data.split, int(c)) for c in plan.window_chunks(w)]
+                        rows = np.concatenate([np.arange(lo, hi) for lo, hi in bounds])
+                    served = {w: rows[plan.order(w)]}
+                batch.extend(served[w][a:b].tolist())
+            yield batch
+
+    def _memory_schedule(self, epoch: int, seed: int, remaining: Ranges, skip: int) -> tuple[EpochPlan, Schedule]:
+        """The plan of an epoch of a FlashDataset and this rank's schedule of it."""
+        share = rank_share(remaining, self.rank, self.world_size, self.drop_last)
+        share = take(share, skip, total(share))
+        plan = memory_plan(len(self.data), shuffle=self.shuffle, seed=seed, epoch=epoch)
+        return plan, schedule(plan, share, self.batch_size, self.drop_last)
 
     def _chunk_schedule(self, data: ChunkedDataset, key: EpochKey) -> tuple[EpochPlan, Schedule]:
         """The plan of an epoch of a store split and this rank's schedule of it, ``key`` being

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -73,7 +74,8 @@ class FlashDataLoader:
     (into shared memory; ``multiprocessing_context``, ``worker_init_fn`` and
     ``persistent_workers`` apply), ``0`` in two threads; the batches are the same either way. A
     FlashDataset is gathered in the calling thread. A user's ``sampler`` / ``batch_sampler`` is
-    followed as given (it shards itself, e.g. ``DistributedSampler``).
+    followed as given (it shards itself, e.g. ``DistributedSampler``). Without one,
+    ``batch_sampler`` is the loader's own order as index lists (:class:`OwnBatchSampler`).
 
     ``state_dict()`` / ``load_state_dict()`` resume an epoch exactly where it stopped, on any
     world size (see :mod:`datalflash.loading.resume`).
@@ -266,6 +268,9 @@ class FlashDataLoader:
                 pin_memory_device=pin_memory_device,
                 **torch_options,
             )
+            self.sampler, self.batch_sampler = self._torch.sampler, self._torch.batch_sampler  # (torch's own)
+        if self._own is not None and self._own.own_order and not self._unbatched:
+            self.batch_sampler = OwnBatchSampler(self)
         self._frozen = True
 
     FROZEN = ("batch_size", "batch_sampler", "sampler", "drop_last", "dataset", "persistent_workers")
@@ -443,6 +448,13 @@ class FlashDataLoader:
             batches = self._told_to_accelerate(batches, count, remaining, skip)
         return EpochIterator(batches, count)
 
+    def _index_batches(self) -> Iterator[list[int]]:
+        """The sample indices of each batch of the next epoch (or the rest of a loaded state's)."""
+        self._follow_ranks()
+        remaining, skip = self._segment(self._epoch)
+        seed, order_epoch = self._order(self._epoch)
+        return self._planned().index_batches(order_epoch, seed, remaining, skip)
+
     def _decoded(self, cpu: Iterator[Any], seed: int, epoch: int) -> Iterator[Any]:
         """CPU batches with their image fields decoded (see :mod:`datalflash.loading.images`)."""
         dataset = self.dataset
@@ -599,3 +611,26 @@ def _apply_to_features(transform: Callable, batch: Any) -> Any:
     if isinstance(batch, (tuple, list)) and batch:
         return on_field(batch, 0, transform, "transform")
     return transform(batch)
+
+
+class OwnBatchSampler(Sampler[list[int]]):
+    """A loader's own order as torch's ``batch_sampler`` (``loader.batch_sampler``): iterating it
+    gives the sample indices of each batch of the loader's next epoch (this rank's share),
+    reading nothing; ``len()`` is the loader's. What rebuilds a torch DataLoader from a loader's
+    ``dataset`` and ``batch_sampler`` (Accelerate's ``skip_first_batches``) serves the same
+    batches, at torch's DataLoader's speed and without the loader's device transfer."""
+
+    def __init__(self, loader: FlashDataLoader):
+        self._loader = weakref.ref(loader)  # (no cycle: the loader owns this)
+
+    def _owner(self) -> FlashDataLoader:
+        loader = self._loader()
+        if loader is None:
+            raise RuntimeError("the FlashDataLoader of this batch sampler is gone")
+        return loader
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return self._owner()._index_batches()
+
+    def __len__(self) -> int:
+        return len(self._owner())

@@ -1,7 +1,9 @@
 """Accelerate on CPU (2 processes under torchrun) over a store split: gradient accumulation over
 an epoch whose batch count is not a multiple of the accumulation steps, and an evaluation that
 gathers each sample's id with ``gather_for_metrics``. The train loader is built before the
-``Accelerator`` (ranks unknown yet), the eval loader after it. Rank 0 writes what it saw."""
+``Accelerator`` (ranks unknown yet), the eval loader after it. Rank 0 writes what it saw; each
+rank writes the batches ``accelerator.skip_first_batches(train, 3)`` gives of the next epoch and
+those the loader gives of it."""
 
 import json
 import sys
@@ -37,3 +39,7 @@ for _, _, index in evaluation:
 
 if accelerator.is_main_process:
     (out / "result.json").write_text(json.dumps({"batches": batches, "syncs": syncs, "gathered": gathered}))
+
+skipped = [index.tolist() for _, _, index in accelerator.skip_first_batches(train, 3)]  # (the next epoch)
+served = [index.tolist() for _, _, index in train]
+(out / f"skip{accelerator.process_index}.json").write_text(json.dumps({"skipped": skipped, "served": served}))
