@@ -1,6 +1,6 @@
 """The loaders inside real training frameworks: Lightning's DDP (2 CPU processes, gloo) with the
 loader built before ``fit`` or inside ``train_dataloader``, and mid-epoch resume through
-Lightning's own checkpoint."""
+Lightning's own checkpoint; Accelerate and Hugging Face's Trainer under torchrun."""
 
 import json
 import math
@@ -11,7 +11,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import indexed_store, torchrun
+from torch.utils.data import Dataset
+
+from datalflash.utils import DatasetConverter
 
 pytest.importorskip("lightning", reason="lightning is a test extra (pip install -e '.[frameworks]')")
 
@@ -85,3 +89,32 @@ def test_accelerate_accumulation_and_metrics(tmp_path, n):
     for rank in range(2):  # skip_first_batches (a torch DataLoader over the loader's batch_sampler)
         skip = json.loads((tmp_path / f"skip{rank}.json").read_text())
         assert skip["skipped"] == skip["served"][3:] and len(skip["served"]) == batches
+
+
+HF_TRAINER = Path(__file__).parent / "scripts" / "hf_trainer.py"
+
+
+class Records(Dataset):
+    """Dict samples as Hugging Face models take them: features, a float label, the sample id."""
+
+    def __len__(self):
+        return 100
+
+    def __getitem__(self, i):
+        return {"features": torch.full((4,), i / 100), "label": float(i % 3), "index": i}
+
+
+def test_hugging_face_trainer_trains_each_rank_on_its_share(tmp_path):
+    """HF ``Trainer`` (2 processes under torchrun, DDP) training from a FlashDataLoader over a
+    store split: each epoch every sample reaches exactly one rank's model."""
+    pytest.importorskip("transformers", reason="transformers is a test extra (pip install -e '.[frameworks]')")
+    store = DatasetConverter.create_chunked_dataset(
+        Records(), tmp_path / "store", chunk_size=16, split_ratios={"train": 1.0}, progress=False
+    )
+    run = torchrun(2, HF_TRAINER, store, tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"seen{r}.json").read_text()) for r in range(2)]
+    assert [len(r) for r in ranks] == [100, 100]  # 50 a rank, 2 epochs
+    for epoch in range(2):
+        first, second = (r[epoch * 50 : (epoch + 1) * 50] for r in ranks)
+        assert sorted(first + second) == list(range(100))
