@@ -131,7 +131,7 @@ class FlashDataLoader:
         image_size: int | tuple[int, int] | None = None,
     ):
         self.dataset = dataset
-        self.batch_size = batch_size
+        self.batch_size = None if batch_sampler is not None else batch_size  # (as torch's: the sampler's)
         self.drop_last = drop_last
         self.sampler = sampler
         self.batch_sampler = batch_sampler
