@@ -290,7 +290,7 @@ def test_reseeding_the_generator_reproduces_an_epoch_as_in_torch(source):
 @pytest.mark.parametrize("kind", ["memory", "zarr"])
 def test_batch_sampler_gives_the_loaders_own_batches(tmp_path, kind):
     """``loader.batch_sampler`` lists the sample indices of each batch of the next epoch (this
-    rank's share, the rest of a loaded state), so a torch DataLoader rebuilt from ``dataset`` and
+    rank's share, the rest of a loaded state; ``loader.sampler`` the same one by one), so a torch DataLoader rebuilt from ``dataset`` and
     ``batch_sampler`` (as Accelerate's skip_first_batches builds one) serves the same batches."""
     n = 203
     if kind == "memory":
@@ -303,6 +303,9 @@ def test_batch_sampler_gives_the_loaders_own_batches(tmp_path, kind):
         loader = FlashDataLoader(data, batch_size=10, **kw)
         planned = list(loader.batch_sampler)
         assert len(planned) == len(loader.batch_sampler) == len(loader)
+        assert list(loader.sampler) == [i for batch in planned for i in batch] and len(loader.sampler) == sum(
+            map(len, planned)
+        )
         served = [batch[1].tolist() for batch in loader]
         assert planned == served  # (labels are the sample indices)
         rebuilt = DataLoader(data, batch_sampler=loader.batch_sampler)

@@ -74,8 +74,8 @@ class FlashDataLoader:
     (into shared memory; ``multiprocessing_context``, ``worker_init_fn`` and
     ``persistent_workers`` apply), ``0`` in two threads; the batches are the same either way. A
     FlashDataset is gathered in the calling thread. A user's ``sampler`` / ``batch_sampler`` is
-    followed as given (it shards itself, e.g. ``DistributedSampler``). Without one,
-    ``batch_sampler`` is the loader's own order as index lists (:class:`OwnBatchSampler`).
+    followed as given (it shards itself, e.g. ``DistributedSampler``). Without one, ``sampler``
+    and ``batch_sampler`` are the loader's own order (:class:`OwnSampler`, :class:`OwnBatchSampler`).
 
     ``state_dict()`` / ``load_state_dict()`` resume an epoch exactly where it stopped, on any
     world size (see :mod:`datalflash.loading.resume`).
@@ -269,8 +269,10 @@ class FlashDataLoader:
                 **torch_options,
             )
             self.sampler, self.batch_sampler = self._torch.sampler, self._torch.batch_sampler  # (torch's own)
-        if self._own is not None and self._own.own_order and not self._unbatched:
-            self.batch_sampler = OwnBatchSampler(self)
+        if self._own is not None and self._own.own_order:
+            self.sampler = OwnSampler(self)
+            if not self._unbatched:
+                self.batch_sampler = OwnBatchSampler(self)
         self._frozen = True
 
     FROZEN = ("batch_size", "batch_sampler", "sampler", "drop_last", "dataset", "persistent_workers")
@@ -613,21 +615,37 @@ def _apply_to_features(transform: Callable, batch: Any) -> Any:
     return transform(batch)
 
 
-class OwnBatchSampler(Sampler[list[int]]):
+class _OwnOrder:
+    """What reads a loader's own order (held weakly: the loader owns its samplers)."""
+
+    def __init__(self, loader: FlashDataLoader):
+        self._loader = weakref.ref(loader)
+
+    def _owner(self) -> FlashDataLoader:
+        loader = self._loader()
+        if loader is None:
+            raise RuntimeError("the FlashDataLoader of this sampler is gone")
+        return loader
+
+
+class OwnSampler(_OwnOrder, Sampler[int]):
+    """A loader's own order as torch's ``sampler`` (``loader.sampler``): the sample indices of
+    the loader's next epoch (this rank's share), one by one, reading nothing."""
+
+    def __iter__(self) -> Iterator[int]:
+        return (i for batch in self._owner()._index_batches() for i in batch)
+
+    def __len__(self) -> int:
+        loader = self._owner()
+        return sum(len(batch) for batch in loader._index_batches())
+
+
+class OwnBatchSampler(_OwnOrder, Sampler[list[int]]):
     """A loader's own order as torch's ``batch_sampler`` (``loader.batch_sampler``): iterating it
     gives the sample indices of each batch of the loader's next epoch (this rank's share),
     reading nothing; ``len()`` is the loader's. What rebuilds a torch DataLoader from a loader's
     ``dataset`` and ``batch_sampler`` (Accelerate's ``skip_first_batches``) serves the same
     batches, at torch's DataLoader's speed and without the loader's device transfer."""
-
-    def __init__(self, loader: FlashDataLoader):
-        self._loader = weakref.ref(loader)  # (no cycle: the loader owns this)
-
-    def _owner(self) -> FlashDataLoader:
-        loader = self._loader()
-        if loader is None:
-            raise RuntimeError("the FlashDataLoader of this batch sampler is gone")
-        return loader
 
     def __iter__(self) -> Iterator[list[int]]:
         return self._owner()._index_batches()
