@@ -7,6 +7,7 @@ HDF5 checks on every read of a chunk (its cost is part of every read; ``verify``
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -83,6 +84,16 @@ class HDF5ChunkStore(ChunkStore):
             compression_opts=config["level"] if chunked else None,
             fletcher32=chunked,
         )
+
+    def discard(self) -> None:
+        """Close after a failed write. The split files are emptied first (they are being
+        removed): HDF5 1.12 crashes the process closing files whose writes failed on a full disk,
+        and an empty file gives closing the room its last metadata writes need."""
+        if self.writable:
+            for split in list(self._handles):
+                with contextlib.suppress(OSError):
+                    os.truncate(self.split_path(split), 0)
+        super().discard()
 
     def _open_split(self, split: str) -> h5py.File:
         path = self.split_path(split)  # (named in errors; opened through the pinned root)
