@@ -161,6 +161,8 @@ def test_info_and_bench(sources, tmp_path, capsys):
     assert cli(["bench", "store", "--epochs", "1", "--max-seconds", "5", "--batch-size", "32"]) == 0
     out = capsys.readouterr().out
     assert "FlashDataLoader (store)" in out and "torch DataLoader, items from the store" in out
+    baseline = next(line for line in out.splitlines() if "TensorDataset" in line)
+    assert baseline.rstrip().endswith("1.0x")  # (the 1.0x: torch's DataLoader over the data in RAM)
 
 
 @pytest.mark.parametrize("command", ["convert", "info", "verify", "bench", "demo"])

@@ -290,8 +290,9 @@ def test_reseeding_the_generator_reproduces_an_epoch_as_in_torch(source):
 @pytest.mark.parametrize("kind", ["memory", "zarr"])
 def test_batch_sampler_gives_the_loaders_own_batches(tmp_path, kind):
     """``loader.batch_sampler`` lists the sample indices of each batch of the next epoch (this
-    rank's share, the rest of a loaded state; ``loader.sampler`` the same one by one), so a torch DataLoader rebuilt from ``dataset`` and
-    ``batch_sampler`` (as Accelerate's skip_first_batches builds one) serves the same batches."""
+    rank's share, the rest of a loaded state; ``loader.sampler`` the same one by one), so a torch
+    DataLoader rebuilt from ``dataset`` and ``batch_sampler`` (as Accelerate's skip_first_batches
+    builds one) serves the same batches."""
     n = 203
     if kind == "memory":
         data = FlashDataset(torch.arange(n) * 10, torch.arange(n))

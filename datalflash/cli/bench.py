@@ -31,9 +31,10 @@ def bench_store(
     num_workers: int = 0,
     max_seconds: float = 20.0,
 ) -> list[dict]:
-    """Samples/s of: FlashDataLoader on the split; torch's DataLoader reading items from the store
-    (``ChunkedDataset``, what a per-item pipeline would do); torch's DataLoader over the split
-    loaded into RAM (``TensorDataset``). Shuffled; the best of ``epochs`` passes each."""
+    """Samples/s of: torch's DataLoader over the split loaded into RAM (``TensorDataset``, the
+    1.0x of ``datalflash bench`` and of the README); FlashDataLoader on the split; torch's
+    DataLoader reading items from the store (``ChunkedDataset``, what a per-item pipeline would
+    do). Shuffled; the best of ``epochs`` passes each."""
     store = open_store(path)
     data = ChunkedDataset(store, split)
     flash = FlashDataLoader(
@@ -49,9 +50,9 @@ def bench_store(
     )
     rows = []
     loaders: list[tuple[str, Iterable]] = [
+        ("torch DataLoader, split in RAM (TensorDataset)", in_ram),
         ("FlashDataLoader (store)", flash),
         ("torch DataLoader, items from the store", per_item),
-        ("torch DataLoader, split in RAM (TensorDataset)", in_ram),
     ]
     for name, loader in loaders:
         runs = [timed_rate(loader, max_seconds) for _ in range(epochs)]
