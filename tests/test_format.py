@@ -71,6 +71,12 @@ def test_namedtuple_structure_is_read_and_valid_in_the_schema():
     assert parse_manifest(doc).structure["namedtuple"]["name"] == "Pair"
 
 
+def test_mapping_types_are_read_and_valid_in_the_schema():
+    doc = mutate(["structure", "mapping"], {"name": "OrderedDict", "module": "collections"})
+    jsonschema.validate(doc, SCHEMA)
+    assert parse_manifest(doc).structure["mapping"]["name"] == "OrderedDict"
+
+
 def test_python_number_fields_are_read_and_valid_in_the_schema():
     doc = mutate(["structure", "items", "label", "python"], "int")
     jsonschema.validate(doc, SCHEMA)
@@ -96,6 +102,8 @@ BAD_MANIFESTS = [
     (mutate(["splits", "train", "num_samples"], True), "num_samples"),
     (mutate(["structure", "items", "image", "name"], "label"), "structure names fields"),
     (mutate(["structure", "kind"], "set"), "not valid"),
+    (mutate(["structure", "mapping"], {"name": "os.system()", "module": "os"}), "mapping"),
+    (mutate(["structure", "mapping"], "collections.OrderedDict"), "mapping"),
     (mutate(["structure", "items", "label", "python"], "str"), "'python' is not bool, int, float or complex"),
     (mutate(["backend"], "memmap"), "'backend'"),
     ([1, 2], "not a JSON object"),

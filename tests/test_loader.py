@@ -150,6 +150,32 @@ def test_python_numbers_come_back_as_python_numbers(tmp_path, backend):
     assert type(ours[3]["label"]) is int and type(ours[3]["score"]) is float and type(ours[3]["flag"]) is bool
 
 
+class Record(dict):
+    """A user's Mapping type (default_collate keeps it: it builds from a dict)."""
+
+
+@pytest.mark.parametrize("backend", ["zarr", "memory"])
+def test_mapping_types_are_kept_as_default_collate_keeps_them(tmp_path, backend):
+    """Samples that are an OrderedDict or a user's dict subclass come back as that type, in
+    batches (as default_collate rebuilds them), to a collate_fn and by indexing, as torch's
+    DataLoader over the source gives them."""
+    import collections
+
+    for kind in (collections.OrderedDict, Record):
+        samples = [kind(x=torch.full((2,), float(i)), y=i) for i in range(12)]
+        if backend == "memory":
+            ours = DatasetConverter.from_pytorch_dataset(Samples(samples))
+        else:
+            ours = store_split(tmp_path / kind.__name__, samples, chunk_size=5)
+        oracle = Samples(samples)
+        assert_same(list(FlashDataLoader(ours, batch_size=5)), list(DataLoader(oracle, batch_size=5)))
+        assert_same(
+            list(FlashDataLoader(ours, batch_size=5, collate_fn=as_given)),
+            list(DataLoader(oracle, batch_size=5, collate_fn=as_given)),
+        )
+        assert type(ours[3]) is kind
+
+
 def test_collate_fn_batches_shuffle_resume_and_workers(source):
     ours, _ = source
     count = lambda samples: sorted(int(s["label"] if isinstance(s, dict) else s[1]) for s in samples)  # noqa: E731

@@ -27,7 +27,8 @@ def samples_of(batch: Mapping[str, Any], structure: dict) -> list[Any]:
         else:
             columns.append(rows.unbind(0))
     kind = structure["kind"]
-    if kind == "dict" and all(item["kind"] == "field" for item in structure["items"].values()):  # (one level)
+    flat_dict = kind == "dict" and "mapping" not in structure
+    if flat_dict and all(item["kind"] == "field" for item in structure["items"].values()):  # (one level)
         keys = list(structure["items"])
         return [dict(zip(keys, values)) for values in zip(*columns)]
     flat_tuple = kind == "tuple" and all(item["kind"] == "field" for item in structure["items"])

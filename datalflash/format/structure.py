@@ -52,7 +52,10 @@ def _infer(sample: Any, prefix: str, depth: int) -> dict:
             if not isinstance(key, str) or not is_valid_field_name(key) or "." in key:
                 raise ValueError(f"dict key {key!r} cannot name a field: use letters, digits, '_' and '-'")
             items[key] = _infer(sample[key], join(key), depth + 1)
-        return {"kind": "dict", "items": items}
+        node: dict = {"kind": "dict", "items": items}
+        if type(sample) is not dict:  # (an OrderedDict, a user's Mapping: rebuilt as one where it can be)
+            node["mapping"] = {"name": type(sample).__qualname__, "module": type(sample).__module__}
+        return node
     fields = getattr(type(sample), "_fields", None)
     if isinstance(sample, tuple) and isinstance(fields, tuple) and _is_namedtuple_info(type(sample).__name__, fields):
         named = [_infer(item, join(name), depth + 1) for name, item in zip(fields, sample)]
@@ -194,7 +197,25 @@ def rebuild(spec: dict, leaves: Mapping[str, Any], sequence: Callable = tuple) -
         if info is not None:
             return namedtuple_class(info["name"], tuple(info["fields"]), info.get("module"))(*items)
         return sequence(items)
-    return {key: rebuild(item, leaves, sequence) for key, item in spec["items"].items()}
+    mapping = {key: rebuild(item, leaves, sequence) for key, item in spec["items"].items()}
+    info = spec.get("mapping")
+    return mapping if info is None else as_mapping_type(mapping, info["name"], info["module"])
+
+
+def as_mapping_type(mapping: dict, name: str, module: str) -> Any:
+    """``mapping`` as an instance of the Mapping class ``module.name`` when that module is already
+    imported and defines it, and the class builds from a dict (as ``default_collate`` tries);
+    else ``mapping`` itself. A module is never imported because a manifest names it."""
+    found: Any = sys.modules.get(module)
+    for part in name.split("."):
+        found = getattr(found, part, None)
+    if not (isinstance(found, type) and issubclass(found, Mapping)):
+        return mapping
+    make: Callable[[dict], Any] = found
+    try:
+        return make(mapping)
+    except TypeError:  # (a class that does not build from a dict, e.g. defaultdict)
+        return mapping
 
 
 def validate_structure(spec: Any, fields: Mapping[str, Any], depth: int = 0) -> None:
@@ -233,6 +254,14 @@ def _validate(spec: Any, depth: int, seen: list[str]) -> None:
         for item in items:
             _validate(item, depth + 1, seen)
     elif kind == "dict" and isinstance(items, dict):
+        info = spec.get("mapping")
+        if info is not None and not (
+            isinstance(info, dict)
+            and isinstance(info.get("module"), str)
+            and isinstance(info.get("name"), str)
+            and all(part.isidentifier() for part in info["name"].split("."))
+        ):
+            raise StoreFormatError(f"manifest structure mapping {str(info)[:80]!r} is not valid")
         for item in items.values():
             _validate(item, depth + 1, seen)
     else:
