@@ -176,6 +176,19 @@ def test_mapping_types_are_kept_as_default_collate_keeps_them(tmp_path, backend)
         assert type(ours[3]) is kind
 
 
+def test_unbatched_sampler_items_are_fetched_as_torch_fetches_them(source):
+    """batch_size=None with a sampler: each item is ``dataset[item]`` as in torch, one sample for
+    an index and a whole batch for a list of indices (a BatchSampler given as ``sampler``)."""
+    ours, _ = source
+    from torch.utils.data import BatchSampler, SequentialSampler
+
+    for sampler in (BatchSampler(SequentialSampler(range(len(ours))), 6, False), [3, 1, 4, 1, 5]):
+        assert_same(
+            list(FlashDataLoader(ours, batch_size=None, sampler=sampler)),
+            list(DataLoader(ours, batch_size=None, sampler=sampler)),
+        )
+
+
 def test_collate_fn_batches_shuffle_resume_and_workers(source):
     ours, _ = source
     count = lambda samples: sorted(int(s["label"] if isinstance(s, dict) else s[1]) for s in samples)  # noqa: E731

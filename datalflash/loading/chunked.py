@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from datalflash.batching.ragged import RaggedTensors
 from datalflash.batching.tensors import tensors_from_storage
@@ -63,8 +63,12 @@ class ChunkedDataset(Dataset):
             self._cached = (chunk, self.chunk_tensors(chunk))
         return self._cached[1], index - chunk * self.store.chunk_size
 
-    def __getitem__(self, index: int) -> Any:
-        tensors, row = self._row(int(index))
+    def __getitem__(self, index: int | Sequence[int] | torch.Tensor) -> Any:
+        """One sample for an integer index; for a sequence or 1-d tensor of indices, their batch
+        as ``default_collate`` makes it (as a FlashDataset indexed so gives it)."""
+        if isinstance(index, (Sequence, torch.Tensor, np.ndarray)) and np.ndim(index) == 1:
+            return default_collate(self.__getitems__([int(i) for i in index]))
+        tensors, row = self._row(int(index))  # type: ignore[arg-type]  # (not a sequence: an integer)
         scalars = python_scalar_fields(self.structure)
         leaves = {
             name: t.item(row) if isinstance(t, RaggedTensors) else t[row].item() if name in scalars else t[row].clone()

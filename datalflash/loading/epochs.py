@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 from torch.utils.data import BatchSampler, Sampler
 
 from datalflash.batching.ragged import Collate
@@ -68,6 +69,8 @@ class OwnEpochs:
     collate: dict[str, Collate] | None = field(default_factory=dict)  # how ragged fields batch (None: rows)
     tokens: TokenBudget | None = None  # batches bounded by a token budget instead of batch_size
     length_field: str | None = None  # the ragged field whose elements count as tokens
+    unbatched: bool = False  # batch_size=None: a sampler's items are fetched as they are
+    items_are_batches: bool | None = None  # (unbatched: whether the sampler gives lists of indices)
     _token_cache: tuple[Any, Any] | None = None
     _reader: ThreadReader | None = None  # kept across epochs with persistent workers
     _spare: SpareBuffers = field(default_factory=SpareBuffers)  # chunk buffers kept across epochs
@@ -208,9 +211,21 @@ class OwnEpochs:
         """Batches of indices from a user's sampler or batch sampler; None: the loader's own order."""
         if self.batch_sampler is not None:
             return self.batch_sampler
+        if self.sampler is not None and self.unbatched:
+            return self._sampler_items(self.sampler)
         if self.sampler is not None:
             return BatchSampler(self.sampler, self.batch_size, self.drop_last)
         return None
+
+    def _sampler_items(self, sampler: Sampler | Iterable) -> Iterator[list[int]]:
+        """``batch_size=None``: each of the sampler's items fetched as torch fetches it,
+        ``dataset[item]``: an index is one sample, a list of indices a batch
+        (:attr:`items_are_batches`, decided by the first item)."""
+        for item in sampler:
+            many = isinstance(item, (Sequence, torch.Tensor, np.ndarray))
+            if self.items_are_batches is None:
+                self.items_are_batches = many
+            yield [int(i) for i in item] if many else [int(item)]
 
     def close(self) -> None:
         """Stop persistent worker processes and drop the kept chunk buffers."""

@@ -235,6 +235,7 @@ class FlashDataLoader:
                 None if collate_fn is not None or self._unbatched else policies,  # (None: ragged rows kept)
                 tokens,
                 length_field,
+                unbatched=self._unbatched,
             )
         else:
             if max_tokens is not None or bucket_size is not None:
@@ -431,8 +432,8 @@ class FlashDataLoader:
             else:  # (samples sliced from the gathered rows, handed over as torch hands them over)
                 cpu = own.batches(order_epoch, seed, remaining, skip, False)
                 convert: Callable = self.collate_fn or default_convert  # (default_convert: unbatched only)
-                if self._unbatched:  # (batches of one sample, each converted as torch converts it)
-                    batches = (convert(samples_of(b, structure)[0]) for b in cpu)
+                if self._unbatched:  # (each item converted as torch converts dataset[item])
+                    batches = (convert(self._unbatched_item(b, structure)) for b in cpu)
                 else:
                     batches = (convert(samples_of(b, structure)) for b in cpu)
                 if self.pin_memory:
@@ -449,6 +450,14 @@ class FlashDataLoader:
         if accelerate_running():
             batches = self._told_to_accelerate(batches, count, remaining, skip)
         return EpochIterator(batches, count)
+
+    def _unbatched_item(self, batch: dict, structure: dict) -> Any:
+        """``batch_size=None``: what ``dataset[item]`` gives for a sampler's item, one sample for
+        an index; for a list of indices, the batch shaped as ``default_collate`` shapes it (as a
+        FlashDataset indexed by a list gives it)."""
+        if self._own is not None and self._own.items_are_batches:
+            return rebuild(structure, batch, list)
+        return samples_of(batch, structure)[0]
 
     def _index_batches(self) -> Iterator[list[int]]:
         """The sample indices of each batch of the next epoch (or the rest of a loaded state's)."""
