@@ -451,6 +451,16 @@ class FlashDataLoader:
             batches = self._told_to_accelerate(batches, count, remaining, skip)
         return EpochIterator(batches, count)
 
+    def _samples_this_epoch(self) -> int:
+        """How many samples this rank serves of the next epoch (arithmetic, but for token budgets)."""
+        own = self._planned()
+        if own.tokens is not None:
+            return sum(len(batch) for batch in self._index_batches())
+        self._follow_ranks()
+        remaining, skip = self._segment(self._epoch)
+        n = max(0, share_size(total(remaining), self.world_size, self.drop_last) - skip)
+        return n - n % own.batch_size if self.drop_last else n
+
     def _unbatched_item(self, batch: dict, structure: dict) -> Any:
         """``batch_size=None``: what ``dataset[item]`` gives for a sampler's item, one sample for
         an index; for a list of indices, the batch shaped as ``default_collate`` shapes it (as a
@@ -645,8 +655,7 @@ class OwnSampler(_OwnOrder, Sampler[int]):
         return (i for batch in self._owner()._index_batches() for i in batch)
 
     def __len__(self) -> int:
-        loader = self._owner()
-        return sum(len(batch) for batch in loader._index_batches())
+        return self._owner()._samples_this_epoch()
 
 
 class OwnBatchSampler(_OwnOrder, Sampler[list[int]]):
