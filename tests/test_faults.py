@@ -268,14 +268,21 @@ def test_a_broken_remote_cache_warns_once_and_reading_goes_on(tmp_path):
     assert got.tolist() == list(range(N)) and len(warned) == 1
 
 
-def test_a_remote_store_replaced_under_a_reader_is_refused(tmp_path):
+def remote_reader(tmp_path, name):
+    """``(memory filesystem, store)``: store ``a`` (samples from 0) uploaded to ``/name`` and
+    opened by URL, one chunk read; store ``b`` (samples from 1000) converted beside it locally."""
     fsspec = pytest.importorskip("fsspec", reason="fsspec is not installed")
     fs = fsspec.filesystem("memory")
     convert(samples(0), tmp_path / "a", "zarr")
     convert(samples(1000), tmp_path / "b", "zarr")
-    fs.put(str(tmp_path / "a"), "/replaced", recursive=True)
-    store = open_store("memory://replaced")
+    fs.put(str(tmp_path / "a"), f"/{name}", recursive=True)
+    store = open_store(f"memory://{name}")
     assert store.read_chunks("train", [0])["1"][0] == 0
+    return fs, store
+
+
+def test_a_remote_store_replaced_under_a_reader_is_refused(tmp_path):
+    fs, store = remote_reader(tmp_path, "replaced")
     fs.rm("/replaced", recursive=True)
     fs.put(str(tmp_path / "b"), "/replaced", recursive=True)  # uploaded over the store being read
     with pytest.raises(StoreChangedError, match="the store was replaced"):
@@ -286,13 +293,7 @@ def test_a_remote_store_half_uploaded_over_is_never_read_as_a_mix(tmp_path):
     """An upload over a store being read replaces its objects one by one, in any order: chunks of
     the new store read under the old manifest are refused (the manifest records each chunk's
     CRC), and once the new manifest is there too the error says the store changed."""
-    fsspec = pytest.importorskip("fsspec", reason="fsspec is not installed")
-    fs = fsspec.filesystem("memory")
-    convert(samples(0), tmp_path / "a", "zarr")
-    convert(samples(1000), tmp_path / "b", "zarr")
-    fs.put(str(tmp_path / "a"), "/half", recursive=True)
-    store = open_store("memory://half")
-    assert store.read_chunks("train", [0])["1"][0] == 0
+    fs, store = remote_reader(tmp_path, "half")
     fs.put(str(tmp_path / "b" / "train.zarr" / "1" / "c" / "2"), "/half/train.zarr/1/c/2", recursive=True)
     with pytest.raises(ChecksumError, match=r"chunks 1\.\.2: .*train.zarr/1/c/2: not the chunk the manifest lists"):
         store.read_chunks("train", [1, 2])  # chunk 1 is still the old store's, chunk 2 the new one's

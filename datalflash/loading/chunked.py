@@ -27,6 +27,7 @@ class ChunkedDataset(Dataset):
         self.store = store if isinstance(store, ChunkStore) else open_store(store, verify=verify)
         self.split = split
         self._length = self.store.num_samples(split)
+        self._scalars = python_scalar_fields(self.store.structure)  # (fields held as Python numbers)
         self._cached: tuple[int, dict[str, torch.Tensor]] | None = None
         self._lengths: dict[str, np.ndarray] = {}
 
@@ -69,11 +70,12 @@ class ChunkedDataset(Dataset):
         if isinstance(index, (Sequence, torch.Tensor, np.ndarray)) and np.ndim(index) == 1:
             return default_collate(self.__getitems__([int(i) for i in index]))
         tensors, row = self._row(int(index))  # type: ignore[arg-type]  # (not a sequence: an integer)
-        scalars = python_scalar_fields(self.structure)
-        leaves = {
-            name: t.item(row) if isinstance(t, RaggedTensors) else t[row].item() if name in scalars else t[row].clone()
-            for name, t in tensors.items()
-        }
+        leaves: dict[str, Any] = {}
+        for name, t in tensors.items():
+            if isinstance(t, RaggedTensors):
+                leaves[name] = t.item(row)
+            else:
+                leaves[name] = t[row].item() if name in self._scalars else t[row].clone()
         return rebuild(self.structure, leaves, tuple)
 
     def __getitems__(self, indices: Sequence[int]) -> list[Any]:

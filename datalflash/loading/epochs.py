@@ -123,8 +123,12 @@ class OwnEpochs:
         data = self.data
         if isinstance(data, FlashDataset):
             plan, sched = self._memory_schedule(epoch, seed, remaining, skip)
+            window_samples: Callable[[int], np.ndarray] = lambda w: np.arange(len(data))  # noqa: E731
         else:
             plan, sched = self._chunk_schedule(data, (epoch, seed, tuple(remaining), skip))
+            window_samples = lambda w: np.concatenate(  # noqa: E731  (its chunks' samples, in read order)
+                [np.arange(*data.store.chunk_bounds(data.split, int(c))) for c in plan.window_chunks(w)]
+            )
         windows = [window for window, _ in sched.iter_spans()]
         served: dict[int, np.ndarray] = {}  # a window's samples in the order served (the last one met)
         for pieces in sched.iter_batches():
@@ -132,12 +136,7 @@ class OwnEpochs:
             for v, a, b in pieces:
                 w = windows[v]
                 if w not in served:
-                    if isinstance(data, FlashDataset):
-                        rows = np.arange(len(data))
-                    else:
-                        bounds = [data.store.chunk_bounds(data.split, int(c)) for c in plan.window_chunks(w)]
-                        rows = np.concatenate([np.arange(lo, hi) for lo, hi in bounds])
-                    served = {w: rows[plan.order(w)]}
+                    served = {w: window_samples(w)[plan.order(w)]}
                 batch.extend(served[w][a:b].tolist())
             yield batch
 

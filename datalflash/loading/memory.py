@@ -55,6 +55,7 @@ class FlashDataset(Dataset):
         validate_structure(structure, fields)
         self.fields = {name: t.contiguous() for name, t in fields.items()}
         self.structure = structure
+        self._scalars = python_scalar_fields(structure)  # (fields held as Python numbers, for __getitem__)
         self._length = next(iter(lengths.values()))
 
     def __len__(self) -> int:
@@ -69,8 +70,7 @@ class FlashDataset(Dataset):
         i = operator.index(index)  # type: ignore[arg-type]  # (not a sequence: an integer, or a TypeError)
         if not -self._length <= i < self._length:
             raise IndexError(f"index {i} out of range for FlashDataset of {self._length} samples")
-        scalars = python_scalar_fields(self.structure)
-        leaves = {name: t[i].item() if name in scalars else t[i] for name, t in self.fields.items()}
+        leaves = {name: t[i].item() if name in self._scalars else t[i] for name, t in self.fields.items()}
         return rebuild(self.structure, leaves, tuple)
 
     def gather(self, indices: Sequence[int] | torch.Tensor) -> Any:
