@@ -583,7 +583,8 @@ task, store = sys.argv[1], sys.argv[2]
 if task == "convert":
     DatasetConverter.create_chunked_dataset(Slow(), store, num_workers=2, shuffle=False, progress=False)
 else:
-    loader = FlashDataLoader(ChunkedDataset(store), batch_size=8, shuffle=True, num_workers=2)
+    # (windows of one chunk: every epoch reads, in the workers; a split read whole is kept instead)
+    loader = FlashDataLoader(ChunkedDataset(store), batch_size=8, shuffle=True, num_workers=2, window_chunks=1)
     for epoch in range(1000):
         for k, batch in enumerate(loader):
             if epoch == 1 and k == 0:

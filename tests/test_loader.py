@@ -661,3 +661,58 @@ def test_namedtuple_samples_keep_their_type(tmp_path):
     )
     other = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
     assert other.stdout.split("\n")[0] == "Pair ('image', 'label') [0, 1, 2, 3]", other.stderr[-2000:]
+
+
+@pytest.mark.parametrize("backend", ["zarr", "hdf5", "memmap"])
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_split_that_fits_the_read_ahead_is_read_once_and_served_in_each_epochs_order(tmp_path, backend, num_workers):
+    """A split within ``read_ahead_bytes`` is one window: read whole in the first epoch and kept,
+    later epochs read nothing and serve the same batches a fresh loader of that epoch serves."""
+    rng = np.random.default_rng(0)
+    samples = [{"tokens": torch.arange(i, i + int(rng.integers(0, 9))), "label": i} for i in range(83)]
+    data = store_split(tmp_path, samples, chunk_size=8, backend=backend)
+    reads = []
+    original = data.store.read_chunks
+    data.store.read_chunks = lambda split, chunks, out=None: reads.append(chunks[0]) or original(split, chunks, out)
+    options = {"batch_size": 6, "shuffle": True, "seed": 4, "num_workers": num_workers, "collate": "list"}
+    loader = FlashDataLoader(data, **options)
+    assert loader.window_chunks == 11
+    for epoch in range(3):
+        served = list(loader)
+        if num_workers == 0:  # (workers read in their own processes: nothing to count here)
+            assert sorted(reads) == list(range(11))  # every chunk once, in the first epoch
+        fresh = FlashDataLoader(store_split(tmp_path / str(epoch), samples, 8, backend), **options)
+        fresh.set_epoch(epoch)
+        expected = list(fresh)
+        assert len(served) == len(expected) == 14
+        for got, want in zip(served, expected):
+            assert torch.equal(got["label"], want["label"])
+            for row, label in zip(got["tokens"], got["label"].tolist()):
+                assert torch.equal(row, samples[label]["tokens"])
+    labels = torch.cat([b["label"] for b in served]).tolist()
+    assert sorted(labels) == list(range(83))
+
+
+def test_a_split_larger_than_the_read_ahead_is_read_every_epoch(tmp_path):
+    data = store_split(tmp_path, [(torch.zeros(16), i) for i in range(160)], chunk_size=8, backend="memmap")
+    reads = []
+    original = data.store.read_chunks
+    data.store.read_chunks = lambda split, chunks, out=None: reads.append(chunks[0]) or original(split, chunks, out)
+    loader = FlashDataLoader(data, batch_size=4, shuffle=True, seed=1, window_chunks=5, read_ahead_bytes=2**20)
+    for _ in range(2):
+        assert sorted(torch.cat([b[1] for b in loader]).tolist()) == list(range(160))
+    assert sorted(reads) == sorted(list(range(20)) * 2)  # every chunk, every epoch
+
+
+def test_an_epoch_left_early_keeps_the_split_it_read(tmp_path):
+    data = store_split(tmp_path, [(torch.full((4,), float(i)), i) for i in range(40)], chunk_size=8, backend="zarr")
+    reads = []
+    original = data.store.read_chunks
+    data.store.read_chunks = lambda split, chunks, out=None: reads.append(chunks[0]) or original(split, chunks, out)
+    loader = FlashDataLoader(data, batch_size=4, shuffle=True, seed=0)
+    for _epoch in range(3):
+        for k, (x, label) in enumerate(loader):
+            assert torch.equal(x[:, 0], label.float())
+            if k == 2:
+                break  # (as limit_train_batches or a time budget leaves an epoch)
+    assert sorted(reads) == list(range(5))

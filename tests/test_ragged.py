@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader, Dataset
 
-from datalflash.batching.ragged import Collate, Packed, Padded, RaggedTensors, assemble, assemble_run
+from datalflash.batching.ragged import Collate, Packed, Padded, RaggedTensors, assemble, assemble_run, take
 from datalflash.core import FlashDataLoader, get_dataloaders
 from datalflash.errors import ConversionError, DataLFlashError, StoreFormatError
 from datalflash.format.ragged import RaggedArray
@@ -530,6 +530,23 @@ def test_runs_equal_batches_assembled_one_by_one(mode, shape):
     for got, a, b in zip(run, starts, starts[1:]):
         alone = assemble([(rows, index[a:b])], Collate(mode, pad_value=-1))
         assert _same(got, alone)
+
+
+@pytest.mark.parametrize("high", [0, 3, 40, 3000])  # (short rows by element index or view; long by slices)
+@pytest.mark.parametrize("buffered", [False, True])
+def test_take_gathers_rows_of_every_length(high, buffered):
+    rng = np.random.default_rng(high)
+    samples = [rng.integers(-50, 50, size=int(rng.integers(0, high + 1))).astype(np.int32) for _ in range(60)]
+    array = RaggedArray.from_samples(samples, 1, np.dtype(np.int32))
+    buffer = np.concatenate([array.values, np.zeros(high + 1, np.int32)]) if buffered else None
+    values = array.values if buffer is None else buffer[: len(array.values)]
+    rows = RaggedTensors(array.shapes, array.offsets, values, torch.int32, "ragged", (None,), buffer)
+    first, second = rng.permutation(60)[:25], rng.permutation(60)[:17]
+    got, lengths = take([(rows, torch.from_numpy(first)), (rows, torch.from_numpy(second))])
+    expected = [samples[i] for i in [*first, *second]]
+    assert lengths.tolist() == [len(e) for e in expected]
+    assert np.array_equal(got.values, np.concatenate(expected))
+    assert np.array_equal(got.offsets, np.concatenate([[0], np.cumsum(lengths)]))
 
 
 def _same(x, y) -> bool:

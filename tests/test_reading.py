@@ -164,3 +164,51 @@ def test_prefetcher_raises_read_errors_and_timeouts_naming_the_chunk(store):
     assert time.perf_counter() - start < 1.0
     prefetcher.close()
     assert reading_threads() == []
+
+
+def test_a_window_read_whole_is_kept_and_served_again_without_reading(store):
+    reads = []
+    store.read_hook = lambda attempt: reads.append(attempt.start // CHUNK)
+    spare = SpareBuffers()
+    reader = ThreadReader(store, spare=spare)
+    first = WindowPrefetcher(store, "train", [[3, 0, 5]], reader=reader)
+    rows = labels_of(first.get(0), 30)
+    first.release(0)
+    first.close()
+    assert sorted(set(reads)) == [0, 3, 5]
+    before = len(reads)
+    again = WindowPrefetcher(store, "train", [[5, 3, 0], [1]], reader=reader)  # the same chunks, another order
+    assert labels_of(again.get(0), 30) == rows and again.layout(0) == [3, 0, 5]  # as read the first time
+    again.release(0)
+    assert labels_of(again.get(1), 10) == list(range(10, 20)) and again.layout(1) == [1]
+    again.release(1)
+    again.close()
+    assert set(reads[before:]) == {1}  # only chunk 1 read again
+    partial = WindowPrefetcher(store, "train", [[2, 4]], [[4]], reader=reader)  # only chunk 4 needed
+    partial.get(0)
+    partial.release(0)
+    partial.close()
+    assert spare.holding("train", [2, 4]) is None  # a window not read whole is not kept as read
+    reader.close()
+
+
+def test_a_window_whose_read_failed_is_not_kept(store):
+    failing = [True]
+
+    def broken(attempt: ReadAttempt) -> None:
+        if failing[0] and attempt.start == 2 * CHUNK:
+            raise ValueError("bad bytes")
+
+    store.read_hook = broken
+    reader = ThreadReader(store)
+    prefetcher = WindowPrefetcher(store, "train", [[1, 2]], reader=reader)
+    with pytest.raises(StoreReadError):
+        prefetcher.get(0)
+    prefetcher.release(0)
+    prefetcher.close()
+    failing[0] = False
+    assert reader.reuse("train", [1, 2]) is None
+    again = WindowPrefetcher(store, "train", [[1, 2]], reader=reader)
+    assert labels_of(again.get(0), 20) == list(range(10, 30))
+    again.close()
+    reader.close()

@@ -69,13 +69,16 @@ def test_default_loader_mixes_a_sorted_store_like_iid_reading_each_chunk_once(so
     data = ChunkedDataset(sorted_store, "train")
     reads = CountingReads(data.store)
     loader = FlashDataLoader(data, batch_size=64, shuffle=True, seed=0)
-    for _epoch in range(2):
+    for epoch in range(2):
         reads.counts.clear()
         quality = shuffle_quality(loader, label=lambda b: b[1], position=lambda b: b[2])
         assert quality.num_samples == 40_000
         assert quality.label_mixing_ratio >= 0.95, quality
         assert quality.displacement_ratio >= 0.9, quality
-        assert sorted(reads.counts) == list(range(4)) and max(reads.counts.values()) == 1
+        if epoch == 0:
+            assert sorted(reads.counts) == list(range(4)) and max(reads.counts.values()) == 1
+        else:  # (the split fits the read-ahead budget: kept from the first epoch, in a new order)
+            assert reads.counts == {}
 
 
 def test_one_chunk_window_is_scored_poor(sorted_store):

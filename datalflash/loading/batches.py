@@ -95,10 +95,14 @@ def planned_chunk_batches(
                     seen, (window, visit_spans) = next(spans)
                     left[seen] = (window, sum(hi - lo for lo, hi in visit_spans))
                 if v not in resident:
+                    window = left[v][0]
                     tensors = tensors_from_storage(prefetcher.get(v), dataset.fields)
+                    layout, rows = prefetcher.layout(v), plan.order(window)
                     if images:  # (each row's sample index: images are cropped by it)
-                        tensors[SAMPLE_INDEX] = _window_indices(dataset, plan.window_chunks(left[v][0]))
-                    resident[v] = (tensors, torch.from_numpy(plan.order(left[v][0])))
+                        tensors[SAMPLE_INDEX] = _window_indices(dataset, layout)
+                    if not np.array_equal(layout, plan.window_chunks(window)):  # (a buffer kept from before)
+                        rows = relaid(rows, plan.window_chunks(window).tolist(), layout, dataset)
+                    resident[v] = (tensors, torch.from_numpy(rows))
                 left[v] = (left[v][0], left[v][1] - (b - a))
             if len(run) == 1:
                 segments = [(resident[v][0], resident[v][1][a:b]) for v, a, b in run[0]]
@@ -120,6 +124,17 @@ def planned_chunk_batches(
 SAMPLE_INDEX = "#index"
 """The key of each row's sample index in the batches of a split with image fields (not a field
 name: ``#`` cannot start one)."""
+
+
+def relaid(order: np.ndarray, chunks: Sequence[int], layout: Sequence[int], dataset: ChunkedDataset) -> np.ndarray:
+    """Rows ``order`` of a window whose rows are its ``chunks``' concatenated, as the same rows of
+    a buffer holding those chunks concatenated in the order ``layout``."""
+    bounds = {int(c): dataset.store.chunk_bounds(dataset.split, int(c)) for c in layout}
+    sizes = np.array([b - a for a, b in bounds.values()], dtype=np.int64)
+    at = dict(zip(bounds, np.cumsum(sizes) - sizes))  # where each chunk's rows start in the buffer
+    counts = np.array([bounds[int(c)][1] - bounds[int(c)][0] for c in chunks], dtype=np.int64)
+    shift = np.array([at[int(c)] for c in chunks], dtype=np.int64) - (np.cumsum(counts) - counts)
+    return (np.repeat(shift, counts) + np.arange(int(counts.sum()), dtype=np.int64))[order]
 
 
 def _window_indices(dataset: ChunkedDataset, chunks: Iterable[int]) -> torch.Tensor:

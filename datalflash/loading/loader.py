@@ -55,7 +55,8 @@ class FlashDataLoader:
     * ``read_ahead_bytes``: memory for chunks read ahead of use (store splits).
     * ``window_chunks``: chunks whose samples are shuffled together (store splits); by default
       the whole split when it fits in ``read_ahead_bytes``, else as many as half of it holds
-      (the window being served and the next one being read). Memory: up to two windows.
+      (the window being served and the next one being read). Memory: up to two windows. A
+      window holding the whole split is read in the first epoch and kept decoded for the next.
     * ``transform``: a function applied to each batch's features after the device transfer
       (the first element of tuple samples, the whole dict of dict samples: the
       :mod:`datalflash.transforms` take ``field=``). torchvision's transforms (v1, v2), written

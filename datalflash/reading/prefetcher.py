@@ -65,7 +65,8 @@ class WindowPrefetcher:
         self._ahead = max(1, ahead)
         self._own_reader = reader is None
         self._reader = reader if reader is not None else ThreadReader(store)
-        self._pending: dict[int, tuple[Handle, list[tuple[int, Future]], int]] = {}
+        # visit -> (buffer, reads, rows, chunks in buffer order, whether all of them are read)
+        self._pending: dict[int, tuple[Handle, list[tuple[int, Future]], int, list[int], bool]] = {}
         self._next = 0  # next visit to submit
         self._exhausted = False
         self._in_use = 0  # buffers of visits submitted and not released
@@ -74,28 +75,26 @@ class WindowPrefetcher:
     def _window_rows(self, window: Iterable[int]) -> int:
         return sum(b - a for a, b in (self.store.chunk_bounds(self.split, int(c)) for c in window))
 
-    def _buffer(self, force: bool) -> Handle | None:
-        """A buffer for the next visit: none while ``ahead + 1`` are in use, unless ``force``."""
-        if self._in_use > self._ahead and not force:
-            return None
-        self._in_use += 1
-        return self._reader.allocate(self._rows)
+    def _free(self, force: bool) -> bool:
+        """Whether the next visit may take a buffer: not while ``ahead + 1`` are in use, unless ``force``."""
+        return self._in_use <= self._ahead or force
 
     def _submit(self, force: int | None = None) -> None:
         """Submit the next visits while a buffer is free; visit ``force`` gets one regardless."""
-        while not self._exhausted:
-            v = self._next
-            buffer = self._buffer(force=v == force)
-            if buffer is None:
-                return
+        while not self._exhausted and self._free(force=self._next == force):
             visit = next(self._visits, None)
             if visit is None:
                 self._exhausted = True
-                self._in_use -= 1
-                self._reader.recycle(buffer)
                 return
+            self._in_use += 1
             window = [int(c) for c in visit[0]]
             needed = set(window) if visit[1] is None else {int(c) for c in visit[1]}
+            kept = self._reader.reuse(self.split, window)
+            if kept is not None:  # (read whole before: its rows are where they were)
+                self._pending[self._next] = (kept[0], [], self._window_rows(window), list(kept[1]), True)
+                self._next += 1
+                continue
+            buffer = self._reader.allocate(self._rows)
             if self._lengths:
                 self._place(buffer, window)
             self.store.will_need(self.split, [c for c in window if c in needed])
@@ -105,7 +104,7 @@ class WindowPrefetcher:
                 if chunk in needed:
                     tasks.append((chunk, self._reader.read(self.split, chunk, buffer, offset)))
                 offset += stop - start
-            self._pending[v] = (buffer, tasks, offset)
+            self._pending[self._next] = (buffer, tasks, offset, window, needed == set(window))
             self._next += 1
 
     def _place(self, buffer: Handle, window: list[int]) -> None:
@@ -123,7 +122,7 @@ class WindowPrefetcher:
         if self._closed:
             raise RuntimeError("prefetcher is closed")
         self._submit(force=v)
-        buffer, tasks, rows = self._pending[v]
+        buffer, tasks, rows, _, _ = self._pending[v]
         deadline = time.monotonic() + self.timeout if self.timeout else None
         for chunk, future in tasks:
             try:
@@ -140,28 +139,41 @@ class WindowPrefetcher:
             for name, b in self._reader.arrays(buffer).items()
         }
 
+    def layout(self, v: int) -> list[int]:
+        """The chunks whose rows visit ``v``'s buffer holds, in order: its window's, or, for a
+        buffer kept from an earlier read of the same chunks, the order they were read in."""
+        return self._pending[v][3]
+
     def release(self, v: int) -> None:
-        """Visit ``v`` is no longer needed: its buffer reads the visits ahead."""
+        """Visit ``v`` is no longer needed: its buffer reads the visits ahead (kept with its
+        contents when its whole window was read, for a later visit of the same chunks)."""
         entry = self._pending.pop(v, None)
         if entry is None:
             return
         self._in_use -= 1
-        self._reader.recycle(entry[0])
+        self._give_back(entry)
         self._submit()
+
+    def _give_back(self, entry: tuple[Handle, list[tuple[int, Future]], int, list[int], bool]) -> None:
+        """Hand a visit's buffer back to the reader, with what it holds when its whole window
+        was read without error."""
+        buffer, tasks, _, chunks, whole = entry
+        whole = whole and all(f.done() and not f.cancelled() and f.exception() is None for _, f in tasks)
+        self._reader.recycle(buffer, (self.split, tuple(chunks)) if whole else None)
 
     def close(self) -> None:
         """Cancel queued reads; join the reader's threads or processes unless it was passed in."""
         if self._closed:
             return
         self._closed = True
-        for _, tasks, _ in self._pending.values():
+        for _, tasks, *_ in self._pending.values():
             for _, future in tasks:
                 future.cancel()
         if self._own_reader:
             self._reader.close()
-        for buffer, tasks, _ in self._pending.values():  # a read still running may write it: drop it
-            if all(future.done() for _, future in tasks):
-                self._reader.recycle(buffer)
+        for entry in self._pending.values():  # a read still running may write it: drop it
+            if all(future.done() for _, future in entry[1]):
+                self._give_back(entry)
         self._pending.clear()
 
     def __del__(self, _quietly: Callable[..., Any] = contextlib.suppress) -> None:

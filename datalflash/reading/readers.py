@@ -17,6 +17,7 @@ import signal
 import threading
 import time
 import warnings
+from collections.abc import Iterable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -36,27 +37,42 @@ Handle = tuple[int, Any]
 """A reader's buffer: ``(rows it holds, payload)``; :meth:`ThreadReader.arrays` gives its arrays."""
 
 
+Holds = tuple[str, tuple[int, ...]]
+"""What a kept buffer holds: ``(split, chunk ids)``, every one of those chunks read, in that order."""
+
+
 class SpareBuffers:
     """Buffers whose reads are over, kept for reuse (at most ``keep``, the most recent).
 
     A loader keeps one across epochs and hands it to each epoch's reader, so a window buffer is
-    allocated and page-faulted once, not every epoch."""
+    allocated and page-faulted once, not every epoch. A buffer given with what it ``holds`` can be
+    taken back with its contents (:meth:`holding`): a window read whole is not read again."""
 
     def __init__(self, keep: int = 2) -> None:
         self.keep = keep
-        self._buffers: list[Handle] = []
+        self._buffers: list[tuple[Handle, Holds | None]] = []
 
     def take(self, rows: int) -> Handle | None:
-        """A kept buffer of at least ``rows`` rows (no longer kept), or None."""
-        for i, (capacity, payload) in enumerate(self._buffers):
+        """A kept buffer of at least ``rows`` rows (no longer kept; its contents forgotten), or None."""
+        for i, ((capacity, payload), _) in enumerate(self._buffers):
             if capacity >= rows:
                 del self._buffers[i]
                 return capacity, payload
         return None
 
-    def give(self, buffer: Handle) -> None:
-        """Keep ``buffer`` (no read may still be writing it)."""
-        self._buffers.append(buffer)
+    def holding(self, split: str, chunks: Iterable[int]) -> tuple[Handle, tuple[int, ...]] | None:
+        """The kept buffer holding exactly the chunks ``chunks`` of ``split`` (in any order; no
+        longer kept) and the order they lie in, or None."""
+        wanted = sorted(int(c) for c in chunks)
+        for i, (buffer, holds) in enumerate(self._buffers):
+            if holds is not None and holds[0] == split and sorted(holds[1]) == wanted:
+                del self._buffers[i]
+                return buffer, holds[1]
+        return None
+
+    def give(self, buffer: Handle, holds: Holds | None = None) -> None:
+        """Keep ``buffer`` (no read may still be writing it), holding ``holds`` if given."""
+        self._buffers.append((buffer, holds))
         del self._buffers[: -self.keep]
 
     def clear(self) -> None:
@@ -113,9 +129,15 @@ class ThreadReader:
                 array.clear()  # (a ragged field's values of an earlier visit are let go)
         return buffer
 
-    def recycle(self, buffer: Handle) -> None:
-        """Keep ``buffer`` (no read may still be writing it) for a later :meth:`allocate`."""
-        self.spare.give(buffer)
+    def recycle(self, buffer: Handle, holds: Holds | None = None) -> None:
+        """Keep ``buffer`` (no read may still be writing it) for a later :meth:`allocate`, or,
+        given what it ``holds``, for :meth:`reuse`."""
+        self.spare.give(buffer, holds)
+
+    def reuse(self, split: str, chunks: Iterable[int]) -> tuple[Handle, tuple[int, ...]] | None:
+        """A kept buffer already holding the chunks ``chunks`` of ``split`` and the order they
+        lie in (see :meth:`SpareBuffers.holding`), its contents kept; None if there is none."""
+        return self.spare.holding(split, chunks)
 
     def arrays(self, buffer: Handle) -> Buffer:
         """``{field: array}`` of all rows of a buffer."""
