@@ -357,3 +357,35 @@ def test_bad_compression_options_are_conversion_errors(tmp_path, backend, option
     with pytest.raises(ConversionError, match=message):
         convert(tensors(), tmp_path / "s", backend=backend, compression=options, progress=False)
     assert not (tmp_path / "s").exists()
+
+
+def test_samples_in_every_array_form_read_back_equal(tmp_path):
+    """Tensors needing grad, non-contiguous views, parameters (a subclass), numpy arrays and
+    numpy arrays of another byte order store the same values, fixed-shape and ragged fields alike."""
+    from datalflash.loading import ChunkedDataset
+
+    rng = np.random.default_rng(5)
+    grid = [rng.standard_normal((3, 2)).astype(np.float32) for _ in range(12)]
+    tokens = [rng.integers(-9, 9, size=int(rng.integers(0, 7))).astype(np.int64) for _ in range(12)]
+
+    def form(k: int, array: np.ndarray):
+        forms = [
+            lambda a: torch.from_numpy(a).requires_grad_(a.dtype == np.float32),
+            lambda a: (
+                torch.from_numpy(np.ascontiguousarray(a.T)).T if a.ndim == 2 else torch.from_numpy(a.repeat(2))[::2]
+            ),
+            lambda a: torch.nn.Parameter(torch.from_numpy(a), requires_grad=False),
+            lambda a: a,
+            lambda a: a.astype(a.dtype.newbyteorder()),
+        ]
+        return forms[k % len(forms)](array)
+
+    samples = [{"grid": form(k, grid[k]), "tokens": form(k + 1, tokens[k])} for k in range(12)]
+    path = convert(
+        Samples(samples), tmp_path / "s", chunk_size=5, split_ratios={"all": 1.0}, shuffle=False, progress=False
+    )
+    split = ChunkedDataset(path, "all")
+    assert split.fields["grid"].kind == "array" and split.fields["tokens"].kind == "ragged"
+    for k in range(12):
+        assert np.array_equal(split[k]["grid"].numpy(), grid[k])
+        assert np.array_equal(split[k]["tokens"].numpy(), tokens[k])

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from datalflash.batching.tensors import as_storage, from_storage, torch_dtype_name
 from datalflash.errors import ConversionError
-from datalflash.format.dtypes import numpy_dtype_name, storage_dtype
+from datalflash.format.dtypes import RAW_BITS_DTYPES, numpy_dtype_name, storage_dtype
 from datalflash.format.images import EncodedImage, decoded_pixels, encoded, image_size, is_image, parse_encoding
 from datalflash.format.manifest import FIELD_KINDS, FieldSpec, allocate, sample_nbytes
 from datalflash.format.ragged import RaggedArray
@@ -306,6 +306,8 @@ class BlockCollator:
     def __init__(self, structure: dict, fields: dict[str, FieldSpec]):
         self.structure = structure
         self.fields = fields
+        # (numeric fields whose storage is the dtype itself: plain tensors and arrays take a short path)
+        self._plain = [(name, spec, _plain_dtypes(spec)) for name, spec in fields.items()]
 
     def __call__(self, items: Sequence[tuple[int, Any]]) -> dict[str, Any]:
         arrays = allocate(self.fields, len(items))
@@ -315,12 +317,15 @@ class BlockCollator:
                 leaves = flatten(sample, self.structure)
             except ValueError as e:
                 raise ConversionError(f"sample {index}: {e}") from None
-            for (name, spec), leaf in zip(self.fields.items(), leaves):
-                self._check(index, spec, leaf_signature(leaf), leaf)
+            for (name, spec, dtypes), leaf in zip(self._plain, leaves):
+                values = None if dtypes is None else _plain_values(leaf, spec, *dtypes)
+                if values is None:
+                    self._check(index, spec, leaf_signature(leaf), leaf)
+                    values = leaf_values(leaf, spec) if spec.ragged else as_storage(leaf, spec.dtype)
                 if spec.ragged:
-                    ragged[name].append(leaf_values(leaf, spec))
+                    ragged[name].append(values)
                 else:
-                    arrays[name][row] = as_storage(leaf, spec.dtype)
+                    arrays[name][row] = values
         for name, samples in ragged.items():
             spec = self.fields[name]
             arrays[name] = RaggedArray.from_samples(samples, len(spec.shape), spec.storage_dtype)
@@ -355,6 +360,35 @@ class BlockCollator:
             f"sample {index} field {spec.name!r}: got {found}, but the field holds {expected} "
             "(None: a dimension that varies); every sample must have the same kind and dtype"
         )
+
+
+def _plain_dtypes(spec: FieldSpec) -> tuple[torch.dtype, np.dtype] | None:
+    """``(torch dtype, numpy dtype)`` of a numeric field stored as that same dtype (None: another
+    kind of field, or a dtype kept as raw bits)."""
+    if spec.kind not in ("array", "ragged") or spec.dtype in RAW_BITS_DTYPES:
+        return None
+    return getattr(torch, spec.dtype), spec.storage_dtype
+
+
+def _plain_values(leaf: Any, spec: FieldSpec, tensor_dtype: torch.dtype, array_dtype: np.dtype) -> np.ndarray | None:
+    """The storage array of a CPU tensor or numpy array of exactly the field's dtype and a shape
+    it takes (the usual sample, checked in a few attribute reads); None: anything else, for the
+    full check (:meth:`BlockCollator._check`) to accept or name."""
+    if type(leaf) is torch.Tensor:
+        if leaf.dtype != tensor_dtype or not leaf.is_cpu:
+            return None
+        values = leaf.detach().numpy() if leaf.requires_grad else leaf.numpy()
+    elif type(leaf) is np.ndarray and leaf.dtype == array_dtype:
+        values = leaf
+    else:
+        return None
+    shape = values.shape
+    if len(shape) != len(spec.shape):
+        return None
+    one_varying = spec.kind == "ragged" and len(shape) == 1  # (any length fits)
+    if not one_varying and any(f is not None and f != d for f, d in zip(spec.shape, shape)):
+        return None
+    return values
 
 
 BLOCK_BYTES = 4 * 2**20

@@ -46,12 +46,13 @@ class RaggedArray:
     @classmethod
     def from_samples(cls, samples: Sequence[np.ndarray], ndim: int, dtype: np.dtype) -> RaggedArray:
         """The samples (arrays of ``ndim`` dimensions, storage ``dtype``) as one RaggedArray."""
+        if not samples:
+            return cls.from_shapes(np.zeros((0, ndim), np.int64), np.empty(0, dtype))
+        if ndim == 1:  # (one concatenate of the samples as they are)
+            shapes = np.fromiter(map(len, samples), dtype=np.int64, count=len(samples)).reshape(-1, 1)
+            return cls.from_shapes(shapes, np.concatenate(samples).astype(dtype, copy=False))
         shapes = np.array([s.shape for s in samples], dtype=np.int64).reshape(len(samples), ndim)
-        values = (
-            np.concatenate([np.ascontiguousarray(s, dtype=dtype).reshape(-1) for s in samples])
-            if samples
-            else np.empty(0, dtype)
-        )
+        values = np.concatenate([np.ascontiguousarray(s, dtype=dtype).reshape(-1) for s in samples])
         return cls.from_shapes(shapes, values)
 
     @property
