@@ -1,7 +1,9 @@
 """The benchmark report: one command, side by side in one run, written to ``benchmarks/report/``.
 
 * loading: the in-RAM limit (bare ``index_select`` loop), torch's DataLoader, FlashDataLoader in
-  RAM and on each backend with a warm and a cold page cache, and the peer loaders that import
+  RAM and on each backend with a warm and a cold page cache (the first epoch of a new loader),
+  later epochs of one loader (the split, which fits ``read_ahead_bytes``, kept decoded), and the
+  peer loaders that import
   here (LitData, Mosaic Streaming, WebDataset, HF datasets; skipped with the reason otherwise);
 * training: a small CNN on CPU for an epoch per loader, and the share of it spent waiting for data.
 
@@ -65,6 +67,10 @@ def loading(x: torch.Tensor, y: torch.Tensor, tmp: Path, repeat: int, peer_secon
         runs[f"FlashDataLoader, {backend} store, warm"] = lambda data=data: loader_epoch(
             FlashDataLoader(data, batch_size=BATCH, shuffle=True)
         )
+    for backend, data in stores.items():  # (one loader, epoch after epoch: the split is kept decoded)
+        kept = FlashDataLoader(data, batch_size=BATCH, shuffle=True)
+        loader_epoch(kept)
+        runs[f"FlashDataLoader, {backend} store, later epochs"] = lambda kept=kept: loader_epoch(kept)
     rows = [
         {
             "loader": name,
