@@ -532,6 +532,30 @@ def test_runs_equal_batches_assembled_one_by_one(mode, shape):
         assert _same(got, alone)
 
 
+@pytest.mark.parametrize("pin", [False, True])
+def test_packed_runs_of_long_rows_hold_each_batchs_rows(pin):
+    """Long rows are packed for a whole run at once (row starts and lengths worked out once):
+    each batch holds exactly its rows, in order, with their cu_seqlens and longest length."""
+    if pin and not torch.cuda.is_available():
+        pytest.skip("pinned memory needs CUDA")
+    rng = np.random.default_rng(11)
+    samples = [rng.integers(-500, 500, size=int(rng.integers(0, 900))).astype(np.int32) for _ in range(50)]
+    array = RaggedArray.from_samples(samples, 1, np.dtype(np.int32))
+    rows = RaggedTensors(array.shapes, array.offsets, array.values, torch.int32, "ragged", (None,))
+    index = torch.from_numpy(rng.permutation(50))
+    sizes = [7, 0, 13, 30]
+    run = assemble_run([(rows, index)], sizes, Collate("packed"), pin_memory=pin)
+    starts = np.cumsum([0, *sizes])
+    for batch, a, b in zip(run, starts, starts[1:]):
+        expected = [samples[i] for i in index[a:b].tolist()]
+        assert isinstance(batch, Packed) and batch.cu_seqlens.dtype == torch.int32
+        assert batch.cu_seqlens.tolist() == np.concatenate([[0], np.cumsum([len(e) for e in expected])]).tolist()
+        assert np.array_equal(batch.values.numpy(), np.concatenate(expected) if expected else np.zeros(0, np.int32))
+        assert batch.max_seqlen == max((len(e) for e in expected), default=0)
+        assert batch.values.is_pinned() == pin
+        assert _same(batch, assemble([(rows, index[a:b])], Collate("packed")))
+
+
 @pytest.mark.parametrize("high", [0, 3, 40, 3000])  # (short rows by element index or view; long by slices)
 @pytest.mark.parametrize("buffered", [False, True])
 def test_take_gathers_rows_of_every_length(high, buffered):

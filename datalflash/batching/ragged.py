@@ -286,6 +286,10 @@ def assemble_run(
             source, index = segments[0]
             return [_pin(_padded_rows([(source, index[a:b])], policy), pin_memory) for a, b in cuts]
         return [_pin(_padded_rows(segments, policy), pin_memory)]
+    if policy.mode == "packed" and len(segments) == 1 and first.shapes.shape[1] == 1:
+        packed = _packed_run(first, _index(segments[0][1]), cuts, pin_memory)
+        if packed is not None:
+            return packed
     batches: list[Any] = []
     for a, b in cuts:  # (each batch's rows gathered on their own: a run's would not stay in cache)
         rows, lengths = take(segments if len(cuts) == 1 else [(segments[0][0], segments[0][1][a:b])])
@@ -342,6 +346,30 @@ def _pin(batch: Padded, pin_memory: bool) -> Padded:
         return batch
     mask = None if batch.mask is None else batch.mask.pin_memory()
     return Padded(batch.data.pin_memory(), batch.lengths.pin_memory(), mask)
+
+
+def _packed_run(
+    source: RaggedTensors, index: np.ndarray, cuts: Sequence[tuple[int, int]], pin_memory: bool
+) -> list[Packed] | None:
+    """Packed batches of rows of one varying dimension, long on average (see
+    :data:`LONG_ROW_BYTES`), for consecutive ``cuts`` of ``source[index]``: where the rows start
+    and how long they are worked out for the whole run, then per batch one copy of its rows and
+    a running sum for ``cu_seqlens``. None: rows too short for slice copies (see :func:`take`)."""
+    starts = source.offsets[index]
+    lengths = source.offsets[index + 1] - starts
+    if int(lengths.sum()) * source.values.itemsize < LONG_ROW_BYTES * max(1, len(index)):
+        return None
+    batches = []
+    for a, b in cuts:
+        part = lengths[a:b]
+        cu_seqlens = np.zeros(b - a + 1, dtype=np.int32)
+        np.cumsum(part, out=cu_seqlens[1:])
+        values = np.empty(int(cu_seqlens[-1]), dtype=source.values.dtype)
+        copy_rows(source.values, starts[a:b], part, values)
+        tensor = source.tensor(values)
+        tensor = tensor.pin_memory() if pin_memory else tensor
+        batches.append(Packed(tensor, torch.from_numpy(cu_seqlens), int(part.max()) if b > a else 0))
+    return batches
 
 
 def _packed(rows: RaggedTensors, values: torch.Tensor) -> Packed:
