@@ -10,7 +10,9 @@ CIFAR-10-shaped data (50,000 x 3x32x32 uint8 + int64 label), batch 256, shuffled
   ``read_ahead_bytes``) and streamed in 32 MiB windows decoded every epoch (a 64 MiB budget);
 * cold cache: memmap store after ``posix_fadvise(DONTNEED)``, against the disk's sequential read
   bandwidth measured on the same files;
-* memory: peak RSS streaming a store much larger than the read-ahead budget.
+* memory: peak RSS streaming a store much larger than the read-ahead budget;
+* time to the first batch of a new loader, warm and cold, reading the whole split as one window
+  (the default when it fits ``read_ahead_bytes``) or streamed in 32 MiB windows.
 
 Usage: ``python benchmarks/bench_loader.py [--repeat 3] [--samples 50000]``
 """
@@ -50,6 +52,16 @@ def limit_epoch(x: torch.Tensor, y: torch.Tensor) -> None:
 def loader_epoch(loader) -> None:
     for _ in loader:
         pass
+
+
+def time_to_first_batch(loader) -> float:
+    """Seconds from ``iter(loader)`` to its first batch (the iterator then closed)."""
+    start = time.perf_counter()
+    iterator = iter(loader)
+    next(iterator)
+    seconds = time.perf_counter() - start
+    iterator.close()
+    return seconds
 
 
 def evict(path: Path) -> None:
@@ -161,6 +173,18 @@ def main() -> None:
             loader_epoch(FlashDataLoader(stores["memmap"], batch_size=BATCH, shuffle=True))
             cold.append(time.perf_counter() - start)
 
+        first_batch = {}  # seconds from iter() to the first batch of a new loader
+        for backend in ("zarr", "memmap"):
+            for cache in ("warm", "cold"):
+                for how, budget_bytes in (("whole split", None), ("streamed", STREAM_BUDGET)):
+                    seconds = []
+                    for _ in range(args.repeat):
+                        if cache == "cold":
+                            evict(tmp / backend)
+                        options = {} if budget_bytes is None else {"read_ahead_bytes": budget_bytes}
+                        seconds.append(time_to_first_batch(FlashDataLoader(stores[backend], BATCH, True, **options)))
+                    first_batch[f"{backend}, {cache}, {how}"] = statistics.median(seconds)
+
         budget = 64 * 2**20
         big = DatasetConverter.create_chunked_dataset(
             TensorDataset(x.repeat(4, 1, 1, 1), y.repeat(4)), tmp / "big", split_ratios={"train": 1.0}, progress=False
@@ -206,6 +230,10 @@ def main() -> None:
             ratio = rate_of[f"{prefix}, shuffled"] / rate_of[f"{prefix}, unshuffled"]
             lines.append(f"- {backend}, {how}: {ratio:.2f}")
             rows.append({"loader": f"{backend} {how}: shuffled / unshuffled", "ratio": round(ratio, 3)})
+    lines += ["", "Time to the first batch of a new loader (median):", ""]
+    for key, seconds in first_batch.items():
+        lines.append(f"- {key}: {seconds * 1000:.0f} ms")
+        rows.append({"loader": f"time to first batch, {key}", "seconds": round(seconds, 4)})
     lines += [
         "",
         (
