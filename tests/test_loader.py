@@ -625,7 +625,9 @@ def test_read_ahead_is_bounded(tmp_path):
         time.sleep(0.002)
         next_window = (i + 1) * 4 // 16
         assert len(reads) <= (next_window + 2) * 2, (i, len(reads))
-    assert sorted(reads) == list(range(20))  # each chunk read exactly once
+    # each chunk read exactly once, and the next epoch's first window (chunks 0 and 1: the order is
+    # known without a shuffle) once more while the last one was served
+    assert sorted(reads) == sorted([*range(20), 0, 1])
 
 
 class Pair(NamedTuple):
@@ -698,7 +700,7 @@ def test_a_split_larger_than_the_read_ahead_is_read_every_epoch(tmp_path):
     reads = []
     original = data.store.read_chunks
     data.store.read_chunks = lambda split, chunks, out=None: reads.append(chunks[0]) or original(split, chunks, out)
-    loader = FlashDataLoader(data, batch_size=4, shuffle=True, seed=1, window_chunks=5, read_ahead_bytes=2**20)
+    loader = FlashDataLoader(data, batch_size=4, shuffle=True, window_chunks=5, read_ahead_bytes=2**20)  # (drawn seeds)
     for _ in range(2):
         assert sorted(torch.cat([b[1] for b in loader]).tolist()) == list(range(160))
     assert sorted(reads) == sorted(list(range(20)) * 2)  # every chunk, every epoch
@@ -716,3 +718,31 @@ def test_an_epoch_left_early_keeps_the_split_it_read(tmp_path):
             if k == 2:
                 break  # (as limit_train_batches or a time budget leaves an epoch)
     assert sorted(reads) == list(range(5))
+
+
+@pytest.mark.parametrize("seed, shuffle, early", [(1, True, True), (None, False, True), (None, True, False)])
+def test_the_next_epochs_first_window_is_read_as_an_epoch_ends_when_its_order_is_known(tmp_path, seed, shuffle, early):
+    """With a given seed (or no shuffle) the next epoch's order is known, so its first window is
+    read while the last one is served: that epoch does not read it again. With a drawn seed it
+    cannot be (the seed is drawn as the epoch starts). Batches are the same either way."""
+    data = store_split(tmp_path, [(torch.full((3,), float(i)), i) for i in range(160)], chunk_size=8, backend="zarr")
+    reads = []
+    original = data.store.read_chunks
+    data.store.read_chunks = lambda split, chunks, out=None: reads.append(chunks[0]) or original(split, chunks, out)
+    options = {"batch_size": 5, "shuffle": shuffle, "seed": seed, "window_chunks": 4, "read_ahead_bytes": 2**20}
+    loader = FlashDataLoader(data, **options)
+    for epoch in range(2):
+        torch.manual_seed(epoch)  # (a drawn seed: the same one for the reference loader below)
+        served = list(loader)
+        assert all(t.name != "datalflash-read" for t in threading.enumerate())  # (no reader left running)
+        samples = [(torch.full((3,), float(i)), i) for i in range(160)]
+        fresh = FlashDataLoader(store_split(tmp_path / str(epoch), samples, 8), **options)
+        fresh.set_epoch(epoch)
+        torch.manual_seed(epoch)
+        expected = list(fresh)
+        assert [b[1].tolist() for b in served] == [b[1].tolist() for b in expected]
+        assert all(torch.equal(x[:, 0], y.float()) for x, y in served)
+    assert len(reads) == 2 * 20 + (
+        4 if early else 0
+    )  # (each epoch reads the next one's first 4 chunks, then skips its own)
+    assert sorted(set(reads)) == list(range(20))

@@ -12,6 +12,7 @@ Each source turns an epoch's order into CPU batches of ``{field: tensor}``:
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -64,15 +65,21 @@ def planned_chunk_batches(
     timeout: float,
     pin_memory: bool,
     collate: Mapping[str, Collate] | None = None,
+    then: Callable[[], tuple[EpochPlan, Schedule]] | None = None,
 ) -> Iterator[Batch]:
     """Batches of a store split's plan, as ``sched`` cuts them for this rank; a batch may take
     its rows from two or more visits. Visits and batches are generated as they are served, so
     nothing is built per window or batch up front. Ragged fields are batched as ``collate``
-    says (None: kept as rows, for a ``collate_fn`` to batch their samples)."""
+    says (None: kept as rows, for a ``collate_fn`` to batch their samples). ``then`` gives the
+    next epoch's plan and schedule when they are known (a given seed, or no shuffle): once the
+    last window is being served, the next epoch's first window is read too, in threads of its
+    own, and handed to ``reader``'s spare buffers as the epoch ends, so that epoch's first batch
+    does not wait for it (see :func:`_read_first_window`)."""
     if not sched:
         return
     ragged = [name for name, spec in dataset.fields.items() if spec.ragged]
     images = any(spec.kind == "image" for spec in dataset.fields.values())
+    lengths = {name: dataset.lengths(name) for name in ragged}  # (ragged values read to their place)
     prefetcher = WindowPrefetcher(
         dataset.store,
         dataset.split,
@@ -82,8 +89,11 @@ def planned_chunk_batches(
         reader=reader,
         ahead=ahead,
         timeout=timeout,
-        lengths={name: dataset.lengths(name) for name in ragged},  # (ragged values read to their place)
+        lengths=lengths,
     )
+    upcoming: tuple[WindowPrefetcher, ThreadReader] | None = None
+    if then is None or plan.num_windows < 2 or reader is None or type(reader) is not ThreadReader:
+        then = None  # (one window: kept whole anyway; worker processes: not read in this process)
     spans = enumerate(sched.iter_spans())
     run_rows = RUN_BYTES // max(1, dataset.store.manifest.sample_nbytes) if ragged and collate is not None else 0
     try:
@@ -116,9 +126,36 @@ def planned_chunk_batches(
                 if v in left and left[v][1] == 0 and v in resident:
                     del resident[v], left[v]
                     prefetcher.release(v)
+            if then is not None and upcoming is None and prefetcher.on_last_visit and reader is not None:
+                upcoming = _read_first_window(dataset, *then(), reader, lengths)
             yield from batches
+        if upcoming is not None:  # (served to the end: the next epoch's first window is read whole)
+            with contextlib.suppress(Exception):  # (a failed read is the next epoch's to raise, reading again)
+                upcoming[0].get(0)
     finally:
         prefetcher.close()
+        if upcoming is not None:  # (the reader first: a window whose reads are all done is kept)
+            upcoming[1].close()
+            upcoming[0].close()
+
+
+def _read_first_window(
+    dataset: ChunkedDataset, plan: EpochPlan, sched: Schedule, reader: ThreadReader, lengths: Mapping[str, Any]
+) -> tuple[WindowPrefetcher, ThreadReader] | None:
+    """Start reading the first window of an epoch of ``plan`` / ``sched`` whole, in a reader of
+    its own sharing ``reader``'s spare buffers (closing both keeps the window there, marked with
+    what it holds, for the epoch's own reads to find; see :meth:`ThreadReader.reuse`)."""
+    first = next(iter(sched.iter_spans()), None)
+    if first is None:
+        return None
+    store = dataset.store
+    own = ThreadReader(store, threads=store.read_threads, spare=reader.spare)
+    chunks = plan.window_chunks(first[0])
+    window = WindowPrefetcher(
+        store, dataset.split, [chunks], rows=plan.max_window_rows, reader=own, ahead=1, lengths=lengths
+    )
+    window.start()
+    return window, own
 
 
 SAMPLE_INDEX = "#index"

@@ -97,9 +97,18 @@ class OwnEpochs:
             n = max(0, share_size(total(remaining), self.world_size, self.drop_last) - skip)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
-    def batches(self, epoch: int, seed: int, remaining: Ranges, skip: int, pin_memory: bool) -> Iterator[Batch]:
+    def batches(
+        self,
+        epoch: int,
+        seed: int,
+        remaining: Ranges,
+        skip: int,
+        pin_memory: bool,
+        upcoming: tuple[int, int] | None = None,
+    ) -> Iterator[Batch]:
         """The CPU batches (``{field: tensor}``) of ``epoch``: this rank's share of ``remaining``
-        from position ``skip`` on, or a user's sampler's batches."""
+        from position ``skip`` on, or a user's sampler's batches. ``upcoming``: ``(epoch, seed)``
+        of the next epoch when it is known now (its first window is then read as this one ends)."""
         data = self.data
         index_batches = self._sampler_batches()
         if index_batches is not None:
@@ -115,7 +124,7 @@ class OwnEpochs:
             )
         if isinstance(data, FlashDataset):
             return planned_memory_batches(data, *self._memory_schedule(epoch, seed, remaining, skip), pin_memory)
-        return self._planned_chunks(data, (epoch, seed, tuple(remaining), skip), pin_memory)
+        return self._planned_chunks(data, (epoch, seed, tuple(remaining), skip), pin_memory, upcoming)
 
     def index_batches(self, epoch: int, seed: int, remaining: Ranges, skip: int) -> Iterator[list[int]]:
         """The sample indices of each batch :meth:`batches` serves in the loader's own order, for
@@ -163,12 +172,18 @@ class OwnEpochs:
         plan = plan_epoch(chunk_rows, window=window, shuffle=self.shuffle, seed=seed, epoch=epoch)
         return plan, schedule(plan, share, self.batch_size, self.drop_last)
 
-    def _planned_chunks(self, data: ChunkedDataset, key: EpochKey, pin_memory: bool) -> Iterator[Batch]:
+    def _planned_chunks(
+        self, data: ChunkedDataset, key: EpochKey, pin_memory: bool, upcoming: tuple[int, int] | None = None
+    ) -> Iterator[Batch]:
         """Batches of an epoch of a store split in the loader's own order, read by this epoch's
         reader: worker processes when ``reading.workers > 0`` (kept across epochs when
         persistent), else reading threads."""
         r = self.reading
         plan, sched = self._chunk_schedule(data, key)
+        then = None
+        if upcoming is not None:  # (the next epoch's plan, made only when its first window is read)
+            following: EpochKey = (upcoming[0], upcoming[1], ((0, len(data)),), 0)
+            then = lambda: self._chunk_schedule(data, following)  # noqa: E731
         reader = self._reader or make_reader(data.store, r.workers, r.context, r.worker_init_fn, self._spare)
         if r.persistent:
             self._reader = reader
@@ -182,6 +197,7 @@ class OwnEpochs:
                 timeout=r.timeout,
                 pin_memory=pin_memory,
                 collate=self.collate,
+                then=then,
             )
         finally:
             if not r.persistent:

@@ -56,7 +56,9 @@ class FlashDataLoader:
     * ``window_chunks``: chunks whose samples are shuffled together (store splits); by default
       the whole split when it fits in ``read_ahead_bytes``, else as many as half of it holds
       (the window being served and the next one being read). Memory: up to two windows. A
-      window holding the whole split is read in the first epoch and kept decoded for the next.
+      window holding the whole split is read in the first epoch and kept decoded for the next;
+      otherwise, when the next epoch's order is known (a given ``seed``, or no shuffle), its first
+      window is read while the last one is served.
     * ``transform``: a function applied to each batch's features after the device transfer
       (the first element of tuple samples, the whole dict of dict samples: the
       :mod:`datalflash.transforms` take ``field=``). torchvision's transforms (v1, v2), written
@@ -312,6 +314,13 @@ class FlashDataLoader:
             self._seed, self._seed_agreed = agree_seed(self._seed, self.world_size), True
         return self._seed, 0
 
+    def _known_order(self, epoch: int) -> tuple[int, int] | None:
+        """``(order epoch, seed)`` of ``epoch`` when known without drawing a seed (a given seed,
+        or no shuffle); None when it is drawn as that epoch starts."""
+        if self._seed_given:
+            return epoch, int(self._seed)  # type: ignore[arg-type]  # (given: an int)
+        return (0, 0) if not self.shuffle else None
+
     # --------------------------------------------------------------- epochs
     def set_epoch(self, epoch: int) -> None:
         """Make the next iteration epoch ``epoch`` (each iteration otherwise moves to the next)."""
@@ -425,13 +434,14 @@ class FlashDataLoader:
             if self._resumed is not None and self._resumed[0] != epoch:
                 self._resumed = None  # (past the resumed epoch: epochs are ordered as usual)
             (seed, order_epoch), structure = self._order(epoch), own.data.structure
+            upcoming = self._known_order(epoch + 1) if own.own_order else None
             if self.collate_fn is None and not self._unbatched:
-                cpu = own.batches(order_epoch, seed, remaining, skip, self.pin_memory)
+                cpu = own.batches(order_epoch, seed, remaining, skip, self.pin_memory, upcoming)
                 if self._images:
                     cpu = self._decoded(cpu, seed, order_epoch)
                 batches = (rebuild(structure, b, list) for b in cpu)
             else:  # (samples sliced from the gathered rows, handed over as torch hands them over)
-                cpu = own.batches(order_epoch, seed, remaining, skip, False)
+                cpu = own.batches(order_epoch, seed, remaining, skip, False, upcoming)
                 convert: Callable = self.collate_fn or default_convert  # (default_convert: unbatched only)
                 if self._unbatched:  # (each item converted as torch converts dataset[item])
                     batches = (convert(self._unbatched_item(b, structure)) for b in cpu)

@@ -68,6 +68,7 @@ class WindowPrefetcher:
         # visit -> (buffer, reads, rows, chunks in buffer order, whether all of them are read)
         self._pending: dict[int, tuple[Handle, list[tuple[int, Future]], int, list[int], bool]] = {}
         self._next = 0  # next visit to submit
+        self._gotten = -1  # the last visit asked for
         self._exhausted = False
         self._in_use = 0  # buffers of visits submitted and not released
         self._closed = False
@@ -123,6 +124,7 @@ class WindowPrefetcher:
             raise RuntimeError("prefetcher is closed")
         self._submit(force=v)
         buffer, tasks, rows, _, _ = self._pending[v]
+        self._gotten = max(self._gotten, v)
         deadline = time.monotonic() + self.timeout if self.timeout else None
         for chunk, future in tasks:
             try:
@@ -138,6 +140,16 @@ class WindowPrefetcher:
             name: b.placed(rows) if isinstance(b, RaggedBuffer) and b.placement is not None else b[:rows]
             for name, b in self._reader.arrays(buffer).items()
         }
+
+    def start(self) -> None:
+        """Submit the reads of the visits ahead now, rather than at the first :meth:`get`."""
+        self._submit()
+
+    @property
+    def on_last_visit(self) -> bool:
+        """Whether the last visit is the one in use: every visit submitted, the last one's reads
+        waited for, and no other buffer in use."""
+        return self._exhausted and self._gotten == self._next - 1 and self._in_use <= 1
 
     def layout(self, v: int) -> list[int]:
         """The chunks whose rows visit ``v``'s buffer holds, in order: its window's, or, for a
