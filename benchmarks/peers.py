@@ -59,6 +59,12 @@ def measure_webdataset(x: torch.Tensor, y: torch.Tensor, workdir: Path, max_seco
 def measure_hf_datasets(x: torch.Tensor, y: torch.Tensor, workdir: Path, max_seconds: float) -> float:
     """Hugging Face datasets (Arrow on disk), torch format, a whole batch per fetch (its fast path)."""
     datasets = _need("datasets")
+    try:
+        from torchvision.io import VideoReader  # noqa: F401  (datasets < 4 imports it when torchvision is there)
+    except ImportError:
+        datasets.config.TORCHVISION_AVAILABLE = False  # (torchvision >= 0.25 dropped it; arrays need no video)
+    except Exception:
+        pass
     features = datasets.Features(
         {"image": datasets.Array3D(shape=tuple(x.shape[1:]), dtype="uint8"), "label": datasets.Value("int64")}
     )  # fixed-shape arrays: HF's fast layout
