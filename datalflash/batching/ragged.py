@@ -232,13 +232,13 @@ def take(segments: Sequence[tuple[RaggedTensors, torch.Tensor]]) -> tuple[Ragged
     np.cumsum(length, out=offsets[1:])
     first = segments[0][0]
     shape = np.concatenate(shapes) if len(shapes) > 1 else shapes[0]
-    width = int(length.max()) if len(length) else 0
-    long_rows = int(offsets[-1]) * first.values.itemsize >= LONG_ROW_BYTES * max(1, len(length))
-    wide = len(segments) == 1 and _wide_readable(first, parts[0][1], width)
-    if not long_rows and wide and len(length) * width <= 2 * offsets[-1]:
-        # whole rows through a sliding view, their tails dropped: one gather and one compress
-        values = _rows_as_wide(first, parts[0][1], length, width)[_within(length, width)]
-        return RaggedTensors(shape, offsets, values, first.dtype, first.kind, first.shape), length
+    long_rows = _long_rows(int(offsets[-1]), first.values.itemsize, len(length))
+    if not long_rows and len(segments) == 1:
+        width = int(length.max()) if len(length) else 0
+        if _wide_readable(first, parts[0][1], width) and len(length) * width <= 2 * offsets[-1]:
+            # whole rows through a sliding view, their tails dropped: one gather and one compress
+            values = _rows_as_wide(first, parts[0][1], length, width)[_within(length, width)]
+            return RaggedTensors(shape, offsets, values, first.dtype, first.kind, first.shape), length
     values = np.empty(int(offsets[-1]), dtype=parts[0][0].dtype)
     done = 0
     for source_values, starts, part_lengths in parts:
@@ -250,6 +250,11 @@ def take(segments: Sequence[tuple[RaggedTensors, torch.Tensor]]) -> tuple[Ragged
             np.take(source_values, positions, out=values[done : done + total], mode="clip")
         done += total
     return RaggedTensors(shape, offsets, values, first.dtype, first.kind, first.shape), length
+
+
+def _long_rows(elements: int, itemsize: int, rows: int) -> bool:
+    """Whether ``rows`` rows of ``elements`` elements in all are :data:`LONG_ROW_BYTES` long on average."""
+    return elements * itemsize >= LONG_ROW_BYTES * max(1, rows)
 
 
 def copy_rows(values: np.ndarray, starts: np.ndarray, lengths: np.ndarray, out: np.ndarray) -> None:
@@ -357,7 +362,7 @@ def _packed_run(
     a running sum for ``cu_seqlens``. None: rows too short for slice copies (see :func:`take`)."""
     starts = source.offsets[index]
     lengths = source.offsets[index + 1] - starts
-    if int(lengths.sum()) * source.values.itemsize < LONG_ROW_BYTES * max(1, len(index)):
+    if not _long_rows(int(lengths.sum()), source.values.itemsize, len(index)):
         return None
     batches = []
     for a, b in cuts:

@@ -346,7 +346,7 @@ class BlockCollator:
                 if kind == spec.kind:
                     return
             elif kind == "array" and dtype == spec.dtype and len(shape) == len(spec.shape):
-                if all(f is None or f == s for f, s in zip(spec.shape, shape)):
+                if _shape_fits(spec, shape):
                     return
                 if not spec.ragged:
                     raise ShapeVariesError(
@@ -382,13 +382,15 @@ def _plain_values(leaf: Any, spec: FieldSpec, tensor_dtype: torch.dtype, array_d
         values = leaf
     else:
         return None
-    shape = values.shape
-    if len(shape) != len(spec.shape):
-        return None
-    one_varying = spec.kind == "ragged" and len(shape) == 1  # (any length fits)
-    if not one_varying and any(f is not None and f != d for f, d in zip(spec.shape, shape)):
-        return None
-    return values
+    return values if len(values.shape) == len(spec.shape) and _shape_fits(spec, values.shape) else None
+
+
+def _shape_fits(spec: FieldSpec, shape: tuple[int, ...]) -> bool:
+    """Whether a sample of ``shape`` (as many dimensions as the field's) fits the field's shape
+    (``None``: any size)."""
+    if spec.kind == "ragged" and len(shape) == 1:  # (one varying dimension: any length fits)
+        return True
+    return all(f is None or f == d for f, d in zip(spec.shape, shape))
 
 
 BLOCK_BYTES = 4 * 2**20
