@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -24,6 +24,17 @@ from datalflash.errors import LoaderTimeoutError, StoreReadError
 from datalflash.format.ragged import RaggedBuffer
 from datalflash.reading.readers import Handle, ThreadReader
 from datalflash.store.base import ChunkStore
+
+
+class _Visit(NamedTuple):
+    """A submitted visit: its buffer, its reads (``(chunk, future)``), its rows, the chunks the
+    buffer holds in order, and whether they are all read (not only the needed ones)."""
+
+    buffer: Handle
+    reads: list[tuple[int, Future]]
+    rows: int
+    chunks: list[int]
+    whole: bool
 
 
 class WindowPrefetcher:
@@ -65,8 +76,7 @@ class WindowPrefetcher:
         self._ahead = max(1, ahead)
         self._own_reader = reader is None
         self._reader = reader if reader is not None else ThreadReader(store)
-        # visit -> (buffer, reads, rows, chunks in buffer order, whether all of them are read)
-        self._pending: dict[int, tuple[Handle, list[tuple[int, Future]], int, list[int], bool]] = {}
+        self._pending: dict[int, _Visit] = {}
         self._next = 0  # next visit to submit
         self._gotten = -1  # the last visit asked for
         self._exhausted = False
@@ -92,7 +102,7 @@ class WindowPrefetcher:
             needed = set(window) if visit[1] is None else {int(c) for c in visit[1]}
             kept = self._reader.reuse(self.split, window)
             if kept is not None:  # (read whole before: its rows are where they were)
-                self._pending[self._next] = (kept[0], [], self._window_rows(window), list(kept[1]), True)
+                self._pending[self._next] = _Visit(kept[0], [], self._window_rows(window), list(kept[1]), True)
                 self._next += 1
                 continue
             buffer = self._reader.allocate(self._rows)
@@ -105,7 +115,7 @@ class WindowPrefetcher:
                 if chunk in needed:
                     tasks.append((chunk, self._reader.read(self.split, chunk, buffer, offset)))
                 offset += stop - start
-            self._pending[self._next] = (buffer, tasks, offset, window, needed == set(window))
+            self._pending[self._next] = _Visit(buffer, tasks, offset, window, needed == set(window))
             self._next += 1
 
     def _place(self, buffer: Handle, window: list[int]) -> None:
@@ -154,38 +164,37 @@ class WindowPrefetcher:
     def layout(self, v: int) -> list[int]:
         """The chunks whose rows visit ``v``'s buffer holds, in order: its window's, or, for a
         buffer kept from an earlier read of the same chunks, the order they were read in."""
-        return self._pending[v][3]
+        return self._pending[v].chunks
 
     def release(self, v: int) -> None:
         """Visit ``v`` is no longer needed: its buffer reads the visits ahead (kept with its
         contents when its whole window was read, for a later visit of the same chunks)."""
-        entry = self._pending.pop(v, None)
-        if entry is None:
+        visit = self._pending.pop(v, None)
+        if visit is None:
             return
         self._in_use -= 1
-        self._give_back(entry)
+        self._give_back(visit)
         self._submit()
 
-    def _give_back(self, entry: tuple[Handle, list[tuple[int, Future]], int, list[int], bool]) -> None:
+    def _give_back(self, visit: _Visit) -> None:
         """Hand a visit's buffer back to the reader, with what it holds when its whole window
         was read without error."""
-        buffer, tasks, _, chunks, whole = entry
-        whole = whole and all(f.done() and not f.cancelled() and f.exception() is None for _, f in tasks)
-        self._reader.recycle(buffer, (self.split, tuple(chunks)) if whole else None)
+        whole = visit.whole and all(f.done() and not f.cancelled() and f.exception() is None for _, f in visit.reads)
+        self._reader.recycle(visit.buffer, (self.split, tuple(visit.chunks)) if whole else None)
 
     def close(self) -> None:
         """Cancel queued reads; join the reader's threads or processes unless it was passed in."""
         if self._closed:
             return
         self._closed = True
-        for _, tasks, *_ in self._pending.values():
-            for _, future in tasks:
+        for visit in self._pending.values():
+            for _, future in visit.reads:
                 future.cancel()
         if self._own_reader:
             self._reader.close()
-        for entry in self._pending.values():  # a read still running may write it: drop it
-            if all(future.done() for _, future in entry[1]):
-                self._give_back(entry)
+        for visit in self._pending.values():  # a read still running may write it: drop it
+            if all(future.done() for _, future in visit.reads):
+                self._give_back(visit)
         self._pending.clear()
 
     def __del__(self, _quietly: Callable[..., Any] = contextlib.suppress) -> None:
