@@ -4,12 +4,14 @@ The images are real photographs shipped by scikit-learn (``load_sample_images``)
 pieces of varied sizes; every decoded pixel is checked against Pillow decoding the same bytes.
 """
 
+import gc
 import io
 import json
 import math
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import h5py
@@ -21,8 +23,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from datalflash.batching.images import ATTEMPTS, ImageDecode, plan_crops, sample_uniforms
+from datalflash.convert.images import ImageFiles
 from datalflash.core import FlashDataLoader, get_dataloaders
 from datalflash.errors import ConversionError, ImageError
+from datalflash.format.images import MODES_CHANNELS, EncodedImage, header_size
 from datalflash.loading import ChunkedDataset
 from datalflash.store import open_store
 from datalflash.utils import DatasetConverter
@@ -144,6 +148,33 @@ def test_list_of_path_label_pairs_converts(tmp_path, folder):
     assert rows["0"].sample(3).tobytes() == files[3][0].read_bytes()
 
 
+def _reading_threads() -> int:
+    return sum(t.name.startswith("datalflash-image-read") for t in threading.enumerate())
+
+
+def test_files_read_by_one_pool_per_process_stopped_with_its_source(tmp_path, folder):
+    files = folder_files(folder)
+    source = ImageFiles([(str(p), k) for p, k in files], threads=3)
+    before = _reading_threads()
+    for start in range(0, len(files), 7):  # (the converter asks batch by batch)
+        got = source.__getitems__(list(range(start, min(start + 7, len(files)))))
+        assert [image.data for image, _ in got] == [p.read_bytes() for p, _ in files[start : start + 7]]
+    assert 0 < _reading_threads() - before <= 3
+    del source, got
+    gc.collect()
+    assert _reading_threads() == before
+    # worker processes each read with threads of their own and convert the same bytes
+    pairs = [(str(p), k) for p, k in files]
+    one = DatasetConverter.create_chunked_dataset(pairs, tmp_path / "a", split_ratios={"train": 1.0}, progress=False)
+    two = DatasetConverter.create_chunked_dataset(
+        pairs, tmp_path / "b", split_ratios={"train": 1.0}, num_workers=2, progress=False
+    )
+    a, b = (open_store(out).read_chunks("train", [0]) for out in (one, two))
+    assert [a["0"].sample(k).tobytes() for k in range(len(files))] == [
+        b["0"].sample(k).tobytes() for k in range(len(files))
+    ]
+
+
 def test_unreadable_file_named_or_skipped_and_listed(tmp_path, folder):
     bad_root = tmp_path / "folder"
     for path, _ in folder_files(folder)[:6]:
@@ -244,6 +275,35 @@ def test_cmyk_and_gray_jpegs_decode_to_pillows_rgb(tmp_path, photos):
         )
         (image,), _ = next(iter(FlashDataLoader(ChunkedDataset(open_store(out), "train"), batch_size=1)))
         assert torch.equal(image, torch.from_numpy(reference(path).copy()).permute(2, 0, 1)), mode
+
+
+def pillow_header(data: bytes) -> tuple[int, int, int]:
+    with Image.open(io.BytesIO(data)) as image:
+        return image.size[1], image.size[0], MODES_CHANNELS[image.mode]
+
+
+def test_fast_header_reads_what_pillow_reads(photos):
+    piece = cut_pieces(photos, 1, seed=5)[0]
+    made = {}
+    for mode in ("1", "L", "LA", "P", "RGB", "RGBA", "I;16"):
+        out = io.BytesIO()
+        piece.convert(mode).save(out, format="PNG")
+        made[f"png {mode}"] = out.getvalue()
+    for mode in ("L", "RGB", "CMYK"):
+        out = io.BytesIO()
+        piece.convert(mode).save(out, format="JPEG", quality=80)
+        made[f"jpeg {mode}"] = out.getvalue()
+    for name, data in made.items():
+        assert header_size(data) == pillow_header(data), name
+        assert EncodedImage.from_bytes(data).channels == pillow_header(data)[2], name
+    png = bytearray(made["png RGB"])
+    png[20] ^= 1  # (the height, no longer matching the chunk's CRC: left to Pillow, which refuses it)
+    assert header_size(bytes(png)) is None
+    with pytest.raises(ImageError, match=r"broken\.png: not a readable image"):
+        EncodedImage.from_bytes(bytes(png), "broken.png")
+    out = io.BytesIO()
+    piece.save(out, format="BMP")  # (another format: Pillow reads it)
+    assert header_size(out.getvalue()) is None and EncodedImage.from_bytes(out.getvalue()).height == piece.size[1]
 
 
 def test_center_crops_equal_the_crop_of_the_decode_resized(store, folder):

@@ -13,9 +13,12 @@ install it when it is missing.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
+import struct
 import sys
+import zlib
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -52,6 +55,40 @@ def is_image(value: Any) -> bool:
     return isinstance(value, EncodedImage) or is_pil_image(value)
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}
+"""Channels of a PNG's colour type, as Pillow's mode for it counts them (palette: RGB)."""
+
+
+@functools.cache
+def _simplejpeg() -> ModuleType | None:
+    try:
+        import simplejpeg
+    except ImportError:
+        return None
+    return simplejpeg
+
+
+def header_size(data: bytes) -> tuple[int, int, int] | None:
+    """``(height, width, channels)`` of a PNG (its IHDR chunk, CRC checked) or a JPEG (by
+    simplejpeg, when installed) as Pillow reports them, read in C rather than by Pillow's parser
+    in Python (~15x faster); None for other formats or headers these refuse (Pillow then reads
+    or refuses them)."""
+    if data[:8] == PNG_SIGNATURE:
+        if len(data) < 33 or data[12:16] != b"IHDR" or zlib.crc32(data[12:29]) != struct.unpack(">I", data[29:33])[0]:
+            return None
+        width, height, _, colour = struct.unpack(">IIBB", data[16:26])
+        return (height, width, PNG_CHANNELS[colour]) if colour in PNG_CHANNELS and width and height else None
+    simplejpeg = _simplejpeg()
+    if data[:3] != b"\xff\xd8\xff" or simplejpeg is None:
+        return None
+    try:
+        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError:
+        return None
+    return (height, width, 1 if colorspace == "Gray" else 3) if width and height else None
+
+
 @dataclass(frozen=True)
 class EncodedImage:
     """An image's encoded bytes (a file's content, stored verbatim) and its size from the header.
@@ -68,6 +105,9 @@ class EncodedImage:
     def from_bytes(cls, data: bytes, where: str = "") -> EncodedImage:
         """The image encoded in ``data``, its header read (not the pixels); ImageError naming
         ``where`` if Pillow cannot identify it."""
+        size = header_size(data)
+        if size is not None:
+            return cls(bytes(data), *size, where)
         image = pillow()
         try:
             with image.open(io.BytesIO(data)) as opened:
