@@ -1,5 +1,8 @@
 """Batch transforms: per-sample randomness, checked against per-sample reference computations."""
 
+import colorsys
+import itertools
+
 import pytest
 import torch
 
@@ -184,6 +187,21 @@ def test_random_grayscale_is_per_sample():
     gray = [bool((out[i] == out[i, :1]).all()) for i in range(16)]
     kept = [torch.equal(out[i], x[i]) for i in range(16)]
     assert all(g or k for g, k in zip(gray, kept)) and any(gray) and any(kept)
+    for i in (i for i in range(16) if gray[i] and not kept[i]):
+        img = x[i].float()
+        luma = (0.2989 * img[0] + 0.587 * img[1] + 0.114 * img[2]).floor().to(torch.uint8)
+        assert torch.equal(out[i, 0], luma), i
+
+
+@pytest.mark.parametrize("shift", [0.1, -0.27, 0.5])
+def test_hue_shift_equals_colorsys_per_pixel(shift):
+    x = photo_batch(3, 6).float() / 255
+    out = ColorJitter(hue=(shift, shift))(x)
+    expected = torch.empty_like(x)
+    for n, i, j in itertools.product(range(3), range(6), range(6)):
+        h, s_, v = colorsys.rgb_to_hsv(*x[n, :, i, j].tolist())
+        expected[n, :, i, j] = torch.tensor(colorsys.hsv_to_rgb((h + shift) % 1.0, s_, v))
+    assert torch.allclose(out, expected, atol=1e-5)
 
 
 def test_random_resized_crop_is_a_per_sample_crop_and_resize():

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import torch
 
-from datalflash.transforms.batch import BatchTransform, Field, by_rows
+from datalflash.transforms.batch import BatchTransform, Field, by_rows, put_rows
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision and Pillow use
 
@@ -71,16 +71,13 @@ def _hue_shift(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     v = maxc
     i = torch.floor(h * 6.0)
     f = h * 6.0 - i
-    i = i.to(torch.int32) % 6
+    i = i.to(torch.int64) % 6
     p = (v * (1.0 - s)).clamp(0.0, 1.0)
     q = (v * (1.0 - s * f)).clamp(0.0, 1.0)
     t = (v * (1.0 - s * (1.0 - f))).clamp(0.0, 1.0)
-    mask = i.unsqueeze(1) == torch.arange(6, device=i.device).view(-1, 1, 1)
-    a1 = torch.stack((v, q, p, p, t, v), dim=1)
-    a2 = torch.stack((t, v, v, q, p, p), dim=1)
-    a3 = torch.stack((p, p, t, v, v, q), dim=1)
-    a4 = torch.stack((a1, a2, a3), dim=1)  # (N, 3, 6, H, W)
-    return torch.einsum("...ijk, ...xijk -> ...xjk", mask.to(x.dtype), a4)
+    sector = i.unsqueeze(1)  # (N, 1, H, W): which of the 6 cases each pixel is in
+    channels = ((v, q, p, p, t, v), (t, v, v, q, p, p), (p, p, t, v, v, q))
+    return torch.cat([torch.stack(cases, dim=1).gather(1, sector) for cases in channels], dim=1)
 
 
 class ColorJitter(BatchTransform):
@@ -149,7 +146,5 @@ class RandomGrayscale(BatchTransform):
     def apply(self, batch: torch.Tensor) -> torch.Tensor:
         pick = torch.rand(batch.shape[0], device=batch.device, generator=self.generator) < self.p
         chosen = pick.nonzero().flatten()
-        out = batch.clone()
-        if len(chosen):
-            out[chosen] = _luma(batch[chosen], batch.dtype == torch.uint8).to(batch.dtype).expand(-1, 3, -1, -1)
-        return out
+        luma = _luma(batch.index_select(0, chosen), batch.dtype == torch.uint8).to(batch.dtype)
+        return put_rows(batch.clone(), chosen, luma.expand(-1, 3, -1, -1).contiguous())
