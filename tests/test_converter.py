@@ -22,6 +22,20 @@ def tensors(n=20):
     return TensorDataset(torch.arange(n * 2, dtype=torch.float32).reshape(n, 2), torch.arange(n))
 
 
+def test_default_chunk_size_keeps_chunks_of_large_samples_near_64_mib(tmp_path):
+    small = open_store(convert(tensors(100), tmp_path / "small", split_ratios={"train": 1.0}, progress=False))
+    assert small.manifest.chunk_size == 10_000  # (8 + 8 bytes a sample)
+    large = TensorDataset(torch.zeros(5, 96, 1024, dtype=torch.uint8), torch.arange(5))  # 96 KiB + 8 bytes
+    store = open_store(convert(large, tmp_path / "large", split_ratios={"train": 1.0}, progress=False))
+    assert store.manifest.chunk_size == 64 * 2**20 // (96 * 1024 + 8) == 682
+    ragged = Samples([(torch.zeros(100_000 + k, dtype=torch.uint8),) for k in range(3)])  # ~100 KB typical
+    store = open_store(convert(ragged, tmp_path / "ragged", split_ratios={"train": 1.0}, progress=False))
+    typical = store.manifest.fields["0"].sample_nbytes
+    assert typical >= 100_000 and store.manifest.chunk_size == 64 * 2**20 // typical
+    given = open_store(convert(large, tmp_path / "given", chunk_size=2, split_ratios={"train": 1.0}, progress=False))
+    assert given.manifest.chunk_size == 2 and given.num_chunks("train") == 3
+
+
 def test_default_splits_and_manifest(tmp_path):
     path = convert(tensors(100), tmp_path / "s", chunk_size=16, progress=False)
     store = open_store(path)

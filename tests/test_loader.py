@@ -8,6 +8,7 @@ import sys
 import textwrap
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -746,3 +747,17 @@ def test_the_next_epochs_first_window_is_read_as_an_epoch_ends_when_its_order_is
         4 if early else 0
     )  # (each epoch reads the next one's first 4 chunks, then skips its own)
     assert sorted(set(reads)) == list(range(20))
+
+
+def test_chunks_too_large_for_the_read_ahead_budget_are_named_in_a_warning(tmp_path):
+    x = torch.zeros(64, 256, 1024, dtype=torch.uint8)  # 256 KiB a sample: chunks of 32 samples, 8 MiB
+    path = DatasetConverter.create_chunked_dataset(
+        TensorDataset(x), tmp_path / "s", chunk_size=32, split_ratios={"train": 1.0}, progress=False
+    )
+    with pytest.warns(UserWarning, match=r"'train': a chunk holds 8 MiB.*read_ahead_bytes=12 MiB.*smaller chunk_size"):
+        loader = FlashDataLoader(ChunkedDataset(path, "train"), batch_size=16, read_ahead_bytes=12 * 2**20)
+    assert sum(len(b[0]) for b in loader) == 64
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (a budget that holds a window and the next, or the whole split: silent)
+        FlashDataLoader(ChunkedDataset(path, "train"), batch_size=16, read_ahead_bytes=16 * 2**20)
+        FlashDataLoader(ChunkedDataset(path, "train"), batch_size=16)

@@ -141,7 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="compression level: zarr Blosc 0-9 (default 5), hdf5 gzip 0-9 (default 4)",
     )
-    convert.add_argument("--chunk-size", type=int, default=10_000)
+    convert.add_argument(
+        "--chunk-size",
+        type=int,
+        default=None,
+        help="samples per chunk (default 10000, fewer for samples above 6.7 KB: ~64 MiB a chunk)",
+    )
     convert.add_argument("--splits", type=_splits, default=None, help="e.g. train=0.8,val=0.1,test=0.1 (the default)")
     convert.add_argument("--seed", type=int, default=0)
     convert.add_argument("--no-shuffle", action="store_true", help="keep the source order")

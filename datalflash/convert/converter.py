@@ -27,13 +27,13 @@ from datalflash.arguments import require_int
 from datalflash.batching.tensors import tensors_from_storage
 from datalflash.convert import publish as publishing
 from datalflash.convert.images import ImageFiles, image_source
-from datalflash.convert.layout import DEFAULT_SPLITS, read_blocks, source_order, split_sizes
+from datalflash.convert.layout import DEFAULT_SPLITS, default_chunk_size, read_blocks, source_order, split_sizes
 from datalflash.convert.pipeline import fill_store
 from datalflash.convert.ranks import conversion_ranks, convert_across_ranks
 from datalflash.convert.samples import PROBES, BlockReader, ShapeVariesError, block_size, infer_schema, with_classes
 from datalflash.convert.sources import as_dataset
 from datalflash.errors import BackendError, ConversionError, DataLFlashError, StoreWriteError
-from datalflash.format.manifest import MAX_CHUNKS, FieldSpec, Manifest, SplitInfo, allocate
+from datalflash.format.manifest import MAX_CHUNKS, FieldSpec, Manifest, SplitInfo, allocate, sample_nbytes
 from datalflash.loading.memory import FlashDataset
 from datalflash.store.base import ChunkStore
 from datalflash.store.registry import get_backend
@@ -118,7 +118,7 @@ class DatasetConverter:
     def create_chunked_dataset(
         pytorch_dataset: Dataset | str | os.PathLike | Sequence[tuple[str | os.PathLike, int]],
         output_dir: str | os.PathLike,
-        chunk_size: int = 10000,
+        chunk_size: int | None = None,
         split_ratios: Mapping[str, float] | None = None,
         shuffle: bool = True,
         *,
@@ -139,11 +139,12 @@ class DatasetConverter:
 
         Samples are permuted with ``seed`` when ``shuffle`` and cut into splits by
         ``split_ratios`` (default 80/10/10 train/val/test); each split is stored in chunks of
-        ``chunk_size`` samples with ``backend`` (``"zarr"``, ``"hdf5"``, ``"memmap"`` or a
-        registered third-party id) and its ``compression``: a name (zarr: ``"lz4"``, ``"zstd"``,
-        ``"none"``; hdf5: ``"none"``, ``"gzip"``, ``"lzf"``) or the backend's options in full,
-        as a store's manifest lists them (``{"compression": "zstd", "clevel": 1}``,
-        ``{"compression": "gzip", "level": 6}``).
+        ``chunk_size`` samples (by default 10,000, or fewer where samples are large, so that a
+        chunk holds about 64 MiB: see :func:`~datalflash.convert.layout.default_chunk_size`) with
+        ``backend`` (``"zarr"``, ``"hdf5"``, ``"memmap"`` or a registered third-party id) and its
+        ``compression``: a name (zarr: ``"lz4"``, ``"zstd"``, ``"none"``; hdf5: ``"none"``,
+        ``"gzip"``, ``"lzf"``) or the backend's options in full, as a store's manifest lists them
+        (``{"compression": "zstd", "clevel": 1}``, ``{"compression": "gzip", "level": 6}``).
 
         Under ``torch.distributed`` (or with ``rank`` / ``world_size``), each rank writes its
         share of the chunks and rank 0 publishes the store, which is the one a single process
@@ -166,7 +167,8 @@ class DatasetConverter:
         naming it; with ``on_error="skip"`` it is left out, and the files left out are listed in
         the progress output and in the manifest's ``created["skipped"]``.
         """
-        require_int("chunk_size", chunk_size, 1, ConversionError)
+        if chunk_size is not None:
+            require_int("chunk_size", chunk_size, 1, ConversionError)
         require_int("num_workers", num_workers, 0, ConversionError)
         source_name = type(pytorch_dataset).__name__
         if isinstance(pytorch_dataset, (str, os.PathLike)):
@@ -180,11 +182,6 @@ class DatasetConverter:
         n = _dataset_length(pytorch_dataset)
         ratios = DEFAULT_SPLITS if split_ratios is None else split_ratios
         sizes = split_sizes(n, ratios)
-        if max(-(-k // chunk_size) for k in sizes.values()) > MAX_CHUNKS:
-            raise ConversionError(
-                f"chunk_size={chunk_size} cuts a split of {max(sizes.values())} samples into more than "
-                f"{MAX_CHUNKS} chunks; use a larger chunk_size"
-            )
         backend_cls, config = _backend(backend, compression)
         output_dir = Path(output_dir)
         rank, world = conversion_ranks(rank, world_size, backend_cls)
@@ -194,6 +191,13 @@ class DatasetConverter:
 
         order = source_order(n, shuffle, seed)
         structure, specs = with_classes(*infer_schema(_probe(pytorch_dataset, order), fields), pytorch_dataset)
+        if chunk_size is None:
+            chunk_size = default_chunk_size(sample_nbytes(specs))
+        if max(-(-k // chunk_size) for k in sizes.values()) > MAX_CHUNKS:
+            raise ConversionError(
+                f"chunk_size={chunk_size} cuts a split of {max(sizes.values())} samples into more than "
+                f"{MAX_CHUNKS} chunks; use a larger chunk_size"
+            )
         _announce_ragged(specs, progress and rank == 0)
         skipped = _announce_skipped(images, progress and rank == 0)
         manifest = Manifest(

@@ -17,6 +17,19 @@ from datalflash.format.manifest import SplitInfo
 from datalflash.format.structure import is_valid_field_name
 
 DEFAULT_SPLITS = {"train": 0.8, "val": 0.1, "test": 0.1}
+DEFAULT_CHUNK_SAMPLES = 10_000
+CHUNK_TARGET_BYTES = 64 * 2**20
+"""The most a chunk holds by default (in samples' stored bytes)."""
+
+
+def default_chunk_size(sample_nbytes: int) -> int:
+    """Samples per chunk when the user gives none: :data:`DEFAULT_CHUNK_SAMPLES`, or as many as
+    :data:`CHUNK_TARGET_BYTES` holds when samples are larger (above 6.7 KB; ragged ones by their
+    typical size). A chunk is the unit of reading: a window of them and the next must fit the
+    loader's ``read_ahead_bytes`` (512 MiB by default), so 10,000 images of 64 KiB (655 MB a
+    chunk) would overrun it whatever the window."""
+    return max(1, min(DEFAULT_CHUNK_SAMPLES, CHUNK_TARGET_BYTES // max(1, sample_nbytes)))
+
 
 ChunkBlocks = tuple[str, int, list[np.ndarray]]
 """``(split, chunk, read blocks of source indices)`` of one chunk to write."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -216,6 +217,14 @@ class FlashDataLoader:
                 store = dataset.store
                 chunks, chunk_nbytes = store.num_chunks(dataset.split), store.manifest.chunk_nbytes
                 self.window_chunks = window_size(chunks, chunk_nbytes, self.read_ahead_bytes, window_chunks)
+                if self.window_chunks < chunks and 2 * chunk_nbytes > self.read_ahead_bytes:
+                    warnings.warn(
+                        f"{dataset.split!r}: a chunk holds {chunk_nbytes / 2**20:.0f} MiB, so a chunk and the next "
+                        f"exceed read_ahead_bytes={self.read_ahead_bytes / 2**20:.0f} MiB; reading will hold "
+                        f"{2 * chunk_nbytes / 2**20:.0f} MiB. Raise read_ahead_bytes, or convert with a smaller "
+                        "chunk_size",
+                        stacklevel=2,
+                    )
             reading = Reading(
                 num_workers,
                 multiprocessing_context,
