@@ -3,7 +3,8 @@
 For each loader one epoch over CIFAR-shaped data is trained (uint8 images turned into floats in
 the step, as a real pipeline would); the time spent waiting for the next batch (``next()`` on
 the loader) and the time in the step are summed separately, so the table says what share of
-the epoch the model waited for data. Each loader runs idle and with one busy process per core
+the epoch the model waited for data. A control, batches made before the epoch, trains first and
+last: the model's own time, which shows when the machine rather than a loader slowed the steps. Each loader runs idle and with one busy process per core
 (another job, or the rest of a training process, keeping the cores busy).
 
 Usage: ``python benchmarks/bench_training.py [--samples 20000]``
@@ -75,13 +76,16 @@ def measure(x: torch.Tensor, y: torch.Tensor, workdir: Path, workers: int = 2) -
     store = DatasetConverter.create_chunked_dataset(
         TensorDataset(x, y), workdir / "train_store", split_ratios={"train": 1.0}, progress=False, overwrite=True
     )
+    premade = [(x[i : i + BATCH].clone(), y[i : i + BATCH].clone()) for i in range(0, len(x), BATCH)]
     loaders = {
+        "control: batches made before, no loader (first)": premade,
         "torch DataLoader, TensorDataset, 0 workers": DataLoader(TensorDataset(x, y), batch_size=BATCH, shuffle=True),
         f"torch DataLoader, TensorDataset, {workers} workers": DataLoader(
             TensorDataset(x, y), batch_size=BATCH, shuffle=True, num_workers=workers, persistent_workers=True
         ),
         "FlashDataLoader, FlashDataset (RAM)": FlashDataLoader(FlashDataset(x, y), batch_size=BATCH, shuffle=True),
         "FlashDataLoader, zarr store": FlashDataLoader(ChunkedDataset(store), batch_size=BATCH, shuffle=True),
+        "control: batches made before, no loader (last)": premade,
     }
     rows = []
     for load in ("idle", "under load"):
