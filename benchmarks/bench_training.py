@@ -4,8 +4,9 @@ For each loader one epoch over CIFAR-shaped data is trained (uint8 images turned
 the step, as a real pipeline would); the time spent waiting for the next batch (``next()`` on
 the loader) and the time in the step are summed separately, so the table says what share of
 the epoch the model waited for data. A control, batches made before the epoch, trains first and
-last: the model's own time, which shows when the machine rather than a loader slowed the steps. Each loader runs idle and with one busy process per core
-(another job, or the rest of a training process, keeping the cores busy).
+last: the model's own time, which shows when the machine rather than a loader slowed the steps.
+Each loader runs idle and with one busy process per core (another job, or the rest of a
+training process, keeping the cores busy).
 
 Usage: ``python benchmarks/bench_training.py [--samples 20000]``
 """
