@@ -45,6 +45,13 @@ def test_flip_is_per_sample():
     flipped = [torch.equal(out[i], x[i].flip(-1)) for i in range(16)]
     kept = [torch.equal(out[i], x[i]) for i in range(16)]
     assert all(f or k for f, k in zip(flipped, kept)) and any(flipped) and any(kept)
+    # a batch autograd tracks, and a dtype numpy lacks, take torch's path
+    tracked = torch.rand(4, 3, 8, 8, requires_grad=True)
+    RandomHorizontalFlip(1.0)(tracked).mul(torch.arange(8.0)).sum().backward()
+    assert torch.equal(tracked.grad, torch.arange(8.0).flip(0).expand(4, 3, 8, 8))
+    half = torch.rand(4, 3, 8, 8).to(torch.bfloat16)
+    assert torch.equal(RandomHorizontalFlip(1.0)(half), half.flip(-1))
+    assert torch.equal(RandomGrayscale(1.0)(half)[:, 0], RandomGrayscale(1.0)(half)[:, 2])
 
 
 def test_convert_and_normalize():

@@ -100,6 +100,8 @@ class ImageFiles(Dataset):
     def _in_threads(self, fn: Any, items: Sequence[Any]) -> list[Any]:
         """``[fn(item) for item in items]``, run by this object's reading threads (started once
         per process, stopped when the object goes); the first failure, in order, is raised."""
+        if not items:
+            return []
         if self._pool is None or self._pool[0] != os.getpid():  # (threads do not survive a fork)
             pool = DaemonPool(self.threads, "datalflash-image-read")
             weakref.finalize(self, pool.shutdown)
