@@ -5,6 +5,7 @@ pieces of varied sizes; every decoded pixel is checked against Pillow decoding t
 """
 
 import gc
+import importlib.util
 import io
 import json
 import math
@@ -293,8 +294,10 @@ def test_fast_header_reads_what_pillow_reads(photos):
         out = io.BytesIO()
         piece.convert(mode).save(out, format="JPEG", quality=80)
         made[f"jpeg {mode}"] = out.getvalue()
+    fast_jpeg = importlib.util.find_spec("simplejpeg") is not None  # (without it JPEG headers go to Pillow)
     for name, data in made.items():
-        assert header_size(data) == pillow_header(data), name
+        expected = pillow_header(data) if fast_jpeg or name.startswith("png") else None
+        assert header_size(data) == expected, name
         assert EncodedImage.from_bytes(data).channels == pillow_header(data)[2], name
     png = bytearray(made["png RGB"])
     png[20] ^= 1  # (the height, no longer matching the chunk's CRC: left to Pillow, which refuses it)
