@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from datalflash.errors import ImageError
-from datalflash.format.images import pillow
+from datalflash.format.images import pillow, simplejpeg_module
 
 CROPS = ("random", "center", "full")
 LAYOUTS = ("NCHW", "NHWC")
@@ -166,16 +166,7 @@ def plan_crops(
 
 
 # ----------------------------------------------------------------------------- decoding
-def _jpeg_decoder() -> Any:
-    """``simplejpeg`` (libjpeg-turbo, the pixels Pillow gives, with less overhead), or None."""
-    try:
-        import simplejpeg
-    except ImportError:
-        return None
-    return simplejpeg
-
-
-SIMPLEJPEG = _jpeg_decoder()
+SIMPLEJPEG: Any = simplejpeg_module()
 
 
 _SCRATCH = threading.local()  # each decoding thread's reused output buffer (no page faults per image)
