@@ -2,7 +2,9 @@
 
 CIFAR-10-shaped data (50,000 x 3x32x32 uint8 + int64 label), batch 256, shuffled:
 
-* limit: a bare ``torch.index_select(out=)`` loop over a random permutation;
+* limit: a bare ``torch.index_select(out=)`` loop over a random permutation (torch's intra-op
+  threads: all cores), and the same gather in one thread (numpy's ``take``, as the loader makes
+  it, keeping off those threads, which collapse under load; see ``bench_under_load.py``);
 * torch's DataLoader over a per-item TensorDataset (0 workers);
 * FlashDataLoader over a FlashDataset (RAM) and over a store split per backend (warm cache), in
   reading threads and (zarr, hdf5) in 2 worker processes: the first epoch of a new loader, and
@@ -28,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from common import cifar_like, save_results
 from torch.utils.data import DataLoader, TensorDataset
@@ -47,6 +50,20 @@ def limit_epoch(x: torch.Tensor, y: torch.Tensor) -> None:
         idx = perm[i : i + BATCH]
         torch.index_select(x, 0, idx, out=bx)
         torch.index_select(y, 0, idx, out=by)
+
+
+def one_thread_limit_epoch(x: torch.Tensor, y: torch.Tensor, shuffle: bool = True) -> None:
+    """The same gather in one thread, as the loader makes it (numpy's ``take``): the loader
+    keeps its gathers off torch's intra-op threads, which collapse under load. Unshuffled, each
+    batch is a copy of consecutive rows: what an unshuffled epoch can reach."""
+    perm = torch.randperm(len(x)).numpy() if shuffle else np.arange(len(x))
+    xs, ys = x.numpy(), y.numpy()
+    bx = np.empty((BATCH, *x.shape[1:]), dtype=xs.dtype)
+    by = np.empty(BATCH, dtype=ys.dtype)
+    for i in range(0, len(x) - BATCH + 1, BATCH):
+        idx = perm[i : i + BATCH]
+        xs.take(idx, axis=0, out=bx, mode="clip")
+        ys.take(idx, axis=0, out=by, mode="clip")
 
 
 def loader_epoch(loader) -> None:
@@ -121,6 +138,8 @@ def main() -> None:
             stores[backend] = ChunkedDataset(path, "train")
         runs = {
             "limit: index_select(out=) loop": lambda: limit_epoch(x, y),
+            "limit, one thread: numpy take(out=) loop": lambda: one_thread_limit_epoch(x, y),
+            "limit, one thread, unshuffled": lambda: one_thread_limit_epoch(x, y, shuffle=False),
             "torch DataLoader, TensorDataset": lambda: loader_epoch(
                 DataLoader(TensorDataset(x, y), batch_size=BATCH, shuffle=True)
             ),
@@ -195,10 +214,18 @@ def main() -> None:
         rss_growth = int(rss.stdout.strip())
 
     limit = n / statistics.median(times["limit: index_select(out=) loop"])
+    one_thread = n / statistics.median(times["limit, one thread: numpy take(out=) loop"])
     rows = []
     for name, t in times.items():
         rate = n / statistics.median(t)
-        rows.append({"loader": name, "samples_per_s": round(rate), "ratio_to_limit": round(rate / limit, 3)})
+        rows.append(
+            {
+                "loader": name,
+                "samples_per_s": round(rate),
+                "ratio_to_limit": round(rate / limit, 3),
+                "ratio_to_one_thread_limit": round(rate / one_thread, 3),
+            }
+        )
     disk_bw = nbytes / statistics.median(disk)
     cold_bw = nbytes / statistics.median(cold)
     rows.append(
@@ -206,24 +233,28 @@ def main() -> None:
             "loader": "FlashDataLoader, memmap store (cold)",
             "samples_per_s": round(n / statistics.median(cold)),
             "ratio_to_limit": round(n / statistics.median(cold) / limit, 3),
+            "ratio_to_one_thread_limit": round(n / statistics.median(cold) / one_thread, 3),
             "MB_per_s": round(cold_bw / 1e6),
             "ratio_to_disk": round(cold_bw / disk_bw, 3),
         }
     )
-    torch_rate = rows[1]["samples_per_s"]
+    torch_rate = next(r["samples_per_s"] for r in rows if r["loader"] == "torch DataLoader, TensorDataset")
     lines = [
         f"{n} CIFAR-shaped samples, batch {BATCH}, shuffled, median of {args.repeat}",
         "",
-        "| loader | samples/s | x limit | x torch DataLoader |",
-        "|---|---|---|---|",
+        "| loader | samples/s | x limit | x one-thread limit | x torch DataLoader |",
+        "|---|---|---|---|---|",
     ]
     lines += [
         f"| {r['loader']} | {r['samples_per_s']:,} | {r['ratio_to_limit']:.2f} "
-        f"| {r['samples_per_s'] / torch_rate:.1f} |"
+        f"| {r['ratio_to_one_thread_limit']:.2f} | {r['samples_per_s'] / torch_rate:.1f} |"
         for r in rows
     ]
     rate_of = {r["loader"]: r["samples_per_s"] for r in rows}
+    bare = rate_of["limit, one thread: numpy take(out=) loop"] / rate_of["limit, one thread, unshuffled"]
     lines += ["", "Later epochs, shuffled / unshuffled (target: within 1.3x):", ""]
+    lines.append(f"- the bare one-thread gather loop: {bare:.2f}")
+    rows.append({"loader": "bare one-thread loop: shuffled / unshuffled", "ratio": round(bare, 3)})
     for backend in ("zarr", "memmap", "hdf5"):
         for how in ("kept", "streamed"):
             prefix = f"FlashDataLoader, {backend} store (warm), later epochs, {how}"

@@ -1,10 +1,13 @@
 """What checksum verification costs: loader epochs with verify="never" / "first" / "always".
 
 CIFAR-shaped data (50,000 x 3x32x32 uint8 + int64 label), batch 256, shuffled, warm cache, one
-store per backend, the three modes side by side in one run (median of ``--repeat``). ``first``
+store per backend, the three modes side by side in one run (median of ``--repeat``), with a 64 MiB
+read-ahead budget so that every epoch reads its chunks again (a split that fits the budget is
+kept decoded after its first epoch and not read again, whatever the mode). ``first``
 checks each chunk on its first read in the process, so after the first epoch it costs what
 ``never`` costs; the table shows the first epoch (every chunk checked) and the later ones.
-HDF5's fletcher32 filter checks every read whatever the mode.
+HDF5 checks its fletcher32 filter on a read through HDF5; where no check is due, an uncompressed
+chunk's bytes are read straight from the file instead.
 
 Usage: ``python benchmarks/bench_verify.py [--repeat 3]``
 """
@@ -24,6 +27,7 @@ from datalflash.core import ChunkedDataset, FlashDataLoader
 from datalflash.utils import DatasetConverter
 
 BATCH = 256
+BUDGET = 64 * 2**20  # (streamed in 32 MiB windows: every epoch reads and checks as its mode says)
 
 
 def epoch_seconds(loader) -> float:
@@ -48,7 +52,8 @@ def main() -> None:
             first, later = {m: [] for m in ("never", "first", "always")}, {m: [] for m in ("never", "first", "always")}
             for _ in range(args.repeat):
                 for mode in first:
-                    loader = FlashDataLoader(ChunkedDataset(path, verify=mode), batch_size=BATCH, shuffle=True)
+                    data = ChunkedDataset(path, verify=mode)
+                    loader = FlashDataLoader(data, batch_size=BATCH, shuffle=True, read_ahead_bytes=BUDGET)
                     first[mode].append(epoch_seconds(loader))
                     later[mode].append(epoch_seconds(loader))
             base = n / statistics.median(first["never"])
@@ -64,7 +69,7 @@ def main() -> None:
                     }
                 )
     lines = [
-        f"{n} CIFAR-shaped samples, batch {BATCH}, shuffled, warm cache, median of {args.repeat}",
+        f"{n} CIFAR-shaped samples, batch {BATCH}, shuffled, warm, {BUDGET >> 20} MiB ahead, median of {args.repeat}",
         "",
         "| backend | verify | first epoch samples/s | x never | later epochs samples/s |",
         "|---|---|---|---|---|",

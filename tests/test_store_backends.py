@@ -87,6 +87,65 @@ def test_hdf5_chunked_along_samples(tmp_path):
         assert f["data"].compression == "gzip"
 
 
+def _hdf5_store(tmp_path, compression, name="s"):
+    import torch
+
+    from datalflash.utils import DatasetConverter
+
+    x = torch.arange(30 * 4, dtype=torch.int32).reshape(30, 4)
+    DatasetConverter.create_chunked_dataset(
+        list(zip(x, torch.arange(30))),
+        tmp_path / name,
+        chunk_size=8,
+        split_ratios={"train": 1.0},
+        shuffle=False,
+        backend="hdf5",
+        compression=compression,
+        progress=False,
+    )
+    return x.numpy()
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip", "lzf"])
+@pytest.mark.parametrize("verify", ["first", "never", "always"])
+def test_hdf5_chunks_read_raw_where_no_checksum_is_due_equal_h5py(tmp_path, compression, verify):
+    from datalflash.store import open_store
+
+    x = _hdf5_store(tmp_path, compression)
+    store = open_store(tmp_path / "s", verify=verify)
+    for _ in range(3):  # (verify="first": the first read checks through HDF5, the later ones are raw)
+        got = store.read_chunks("train", [3, 0, 1, 2])
+        np.testing.assert_array_equal(got["0"], np.concatenate([x[24:], x[:24]]))
+        np.testing.assert_array_equal(got["1"], np.r_[24:30, 0:24])
+    raw = compression == "none" and verify != "always"
+    assert bool(store._raw_places) == raw
+    np.testing.assert_array_equal(store.read_field("train", "0"), x)
+
+
+def test_hdf5_raw_path_leaves_other_filters_to_hdf5_and_names_a_truncated_chunk(tmp_path):
+    from datalflash.errors import StoreReadError
+    from datalflash.store import open_store
+
+    x = _hdf5_store(tmp_path, "none")
+    with h5py.File(tmp_path / "s" / "train.h5", "r+") as f:  # byte shuffling: not plain rows in the file
+        del f["0"]
+        f.create_dataset("0", data=x, chunks=(8, 4), shuffle=True, fletcher32=True)
+    store = open_store(tmp_path / "s", verify="never")
+    np.testing.assert_array_equal(store.read_chunks("train", [2, 1])["0"], np.concatenate([x[16:24], x[8:16]]))
+    assert store._raw_layouts[("train", "0")] is None and store._raw_layouts[("train", "1")] == (8, 4)
+
+    _hdf5_store(tmp_path, "none", "t")
+    store = open_store(tmp_path / "t", verify="never")
+    store.read_chunks("train", [0])
+    path = tmp_path / "t" / "train.h5"
+    with h5py.File(path, "r", locking=False) as f:
+        end = f["1"].id.get_chunk_info_by_coord((24,)).byte_offset + 8
+    with open(path, "r+b") as fh:  # (the file is open: the end of chunk 3 of field "1" is cut off)
+        fh.truncate(end)
+    with pytest.raises(StoreReadError, match=r"field '1' chunk 3"):
+        store.read_chunks("train", [3])
+
+
 def _zarr_store(tmp_path):
     import torch
 

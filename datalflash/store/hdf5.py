@@ -2,7 +2,11 @@
 
 Files are opened for reading with HDF5 file locking off, so stores on shared or read-only
 filesystems open from many processes. Chunks carry HDF5's ``fletcher32`` checksum filter, which
-HDF5 checks on every read of a chunk (its cost is part of every read; ``verify`` cannot skip it).
+HDF5 checks whenever it reads a chunk. Where the checksum is not due (``verify``: a chunk
+already checked, or ``"never"``), an uncompressed chunk is read as it lies in the file instead,
+``preadv`` straight into the caller's buffer at the place HDF5's chunk index gives: HDF5's
+checksum runs at about 1.6 GB/s here, the raw read at the page cache's speed, and without
+h5py's global lock, so reading threads run in parallel.
 """
 
 from __future__ import annotations
@@ -14,9 +18,9 @@ from typing import Any
 import h5py
 import numpy as np
 
-from datalflash.errors import BackendError, ChecksumError, StoreFormatError
+from datalflash.errors import BackendError, ChecksumError, StoreFormatError, StoreReadError
 from datalflash.store.base import ChunkStore, Fetched
-from datalflash.store.integrity import open_regular
+from datalflash.store.integrity import open_regular, pread_into
 
 COMPRESSIONS = ("none", "gzip", "lzf")
 
@@ -44,6 +48,11 @@ class HDF5ChunkStore(ChunkStore):
         elif level is not None:
             raise BackendError(f"hdf5 compression {compression!r} takes no level")
         return {"compression": compression, "level": level}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._raw_layouts: dict[tuple[str, str], tuple[int, int] | None] = {}  # (split, field) -> raw_chunk_layout
+        self._raw_places: dict[tuple[str, str, int], int] = {}  # (split, field, chunk) -> its bytes' offset
 
     def has_checksums(self, split: str) -> bool:
         """Whether ``split``'s chunks carry checksums."""
@@ -152,7 +161,43 @@ class HDF5ChunkStore(ChunkStore):
         if stop <= start:
             return
         start_chunk, stop_chunk = start // self.chunk_size, (stop - 1) // self.chunk_size + 1
-        self._read_dataset(self._handle(split)[field], out, np.s_[start:stop], split, field, start_chunk, stop_chunk)
+        f = self._handle(split)
+        unchecked = not any(self.checksums.due(split, c) for c in range(start_chunk, stop_chunk))
+        if unchecked and not self.writable and self._read_raw(f, split, field, start, stop, out):
+            return
+        self._read_dataset(f[field], out, np.s_[start:stop], split, field, start_chunk, stop_chunk)
+
+    def _read_raw(self, f: h5py.File, split: str, field: str, start: int, stop: int, out: np.ndarray) -> bool:
+        """Read rows ``start:stop`` of ``field`` from the file's bytes, chunk by chunk, where the
+        chunks lie in the file as plain rows (see :func:`raw_chunk_layout`); False, having read
+        nothing or part, where they do not (the caller reads through HDF5)."""
+        key = (split, field)
+        if key not in self._raw_layouts:
+            self._raw_layouts[key] = raw_chunk_layout(f[field])
+        layout = self._raw_layouts[key]
+        if layout is None:
+            return False
+        rows, trailer = layout
+        nbytes = self.arrays[field].sample_nbytes
+        fd = f.id.get_vfd_handle()
+        if not isinstance(fd, int):  # (a driver other than HDF5's POSIX one: no descriptor to read)
+            return False
+        for chunk in range(start // rows, (stop - 1) // rows + 1):
+            place = self._raw_places.get((split, field, chunk))
+            if place is None:
+                info = f[field].id.get_chunk_info_by_coord((chunk * rows,) + (0,) * (f[field].ndim - 1))
+                if info.byte_offset is None or info.filter_mask != 0 or info.size != rows * nbytes + trailer:
+                    return False  # (not written, or not as the pipeline says: HDF5 tells what is wrong)
+                place = self._raw_places[(split, field, chunk)] = info.byte_offset
+            a, b = max(start, chunk * rows), min(stop, (chunk + 1) * rows)
+            rows_out = out[a - start : b - start]
+            position = place + (a - chunk * rows) * nbytes
+            if pread_into(fd, rows_out, position) < rows_out.nbytes:
+                raise StoreReadError(
+                    f"{self.split_path(split)}: file ends before byte {position + rows_out.nbytes}; "
+                    f"split {split!r} field {field!r} chunk {chunk} is missing (truncated file)"
+                )
+        return True
 
     def _read_dataset(
         self, dataset: h5py.Dataset, out: np.ndarray, selection: Any, split: str, field: str, first: int, stop: int
@@ -170,3 +215,16 @@ class HDF5ChunkStore(ChunkStore):
                     f"rejected the data: {e}"
                 ) from None
             raise
+
+
+def raw_chunk_layout(dataset: h5py.Dataset) -> tuple[int, int] | None:
+    """``(rows per chunk, bytes after each chunk's rows)`` when ``dataset``'s chunks lie in the
+    file as plain rows: chunked along the first axis only, with no filter but ``fletcher32``
+    (whose 4-byte checksum follows the rows); None when they do not (compressed, shuffled, ...)."""
+    if dataset.chunks is None or dataset.chunks[1:] != dataset.shape[1:]:
+        return None
+    plist = dataset.id.get_create_plist()
+    filters = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
+    if any(f != h5py.h5z.FILTER_FLETCHER32 for f in filters):
+        return None
+    return dataset.chunks[0], 4 * len(filters)

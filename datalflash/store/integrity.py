@@ -56,6 +56,19 @@ def open_regular(path: str, shown: str, writable: bool, what: str) -> int:
         raise StoreReadError(f"{shown}: cannot open the file of {what}: {type(e).__name__}: {e.strerror or e}") from e
 
 
+def pread_into(fd: int, out: np.ndarray, position: int) -> int:
+    """Read ``out``'s bytes (a C-contiguous array) from ``fd`` at ``position`` on, in as many
+    ``preadv`` calls as it takes, straight into ``out``; returns the bytes read: fewer only where
+    the file ends."""
+    view, done = out.reshape(-1).view(np.uint8).data, 0
+    while done < len(view):
+        got = os.preadv(fd, [view[done:]], position + done)
+        if got == 0:
+            break
+        done += got
+    return done
+
+
 def crc32c(data: np.ndarray | memoryview | bytes, crc: int = 0) -> int:
     """CRC-32C of the bytes of ``data`` (a C-contiguous array or a buffer); pass the CRC of
     the bytes before them as ``crc`` to checksum a sequence of pieces."""

@@ -17,7 +17,7 @@ from datalflash.errors import BackendError, StoreFormatError, StoreReadError
 from datalflash.format.manifest import checksum_keys
 from datalflash.store.base import ChunkStore, Fetched
 from datalflash.store.files import preallocate
-from datalflash.store.integrity import crc32c, open_regular
+from datalflash.store.integrity import crc32c, open_regular, pread_into
 from datalflash.store.rows import checked_pieces
 
 
@@ -168,12 +168,9 @@ class MemmapChunkStore(ChunkStore):
                 raise StoreFormatError(
                     f"{path}: {where} holds values {shape} {dtype}; its shape table needs {out.shape} {out.dtype}"
                 )
-            view, position = out.reshape(-1).view(np.uint8).data, offset
-            while len(view):
-                got = os.preadv(fd, [view], position)
-                if got == 0:
-                    raise StoreReadError(f"{path}: file ends at byte {position}; {where} is truncated")
-                view, position = view[got:], position + got
+            got = pread_into(fd, out, offset)
+            if got < out.nbytes:
+                raise StoreReadError(f"{path}: file ends at byte {offset + got}; {where} is truncated")
         finally:
             os.close(fd)
         sums = self.manifest.checksums.get(split)
@@ -192,17 +189,13 @@ class MemmapChunkStore(ChunkStore):
         self, split: str, field: str, start: int, stop: int, out: np.ndarray, fetched: Fetched | None
     ) -> None:
         fd, offset = self._handle(split)[field]
-        nbytes = self.arrays[field].sample_nbytes
-        view = out.reshape(-1).view(np.uint8).data
-        position = offset + start * nbytes
-        while len(view):
-            got = os.preadv(fd, [view], position)
-            if got == 0:
-                raise StoreReadError(
-                    f"{self.field_path(split, field)}: file ends at byte {position}; "
-                    f"rows {start}..{stop - 1} of split {split!r} field {field!r} are missing (truncated file)"
-                )
-            view, position = view[got:], position + got
+        position = offset + start * self.arrays[field].sample_nbytes
+        got = pread_into(fd, out, position)
+        if got < out.nbytes:
+            raise StoreReadError(
+                f"{self.field_path(split, field)}: file ends at byte {position + got}; "
+                f"rows {start}..{stop - 1} of split {split!r} field {field!r} are missing (truncated file)"
+            )
         sums = self.manifest.checksums.get(split)
         if sums is None:  # a store written before checksums
             return
