@@ -564,7 +564,10 @@ def test_a_full_disk_fails_the_conversion_once_and_leaves_nothing(small_disk, ba
 
 
 CTRL_C = """
-import sys, time, torch
+import signal, sys, time, torch
+# (as Python started from a terminal has it, even when this test runs in a background job, which
+# starts with SIGINT ignored and would pass that on)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from torch.utils.data import Dataset
 from datalflash.utils import DatasetConverter
 from datalflash.core import FlashDataLoader
