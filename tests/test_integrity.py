@@ -112,6 +112,24 @@ def test_verify_modes(tmp_path, backend, compression):
         open_store(path, verify="sometimes")
 
 
+def test_pread_into_fills_an_array_and_refuses_one_it_cannot_fill_in_place(tmp_path):
+    from datalflash.store.integrity import pread_into
+
+    data = np.arange(100, dtype=np.int32)
+    (tmp_path / "f").write_bytes(data.tobytes())
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    try:
+        out = np.zeros(10, dtype=np.int32)
+        assert pread_into(fd, out, 40) == 40 and out.tolist() == list(range(10, 20))
+        tail = np.zeros(10, dtype=np.int32)
+        assert pread_into(fd, tail, 380) == 20  # (the file ends: only what it holds)
+        assert tail[:5].tolist() == list(range(95, 100))
+        with pytest.raises(ValueError, match="C-contiguous"):
+            pread_into(fd, np.zeros((10, 2), dtype=np.int32)[:, 0], 0)
+    finally:
+        os.close(fd)
+
+
 @pytest.mark.parametrize("backend,compression", BACKENDS)
 def test_damaged_files_are_errors_naming_what_is_wrong(tmp_path, backend, compression):
     path = make_store(tmp_path, backend, compression)

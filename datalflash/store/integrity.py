@@ -60,6 +60,8 @@ def pread_into(fd: int, out: np.ndarray, position: int) -> int:
     """Read ``out``'s bytes (a C-contiguous array) from ``fd`` at ``position`` on, in as many
     ``preadv`` calls as it takes, straight into ``out``; returns the bytes read: fewer only where
     the file ends."""
+    if not out.flags.c_contiguous:  # (reshaping it would read into a copy, and the rows would be lost)
+        raise ValueError(f"pread_into reads into C-contiguous arrays; got strides {out.strides}")
     view, done = out.reshape(-1).view(np.uint8).data, 0
     while done < len(view):
         got = os.preadv(fd, [view[done:]], position + done)
