@@ -105,3 +105,38 @@ def test_every_top_level_name_the_readme_shows_is_in_all():
     missing = sorted(n for n in names if n not in datalflash.__all__)
     assert not missing, f"the README shows datalflash.{missing} but __all__ lacks them"
     assert all(hasattr(datalflash, n) for n in datalflash.__all__)
+
+
+def test_top_level_names_load_on_first_use_and_the_command_needs_no_torch(tmp_path):
+    """``import datalflash`` and the commands that read only a store (``--help``, ``info``,
+    ``verify``) do not import torch; every exported name resolves to its module's object."""
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from datalflash.utils import DatasetConverter
+
+    store = DatasetConverter.create_chunked_dataset(
+        TensorDataset(torch.zeros(10, 4)), tmp_path / "s", split_ratios={"train": 1.0}, progress=False
+    )
+    script = textwrap.dedent(
+        f"""
+        import sys
+        import datalflash
+        from datalflash.cli import main
+        assert main(["info", {str(store)!r}]) == 0
+        assert main(["verify", "-q", {str(store)!r}]) == 0
+        print("torch" in sys.modules, sorted(set(datalflash.__all__) - set(dir(datalflash))))
+        import datalflash.loading, datalflash.convert, datalflash.store
+        assert datalflash.FlashDataLoader is datalflash.loading.FlashDataLoader
+        from datalflash import DatasetConverter, open_store, shuffle_quality
+        assert DatasetConverter is datalflash.convert.DatasetConverter and open_store is datalflash.store.open_store
+        try:
+            datalflash.NoSuchThing
+        except AttributeError as e:
+            print(e)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[-2] == "False []" and lines[-1] == "module 'datalflash' has no attribute 'NoSuchThing'"
