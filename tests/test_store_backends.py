@@ -317,3 +317,23 @@ def test_preallocate_reserves_blocks_without_changing_the_file(tmp_path):
     finally:
         os.close(fd)
     assert path.read_bytes() == b"abc"
+
+
+def test_hdf5_raw_reads_in_worker_processes_serve_what_threads_serve(tmp_path):
+    """Later epochs of a streamed HDF5 split read raw in each worker (fork: the parent's chunk
+    places travel along; its file handle does not) and give the batches threads give."""
+    import torch
+
+    from datalflash.core import ChunkedDataset, FlashDataLoader
+
+    _hdf5_store(tmp_path, "none")
+    data = ChunkedDataset(tmp_path / "s")
+    data.store.read_chunks("train", [0, 1])  # (checked here: the parent's raw places are inherited)
+    kw = dict(batch_size=5, shuffle=True, seed=4, window_chunks=1)
+    threads = FlashDataLoader(data, **kw)
+    workers = FlashDataLoader(data, num_workers=2, persistent_workers=True, multiprocessing_context="fork", **kw)
+    for _ in range(3):  # (epochs)
+        got, expected = list(workers), list(threads)
+        assert len(got) == len(expected) == 6
+        assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(got, expected))
+    workers.close()
