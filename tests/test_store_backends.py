@@ -87,7 +87,8 @@ def test_hdf5_chunked_along_samples(tmp_path):
         assert f["data"].compression == "gzip"
 
 
-def _hdf5_store(tmp_path, compression, name="s"):
+def _small_store(tmp_path, backend="zarr", compression="default", name="s"):
+    """30 rows of 4 int32 (``x``, returned) and their index, in chunks of 8, in order."""
     import torch
 
     from datalflash.utils import DatasetConverter
@@ -99,7 +100,7 @@ def _hdf5_store(tmp_path, compression, name="s"):
         chunk_size=8,
         split_ratios={"train": 1.0},
         shuffle=False,
-        backend="hdf5",
+        backend=backend,
         compression=compression,
         progress=False,
     )
@@ -111,7 +112,7 @@ def _hdf5_store(tmp_path, compression, name="s"):
 def test_hdf5_chunks_read_raw_where_no_checksum_is_due_equal_h5py(tmp_path, compression, verify):
     from datalflash.store import open_store
 
-    x = _hdf5_store(tmp_path, compression)
+    x = _small_store(tmp_path, "hdf5", compression)
     store = open_store(tmp_path / "s", verify=verify)
     for _ in range(3):  # (verify="first": the first read checks through HDF5, the later ones are raw)
         got = store.read_chunks("train", [3, 0, 1, 2])
@@ -126,7 +127,7 @@ def test_hdf5_raw_path_leaves_other_filters_to_hdf5_and_names_a_truncated_chunk(
     from datalflash.errors import StoreReadError
     from datalflash.store import open_store
 
-    x = _hdf5_store(tmp_path, "none")
+    x = _small_store(tmp_path, "hdf5", "none")
     with h5py.File(tmp_path / "s" / "train.h5", "r+") as f:  # byte shuffling: not plain rows in the file
         del f["0"]
         f.create_dataset("0", data=x, chunks=(8, 4), shuffle=True, fletcher32=True)
@@ -134,7 +135,7 @@ def test_hdf5_raw_path_leaves_other_filters_to_hdf5_and_names_a_truncated_chunk(
     np.testing.assert_array_equal(store.read_chunks("train", [2, 1])["0"], np.concatenate([x[16:24], x[8:16]]))
     assert store._raw_layouts[("train", "0")] is None and store._raw_layouts[("train", "1")] == (8, 4)
 
-    _hdf5_store(tmp_path, "none", "t")
+    _small_store(tmp_path, "hdf5", "none", "t")
     store = open_store(tmp_path / "t", verify="never")
     store.read_chunks("train", [0])
     path = tmp_path / "t" / "train.h5"
@@ -146,29 +147,12 @@ def test_hdf5_raw_path_leaves_other_filters_to_hdf5_and_names_a_truncated_chunk(
         store.read_chunks("train", [3])
 
 
-def _zarr_store(tmp_path):
-    import torch
-
-    from datalflash.utils import DatasetConverter
-
-    x = torch.arange(30 * 4, dtype=torch.int32).reshape(30, 4)
-    DatasetConverter.create_chunked_dataset(
-        list(zip(x, torch.arange(30))),
-        tmp_path / "s",
-        chunk_size=8,
-        split_ratios={"train": 1.0},
-        shuffle=False,
-        progress=False,
-    )
-    return x.numpy()
-
-
 def test_zarr_direct_path_used_and_other_layouts_read_through_zarr(tmp_path):
     from zarr.codecs import GzipCodec
 
     from datalflash.store import open_store
 
-    x = _zarr_store(tmp_path)
+    x = _small_store(tmp_path)
     store = open_store(tmp_path / "s")
     direct = store._handle("train")["0"][1]
     assert direct is not None  # our own layout takes the direct path
@@ -186,7 +170,7 @@ def test_zarr_missing_chunk_is_an_error(tmp_path):
     from datalflash.errors import StoreReadError
     from datalflash.store import open_store
 
-    _zarr_store(tmp_path)
+    _small_store(tmp_path)
     (tmp_path / "s" / "train.zarr" / "1" / "c" / "2").unlink()
     store = open_store(tmp_path / "s")
     with pytest.raises(StoreReadError, match=r"train.zarr/1/c/2: chunk file is missing"):
@@ -326,7 +310,7 @@ def test_hdf5_raw_reads_in_worker_processes_serve_what_threads_serve(tmp_path):
 
     from datalflash.core import ChunkedDataset, FlashDataLoader
 
-    _hdf5_store(tmp_path, "none")
+    _small_store(tmp_path, "hdf5", "none")
     data = ChunkedDataset(tmp_path / "s")
     data.store.read_chunks("train", [0, 1])  # (checked here: the parent's raw places are inherited)
     kw = dict(batch_size=5, shuffle=True, seed=4, window_chunks=1)

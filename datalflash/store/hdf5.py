@@ -185,7 +185,8 @@ class HDF5ChunkStore(ChunkStore):
         for chunk in range(start // rows, (stop - 1) // rows + 1):
             place = self._raw_places.get((split, field, chunk))
             if place is None:
-                info = f[field].id.get_chunk_info_by_coord((chunk * rows,) + (0,) * (f[field].ndim - 1))
+                dataset = f[field]
+                info = dataset.id.get_chunk_info_by_coord((chunk * rows,) + (0,) * (dataset.ndim - 1))
                 if info.byte_offset is None or info.filter_mask != 0 or info.size != rows * nbytes + trailer:
                     return False  # (not written, or not as the pipeline says: HDF5 tells what is wrong)
                 place = self._raw_places[(split, field, chunk)] = info.byte_offset
